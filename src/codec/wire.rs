@@ -1,0 +1,116 @@
+//! A packet encoded once into a complete WebSocket frame, from which the long-polling form is
+//! a zero-copy slice. Broadcasts build one of these and every subscriber gets the same bytes.
+
+use super::engineio;
+use super::socketio;
+use super::websocket::{self, OpCode, MAX_SERVER_HEADER};
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    frame: Bytes,
+    body_at: u8,
+    binary: bool,
+}
+
+impl WireMessage {
+    /// Builds a text Engine.IO packet with `write` (which appends the packet's text form) and
+    /// frames it without copying the body a second time.
+    pub fn text(write: impl FnOnce(&mut BytesMut)) -> WireMessage {
+        let mut buf = BytesMut::with_capacity(256);
+        buf.resize(MAX_SERVER_HEADER, 0);
+        write(&mut buf);
+        let len = buf.len() - MAX_SERVER_HEADER;
+        let hlen = websocket::header_len(len);
+        let start = MAX_SERVER_HEADER - hlen;
+        let mut header = BytesMut::with_capacity(hlen);
+        websocket::encode_header(&mut header, OpCode::Text, len);
+        buf[start..MAX_SERVER_HEADER].copy_from_slice(&header);
+        WireMessage {
+            frame: buf.freeze().slice(start..),
+            body_at: hlen as u8,
+            binary: false,
+        }
+    }
+
+    pub fn engine(packet: &engineio::Packet) -> WireMessage {
+        match packet {
+            engineio::Packet::Binary(data) => WireMessage::binary(data),
+            p => WireMessage::text(|b| p.encode_text(b)),
+        }
+    }
+
+    pub fn binary(data: &[u8]) -> WireMessage {
+        let frame = websocket::encode_frame(OpCode::Binary, data);
+        WireMessage {
+            body_at: websocket::header_len(data.len()) as u8,
+            frame,
+            binary: true,
+        }
+    }
+
+    /// A Socket.IO packet as the Engine.IO messages that carry it: the text part, then one
+    /// binary message per attachment.
+    pub fn socket(packet: &socketio::Packet) -> SmallVec<[WireMessage; 1]> {
+        let mut out = SmallVec::new();
+        out.push(WireMessage::text(|b| {
+            b.extend_from_slice(b"4");
+            packet.encode(b);
+        }));
+        for a in &packet.attachments {
+            out.push(WireMessage::binary(a));
+        }
+        out
+    }
+
+    /// The complete WebSocket frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The Engine.IO packet as a long-polling record.
+    pub fn polling(&self) -> Bytes {
+        let body = self.frame.slice(self.body_at as usize..);
+        if self.binary {
+            engineio::Packet::Binary(body).to_text()
+        } else {
+            body
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frame.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_form_is_a_slice_of_the_frame() {
+        for n in [10usize, 200, 70_000] {
+            let body = "x".repeat(n);
+            let m = WireMessage::text(|b| {
+                b.extend_from_slice(b"4");
+                b.extend_from_slice(body.as_bytes());
+            });
+            assert_eq!(m.polling().len(), n + 1);
+            assert_eq!(m.ws_frame().len(), websocket::header_len(n + 1) + n + 1);
+            assert_eq!(m.ws_frame()[0], 0x81);
+            assert_eq!(m.polling().as_ptr(), m.ws_frame()[m.ws_frame().len() - n - 1..].as_ptr());
+        }
+    }
+
+    #[test]
+    fn binary_polls_as_base64() {
+        let m = WireMessage::binary(&[1, 2, 3, 4]);
+        assert_eq!(&m.polling()[..], b"bAQIDBA==");
+        assert_eq!(&m.ws_frame()[..], &[0x82, 4, 1, 2, 3, 4]);
+    }
+}
