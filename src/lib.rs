@@ -1,1 +1,5 @@
 pub mod codec;
+pub mod gateway;
+pub mod http;
+pub mod session;
+pub mod transport;

@@ -1,0 +1,49 @@
+//! The data-event envelope `{channel, data, timestamp}`, encoded once per publish straight into
+//! a complete frame.
+
+use crate::codec::WireMessage;
+use bytes::BufMut;
+use serde_json::Value;
+
+/// The namespace the gateway API lives on.
+pub const GATEWAY_NAMESPACE: &str = "/ws";
+
+/// `42/ws,["<event>",{"channel":"<room>","data":<data>,"timestamp":<ts>}]` as one frame.
+pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireMessage {
+    WireMessage::text(|b| {
+        b.extend_from_slice(b"42");
+        b.extend_from_slice(GATEWAY_NAMESPACE.as_bytes());
+        b.extend_from_slice(b",[");
+        let mut w = b.writer();
+        // Serializing into a growable buffer cannot fail.
+        let _ = serde_json::to_writer(&mut w, event);
+        w.get_mut().extend_from_slice(b",{\"channel\":");
+        let _ = serde_json::to_writer(&mut w, room);
+        w.get_mut().extend_from_slice(b",\"data\":");
+        let _ = serde_json::to_writer(&mut w, data);
+        w.get_mut().extend_from_slice(b",\"timestamp\":");
+        w.get_mut()
+            .extend_from_slice(itoa::Buffer::new().format(timestamp_ms).as_bytes());
+        w.get_mut().extend_from_slice(b"}]");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::socketio::Packet;
+    use serde_json::json;
+
+    #[test]
+    fn envelope_decodes_as_an_event() {
+        let m = encode("trade", "trades:BTCUSDT", &json!({"price":"1.5","q":2}), 42);
+        let polling = m.polling();
+        let text = std::str::from_utf8(&polling[1..]).unwrap();
+        let (p, _) = Packet::decode(text).unwrap();
+        assert_eq!(p.namespace, "/ws");
+        assert_eq!(
+            p.data.unwrap(),
+            json!(["trade", {"channel":"trades:BTCUSDT","data":{"price":"1.5","q":2},"timestamp":42}])
+        );
+    }
+}
