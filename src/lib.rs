@@ -1,5 +1,10 @@
 pub mod codec;
+pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod ingest;
+pub mod server;
 pub mod session;
+pub mod shard;
+pub mod sockets;
 pub mod transport;

@@ -1,0 +1,82 @@
+//! Command-line and environment configuration (every flag is also a `GATEWAY_*` variable).
+
+use clap::Parser;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "maven-gateway", version, about = "Socket.IO v4 compatible real-time market-data gateway")]
+pub struct Config {
+    /// Public listener: Socket.IO, /health, /ready.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Internal listener: POST /internal/events, GET /stats. Keep it off the internet.
+    #[arg(long, env = "GATEWAY_INTERNAL_LISTEN", default_value = "127.0.0.1:9100")]
+    pub internal_listen: SocketAddr,
+
+    /// Reactor shards (threads owning connections); 0 means one per CPU core.
+    #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// Run the built-in market simulator (BTCUSDT, ETHUSDT, SOLUSDT).
+    #[arg(long, env = "GATEWAY_DEMO", default_value_t = false)]
+    pub demo: bool,
+
+    /// Bearer token required on POST /internal/events (none: no check).
+    #[arg(long, env = "GATEWAY_INGEST_TOKEN")]
+    pub ingest_token: Option<String>,
+
+    /// Engine.IO heartbeat: server ping interval in milliseconds.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO heartbeat: how long a client may take to answer a ping, in milliseconds.
+    #[arg(long, env = "GATEWAY_PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Close sessions that have not joined a namespace within this many milliseconds.
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 45_000)]
+    pub connect_timeout_ms: u64,
+
+    /// Close TCP connections that have not completed a request within this many milliseconds.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Largest inbound message or polling body in bytes.
+    #[arg(long, env = "GATEWAY_MAX_PAYLOAD", default_value_t = 1_000_000)]
+    pub max_payload: usize,
+
+    /// Origins allowed for browser polling (repeat or comma-separate; `*` for any).
+    #[arg(long, env = "GATEWAY_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
+    /// Engine.IO path.
+    #[arg(long, env = "GATEWAY_PATH", default_value = "/socket.io/")]
+    pub path: String,
+
+    /// Symbols clients may subscribe to (comma-separated; empty: any well-formed symbol).
+    #[arg(long, env = "GATEWAY_SYMBOLS", value_delimiter = ',')]
+    pub symbols: Vec<String>,
+
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// Outbound bytes queued for one connection past which it is disconnected.
+    #[arg(long, env = "GATEWAY_OUTBOUND_HARD_LIMIT", default_value_t = 8 * 1024 * 1024)]
+    pub outbound_hard_limit: usize,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `maven_gateway=debug`.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.shards
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Ingest bodies: one JSON object, a JSON array, or NDJSON, parsed with simd-json.
+
+use serde_json::Value;
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("invalid JSON{}: {message}", index.map(|i| format!(" in event {i}")).unwrap_or_default())]
+    BadJson { index: Option<usize>, message: String },
+    #[error("empty body")]
+    Empty,
+}
+
+fn parse_one(bytes: &[u8]) -> Result<Value, String> {
+    let mut buf = bytes.to_vec();
+    simd_json::serde::from_slice::<Value>(&mut buf).map_err(|e| e.to_string())
+}
+
+/// Splits a body into events, in order.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    match parse_one(trimmed) {
+        Ok(Value::Array(events)) => return Ok(events),
+        Ok(v) => return Ok(vec![v]),
+        Err(e) if !trimmed.contains(&b'\n') => {
+            return Err(ParseError::BadJson { index: None, message: e })
+        }
+        Err(_) => {}
+    }
+    let mut out = Vec::new();
+    for line in trimmed.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let v = parse_one(line).map_err(|message| ParseError::BadJson {
+            index: Some(out.len()),
+            message,
+        })?;
+        out.push(v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn object_array_and_ndjson() {
+        assert_eq!(parse_body(br#"{"a":1}"#).unwrap(), vec![json!({"a":1})]);
+        assert_eq!(parse_body(br#"[{"a":1},{"b":2}]"#).unwrap().len(), 2);
+        assert_eq!(parse_body(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
+        assert_eq!(parse_body(b"{\n \"a\": 1\n}").unwrap(), vec![json!({"a":1})]);
+    }
+
+    #[test]
+    fn names_the_bad_line() {
+        let e = parse_body(b"{\"a\":1}\n{oops}\n").unwrap_err();
+        assert!(matches!(e, ParseError::BadJson { index: Some(1), .. }));
+        assert!(matches!(parse_body(b"nope"), Err(ParseError::BadJson { index: None, .. })));
+        assert_eq!(parse_body(b"  "), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn keeps_key_order() {
+        let v = parse_body(br#"{"z":1,"a":2}"#).unwrap();
+        assert_eq!(serde_json::to_string(&v[0]).unwrap(), r#"{"z":1,"a":2}"#);
+    }
+}

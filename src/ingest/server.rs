@@ -1,0 +1,120 @@
+//! The internal listener: `POST /internal/events`, `GET /stats`, `GET /health`. Served by hyper
+//! on a small tokio runtime, away from the shards.
+
+use super::{Ingest, IngestError};
+use crate::shard::{Counters, ShardStats};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Largest ingest body accepted.
+pub const MAX_INGEST_BODY: usize = 16 * 1024 * 1024;
+
+pub struct InternalState {
+    pub ingest: Arc<Ingest>,
+    pub token: Option<String>,
+    pub stats: Vec<Arc<ShardStats>>,
+}
+
+type Body = Full<Bytes>;
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}
+
+async fn handle(state: Arc<InternalState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    Ok(match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
+        (Method::GET, "/stats") => stats(&state),
+        (Method::POST, "/internal/events") => ingest(&state, req).await,
+        (_, "/internal/events") => json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "METHOD_NOT_ALLOWED", "message": "use POST"})),
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "NOT_FOUND"})),
+    })
+}
+
+fn stats(state: &InternalState) -> Response<Body> {
+    let shards: Vec<Counters> = state.stats.iter().map(|s| s.load()).collect();
+    let mut total = Counters::default();
+    for c in &shards {
+        macro_rules! add { ($($f:ident),*) => { $( total.$f += c.$f; )* } }
+        add!(websocket_connections, polling_sessions, tcp_connections, subscriptions, rooms, messages_out,
+             bytes_out, write_calls, broadcasts_received, slow_consumer_disconnects, handshakes, protocol_errors);
+    }
+    json_response(
+        StatusCode::OK,
+        json!({
+            "ingest": {"events": state.ingest.events(), "encodes": state.ingest.encodes()},
+            "total": total,
+            "shards": shards,
+        }),
+    )
+}
+
+async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body> {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return json_response(StatusCode::UNAUTHORIZED, json!({"error": "UNAUTHORIZED", "message": "missing or wrong ingest bearer token"}));
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_INGEST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "TOO_LARGE", "message": format!("body over {MAX_INGEST_BODY} bytes")}))
+        }
+    };
+    match state.ingest.submit_body(&body) {
+        Ok(n) => json_response(StatusCode::ACCEPTED, json!({"accepted": n})),
+        Err(IngestError::BadEvent { index, message }) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "BAD_EVENT", "index": index, "message": format!("event {index}: {message}")}),
+        ),
+        Err(IngestError::Parse(e)) => {
+            let index = match &e {
+                super::parse::ParseError::BadJson { index, .. } => *index,
+                super::parse::ParseError::Empty => None,
+            };
+            json_response(StatusCode::BAD_REQUEST, json!({"error": "BAD_JSON", "index": index, "message": e.to_string()}))
+        }
+    }
+}
+
+/// Serves the internal listener until the runtime stops.
+pub async fn serve(listener: TcpListener, state: Arc<InternalState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "internal accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+                tracing::debug!(error = %e, "internal connection ended with an error");
+            }
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,126 @@
+//! Wiring: starts the reactor, the internal listener and the demo feed, and stops them.
+
+use crate::config::Config;
+use crate::gateway::GatewaySettings;
+use crate::ingest::demo::DemoMarket;
+use crate::ingest::server::{self, InternalState};
+use crate::ingest::Ingest;
+use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
+use crate::sockets::App;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot start the internal runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub struct Gateway {
+    reactor: Reactor,
+    runtime: tokio::runtime::Runtime,
+    stop_demo: Arc<AtomicBool>,
+    demo: Option<std::thread::JoinHandle<()>>,
+    pub public_addr: std::net::SocketAddr,
+    pub internal_addr: std::net::SocketAddr,
+    pub ingest: Arc<Ingest>,
+}
+
+pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
+    if config.ping_interval_ms == 0 || config.ping_timeout_ms == 0 {
+        return Err(StartError::Config("ping interval and timeout must be positive".into()));
+    }
+    let mut path = config.path.clone();
+    if !path.starts_with('/') {
+        return Err(StartError::Config(format!("path '{path}' must start with '/'")));
+    }
+    if !path.ends_with('/') {
+        path.push('/');
+    }
+    Ok(ServerSettings {
+        engine_path: path,
+        echo_path: None,
+        ping_interval: Duration::from_millis(config.ping_interval_ms),
+        ping_timeout: Duration::from_millis(config.ping_timeout_ms),
+        connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        max_payload: config.max_payload,
+        cors_origins: config.cors_origin.clone(),
+        outbound_hard_limit: config.outbound_hard_limit,
+        app: App::Gateway(Arc::new(GatewaySettings {
+            symbols: config.symbols.clone(),
+            max_subscriptions: config.max_subscriptions,
+        })),
+    })
+}
+
+impl Gateway {
+    pub fn start(config: &Config) -> Result<Gateway, StartError> {
+        let settings = Arc::new(settings_from(config)?);
+        let shared = Arc::new(Shared::default());
+        let reactor = Reactor::start(config.shard_count(), config.listen, settings, shared.clone())
+            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let ingest = Ingest::new(reactor.fanout());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("internal")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let listener = runtime
+            .block_on(server::bind(config.internal_listen))
+            .map_err(|source| StartError::Listen { addr: config.internal_listen, source })?;
+        let internal_addr = listener.local_addr().map_err(StartError::Runtime)?;
+        let state = Arc::new(InternalState {
+            ingest: ingest.clone(),
+            token: config.ingest_token.clone(),
+            stats: reactor.stats.clone(),
+        });
+        runtime.spawn(server::serve(listener, state));
+        let stop_demo = Arc::new(AtomicBool::new(false));
+        let demo = config.demo.then(|| {
+            let ingest = ingest.clone();
+            let stop = stop_demo.clone();
+            std::thread::Builder::new()
+                .name("demo-feed".into())
+                .spawn(move || run_demo(&ingest, &stop))
+                .expect("spawning the demo thread")
+        });
+        shared.ready.store(true, Ordering::Relaxed);
+        Ok(Gateway {
+            public_addr: reactor.local_addr,
+            internal_addr,
+            reactor,
+            runtime,
+            stop_demo,
+            demo,
+            ingest,
+        })
+    }
+
+    pub fn stop(self) {
+        self.stop_demo.store(true, Ordering::Relaxed);
+        if let Some(d) = self.demo {
+            let _ = d.join();
+        }
+        self.reactor.shutdown();
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn run_demo(ingest: &Ingest, stop: &AtomicBool) {
+    let mut market = DemoMarket::new(unix_ms());
+    while !stop.load(Ordering::Relaxed) {
+        let events = market.tick(unix_ms());
+        if let Err(e) = ingest.submit(&events) {
+            tracing::error!(error = %e, "demo feed produced an invalid event");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

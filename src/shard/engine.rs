@@ -1,0 +1,296 @@
+//! Engine.IO sessions on a shard: open, packets in, packets out, heartbeats, upgrade, close.
+
+use super::conn::{HttpState, Role};
+use super::timers::{Timer, TimerKind};
+use super::{unix_ms, Session, Shard, Transport};
+use crate::codec::engineio::Packet;
+use crate::codec::websocket;
+use crate::codec::WireMessage;
+use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
+use crate::session::sid::new_sid;
+use crate::sockets::{Output, SocketLayer};
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+impl Shard {
+    pub(super) fn open_session(&mut self, transport: Transport, echo: bool) -> usize {
+        let generation = self.generation();
+        let mut sid = new_sid(self.id);
+        while self.sids.contains_key(sid.as_str()) {
+            sid = new_sid(self.id);
+        }
+        let is_ws = matches!(transport, Transport::WebSocket(_));
+        let s = self.sessions.insert(Session {
+            sid: sid.clone().into_boxed_str(),
+            generation,
+            transport,
+            probe: None,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            dirty: false,
+            heartbeat: Heartbeat::new(self.now, self.settings.ping_interval),
+            echo,
+            sockets: SocketLayer::default(),
+        });
+        self.sids.insert(sid.into_boxed_str(), s);
+        if is_ws {
+            self.counters.websocket_connections += 1;
+        } else {
+            self.counters.polling_sessions += 1;
+        }
+        let hb = self.sessions[s].heartbeat.deadline();
+        self.timers.schedule(hb, Timer { kind: TimerKind::Heartbeat, index: s, generation });
+        if !echo {
+            self.timers.schedule(
+                self.now + self.settings.connect_timeout,
+                Timer { kind: TimerKind::ConnectTimeout, index: s, generation },
+            );
+        }
+        tracing::debug!(shard = self.id, sid = %self.sessions[s].sid, websocket = is_ws, "session opened");
+        s
+    }
+
+    /// The Engine.IO open packet: exactly the keys the reference server sends.
+    pub(super) fn open_packet(&self, s: usize, polling: bool) -> Packet {
+        let st = &self.settings;
+        let body = format!(
+            "{{\"sid\":\"{}\",\"upgrades\":{},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
+            self.sessions[s].sid,
+            if polling { "[\"websocket\"]" } else { "[]" },
+            st.ping_interval.as_millis(),
+            st.ping_timeout.as_millis(),
+            st.max_payload
+        );
+        Packet::Open(Bytes::from(body))
+    }
+
+    pub(super) fn send_engine(&mut self, s: usize, packet: &Packet) {
+        self.send_wire(s, &WireMessage::engine(packet));
+    }
+
+    /// Queues one Engine.IO message on the session's current transport.
+    pub(super) fn send_wire(&mut self, s: usize, msg: &WireMessage) {
+        let Some(session) = self.sessions.get_mut(s) else { return };
+        self.counters.messages_out += 1;
+        match session.transport {
+            Transport::WebSocket(c) => {
+                if let Some(conn) = self.conns.get_mut(c) {
+                    conn.push(msg.ws_frame().clone());
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty_conns.push(c);
+                    }
+                }
+            }
+            Transport::Polling { .. } => {
+                let p = msg.polling();
+                session.queue_bytes += p.len();
+                session.queue.push_back(p);
+                if session.queue_bytes > self.settings.outbound_hard_limit {
+                    self.counters.slow_consumer_disconnects += 1;
+                    return self.close_session(s, "outbound queue over the hard limit", false);
+                }
+                if !session.dirty {
+                    session.dirty = true;
+                    self.dirty_sessions.push(s);
+                }
+            }
+        }
+    }
+
+    /// Sends a frame on one specific WebSocket connection (probe replies), not the session's
+    /// current transport.
+    fn send_on_conn(&mut self, c: usize, packet: &Packet) {
+        let frame = WireMessage::engine(packet).ws_frame().clone();
+        if let Some(conn) = self.conns.get_mut(c) {
+            conn.push(frame);
+            self.mark_dirty(c);
+        }
+    }
+
+    /// Handles one Engine.IO packet. `via` is the WebSocket it came on, if any.
+    pub(super) fn on_engine_packet(&mut self, s: usize, packet: Packet, via: Option<(usize, bool)>) {
+        match packet {
+            Packet::Pong(_) => {
+                let interval = self.settings.ping_interval;
+                self.sessions[s].heartbeat.on_pong(self.now, interval);
+            }
+            Packet::Ping(data) => match via {
+                Some((c, true)) if &data[..] == b"probe" => {
+                    self.send_on_conn(c, &Packet::Pong(data));
+                    // Release the client's pending poll so it can pause polling.
+                    self.send_engine(s, &Packet::Noop);
+                }
+                _ => self.send_engine(s, &Packet::Pong(data)),
+            },
+            Packet::Upgrade => match via {
+                Some((c, true)) => self.finish_upgrade(s, c),
+                _ => self.protocol_error(s, "unexpected upgrade packet"),
+            },
+            Packet::Message(text) => {
+                if self.sessions[s].echo {
+                    return self.send_engine(s, &Packet::Message(text));
+                }
+                let text = String::from_utf8_lossy(&text);
+                let mut out = Vec::new();
+                let app = self.settings.app.clone();
+                self.sessions[s].sockets.on_text(&app, &text, unix_ms(), &mut out);
+                self.apply_outputs(s, out);
+            }
+            Packet::Binary(data) => {
+                if self.sessions[s].echo {
+                    return self.send_engine(s, &Packet::Binary(data));
+                }
+                let mut out = Vec::new();
+                let app = self.settings.app.clone();
+                self.sessions[s].sockets.on_binary(&app, data, unix_ms(), &mut out);
+                self.apply_outputs(s, out);
+            }
+            Packet::Close => self.close_session(s, "client closed", false),
+            Packet::Noop => {}
+            Packet::Open(_) => self.protocol_error(s, "open packet from a client"),
+        }
+    }
+
+    fn protocol_error(&mut self, s: usize, reason: &'static str) {
+        self.counters.protocol_errors += 1;
+        self.close_session(s, reason, true);
+    }
+
+    fn apply_outputs(&mut self, s: usize, outputs: Vec<Output>) {
+        for o in outputs {
+            if !self.sessions.contains(s) {
+                return;
+            }
+            match o {
+                Output::Send(p) => {
+                    for m in WireMessage::socket(&p) {
+                        self.send_wire(s, &m);
+                    }
+                }
+                Output::Join(room) => self.rooms.join(room, s),
+                Output::Leave(room) => self.rooms.leave(&room, s),
+                Output::Close(reason) => self.protocol_error(s, reason),
+            }
+        }
+    }
+
+    fn finish_upgrade(&mut self, s: usize, c: usize) {
+        let session = &mut self.sessions[s];
+        let old_get = match session.transport {
+            Transport::Polling { get } => get,
+            Transport::WebSocket(_) => None,
+        };
+        session.transport = Transport::WebSocket(c);
+        session.probe = None;
+        let queued: Vec<Bytes> = session.queue.drain(..).collect();
+        session.queue_bytes = 0;
+        self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
+        self.counters.websocket_connections += 1;
+        if let Some(super::conn::Role::WebSocket(ws)) = self.conns.get_mut(c).map(|c| &mut c.role) {
+            ws.probing = false;
+        }
+        // Anything still queued for polling goes out on the WebSocket, in order.
+        for text in queued {
+            let m = WireMessage::text(|b| b.extend_from_slice(&text));
+            if let Some(conn) = self.conns.get_mut(c) {
+                conn.push(m.ws_frame().clone());
+            }
+        }
+        self.mark_dirty(c);
+        if let Some(g) = old_get {
+            self.answer_parked_get(g, b"6");
+        }
+    }
+
+    fn answer_parked_get(&mut self, g: usize, body: &[u8]) {
+        let Some(conn) = self.conns.get_mut(g) else { return };
+        let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
+            Role::Http(HttpState::PendingGet { origin, .. }) => origin,
+            other => {
+                conn.role = other;
+                return;
+            }
+        };
+        let mut extra = Vec::new();
+        if let Some(o) = origin.as_deref() {
+            extra.push(("Access-Control-Allow-Origin", o));
+            extra.push(("Access-Control-Allow-Credentials", "true"));
+        }
+        let r = crate::http::response::build(200, "text/plain; charset=UTF-8", &extra, true, body);
+        self.respond(g, r, true);
+    }
+
+    pub(super) fn on_heartbeat_timer(&mut self, s: usize) {
+        let timeout = self.settings.ping_timeout;
+        let generation = self.sessions[s].generation;
+        match self.sessions[s].heartbeat.poll(self.now, timeout) {
+            HeartbeatAction::SendPing => self.send_engine(s, &Packet::Ping(Bytes::new())),
+            HeartbeatAction::TimedOut => return self.close_session(s, "ping timeout", false),
+            HeartbeatAction::Wait => {}
+        }
+        let at = self.sessions[s].heartbeat.deadline();
+        self.timers.schedule(at, Timer { kind: TimerKind::Heartbeat, index: s, generation });
+    }
+
+    /// Ends a session: leaves its rooms, tells the client when `notify`, releases its
+    /// connections and forgets its id.
+    pub(super) fn close_session(&mut self, s: usize, reason: &str, notify: bool) {
+        let Some(session) = self.sessions.try_remove(s) else { return };
+        tracing::debug!(shard = self.id, sid = %session.sid, reason, "session closed");
+        self.sids.remove(&session.sid);
+        for room in session.sockets.rooms() {
+            self.rooms.leave(room, s);
+        }
+        if let Some(p) = session.probe {
+            self.close_conn(p);
+        }
+        match session.transport {
+            Transport::WebSocket(c) => {
+                self.counters.websocket_connections = self.counters.websocket_connections.saturating_sub(1);
+                if let Some(conn) = self.conns.get_mut(c) {
+                    conn.role = Role::Http(HttpState::Head);
+                    if notify {
+                        conn.push(WireMessage::engine(&Packet::Close).ws_frame().clone());
+                        conn.push(websocket::encode_close(1000, ""));
+                    }
+                    conn.closing = true;
+                    self.mark_dirty(c);
+                }
+            }
+            Transport::Polling { get } => {
+                self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
+                if let Some(g) = get {
+                    self.answer_parked_get(g, b"1");
+                }
+            }
+        }
+    }
+
+    /// Drops a TCP connection, and the session that depended on it.
+    pub(super) fn close_conn(&mut self, c: usize) {
+        let Some(mut conn) = self.conns.try_remove(c) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.counters.tcp_connections = self.counters.tcp_connections.saturating_sub(1);
+        match conn.role {
+            Role::WebSocket(ws) => {
+                let Some(session) = self.sessions.get_mut(ws.session) else { return };
+                if ws.probing && session.probe == Some(c) {
+                    session.probe = None;
+                } else if matches!(session.transport, Transport::WebSocket(t) if t == c) {
+                    self.close_session(ws.session, "transport closed", false);
+                }
+            }
+            Role::Http(HttpState::PendingGet { session, .. }) => {
+                if let Some(sess) = self.sessions.get_mut(session) {
+                    if matches!(sess.transport, Transport::Polling { get: Some(g) } if g == c) {
+                        sess.transport = Transport::Polling { get: None };
+                        // The reference server ends a session whose poll is cut short.
+                        self.close_session(session, "poll connection closed prematurely", false);
+                    }
+                }
+            }
+            Role::Http(_) => {}
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! How the rest of the process talks to shards: a channel plus a waker per shard. A publish is
+//! one message per shard carrying the whole batch, whatever the number of subscribers.
+
+use crate::codec::WireMessage;
+use bytes::BytesMut;
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+
+/// One event for one room, already encoded into its final frame.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    pub room: Arc<str>,
+    pub message: WireMessage,
+}
+
+pub enum ShardMsg {
+    Publish(Arc<[Broadcast]>),
+    /// A connection whose request names a session this shard owns.
+    Adopt {
+        stream: std::net::TcpStream,
+        buffered: BytesMut,
+    },
+    Shutdown,
+}
+
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub tx: Sender<ShardMsg>,
+    pub waker: Arc<mio::Waker>,
+}
+
+impl ShardHandle {
+    pub fn send(&self, msg: ShardMsg) {
+        if self.tx.send(msg).is_ok() {
+            // A failed wake means the shard is gone; there is nobody left to tell.
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Hands published batches to every shard.
+#[derive(Clone)]
+pub struct Fanout {
+    shards: Arc<[ShardHandle]>,
+}
+
+impl Fanout {
+    pub fn new(shards: Arc<[ShardHandle]>) -> Fanout {
+        Fanout { shards }
+    }
+
+    pub fn publish(&self, batch: Vec<Broadcast>) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch: Arc<[Broadcast]> = batch.into();
+        for s in self.shards.iter() {
+            s.send(ShardMsg::Publish(batch.clone()));
+        }
+    }
+
+    pub fn shutdown(&self) {
+        for s in self.shards.iter() {
+            s.send(ShardMsg::Shutdown);
+        }
+    }
+}

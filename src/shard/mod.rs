@@ -1,0 +1,476 @@
+//! The sharded reactor. Each shard is one thread with its own `mio::Poll`, its own listener
+//! socket (`SO_REUSEPORT`), and exclusive ownership of its connections, sessions and room
+//! table. Shards share nothing on the per-message path: publishes arrive as one channel
+//! message per batch, and a request for a session owned elsewhere moves its socket to the
+//! owner.
+
+mod conn;
+mod engine;
+mod handle;
+mod http;
+mod rooms;
+mod stats;
+mod timers;
+mod ws;
+
+pub use handle::{Broadcast, Fanout, ShardHandle, ShardMsg};
+pub use stats::{Counters, ShardStats};
+
+use crate::session::heartbeat::Heartbeat;
+use crate::sockets::{App, SocketLayer};
+use bytes::{Bytes, BytesMut};
+use conn::{Conn, Flush};
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rooms::Rooms;
+use slab::Slab;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use timers::{Timer, TimerKind, Timers};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Settings every shard reads; fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Engine.IO path of the Socket.IO endpoint, with a trailing slash.
+    pub engine_path: String,
+    /// An extra path serving a bare Engine.IO echo endpoint (protocol conformance only).
+    pub echo_path: Option<String>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_payload: usize,
+    /// Origins allowed for cross-origin polling; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Outbound bytes queued for one connection past which it is disconnected.
+    pub outbound_hard_limit: usize,
+    pub app: App,
+}
+
+/// Process-wide flags shards read.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub ready: AtomicBool,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Polling { get: Option<usize> },
+    WebSocket(usize),
+}
+
+#[derive(Debug)]
+struct Session {
+    sid: Box<str>,
+    generation: u64,
+    transport: Transport,
+    probe: Option<usize>,
+    queue: VecDeque<Bytes>,
+    queue_bytes: usize,
+    dirty: bool,
+    heartbeat: Heartbeat,
+    /// A bare Engine.IO session that echoes messages (conformance endpoint).
+    echo: bool,
+    sockets: SocketLayer,
+}
+
+pub struct Shard {
+    id: usize,
+    poll: Poll,
+    listener: TcpListener,
+    rx: Receiver<ShardMsg>,
+    peers: Arc<[ShardHandle]>,
+    settings: Arc<ServerSettings>,
+    shared: Arc<Shared>,
+    stats: Arc<ShardStats>,
+    counters: Counters,
+    conns: Slab<Conn>,
+    sessions: Slab<Session>,
+    sids: HashMap<Box<str>, usize>,
+    rooms: Rooms,
+    timers: Timers,
+    dirty_conns: Vec<usize>,
+    dirty_sessions: Vec<usize>,
+    next_generation: u64,
+    now: Instant,
+    scratch: Box<[u8]>,
+    shutting_down: bool,
+}
+
+/// Binds `addr` with `SO_REUSEPORT` so every shard can own a listener on the same port.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// A running set of shards.
+pub struct Reactor {
+    pub handles: Arc<[ShardHandle]>,
+    pub stats: Vec<Arc<ShardStats>>,
+    pub local_addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Reactor {
+    /// Starts `n` shards listening on `addr` (port 0 picks one port for all of them).
+    pub fn start(n: usize, addr: SocketAddr, settings: Arc<ServerSettings>, shared: Arc<Shared>) -> io::Result<Reactor> {
+        let n = n.clamp(1, 256);
+        let first = bind_reuseport(addr)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(bind_reuseport(local_addr)?);
+        }
+        let mut polls = Vec::new();
+        let mut handles = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..n {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            handles.push(ShardHandle { tx, waker });
+            receivers.push(rx);
+            polls.push(poll);
+        }
+        let handles: Arc<[ShardHandle]> = handles.into();
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for (id, ((poll, rx), listener)) in polls.into_iter().zip(receivers).zip(listeners).enumerate() {
+            let st = Arc::new(ShardStats::default());
+            stats.push(st.clone());
+            let mut shard = Shard {
+                id,
+                listener: TcpListener::from_std(listener),
+                poll,
+                rx,
+                peers: handles.clone(),
+                settings: settings.clone(),
+                shared: shared.clone(),
+                stats: st,
+                counters: Counters::default(),
+                conns: Slab::new(),
+                sessions: Slab::new(),
+                sids: HashMap::new(),
+                rooms: Rooms::default(),
+                timers: Timers::default(),
+                dirty_conns: Vec::new(),
+                dirty_sessions: Vec::new(),
+                next_generation: 1,
+                now: Instant::now(),
+                scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+                shutting_down: false,
+            };
+            shard.poll.registry().register(&mut shard.listener, LISTENER, Interest::READABLE)?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{id}"))
+                    .spawn(move || shard.run())?,
+            );
+        }
+        Ok(Reactor {
+            handles,
+            stats,
+            local_addr,
+            threads,
+        })
+    }
+
+    pub fn fanout(&self) -> Fanout {
+        Fanout::new(self.handles.clone())
+    }
+
+    pub fn counters(&self) -> Vec<Counters> {
+        self.stats.iter().map(|s| s.load()).collect()
+    }
+
+    /// Closes every session and waits for the shard threads to end.
+    pub fn shutdown(self) {
+        self.fanout().shutdown();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shard {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self
+                .timers
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
+                    return;
+                }
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.drain_messages(),
+                    Token(i) => {
+                        if ev.is_writable() {
+                            self.mark_dirty(i);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(i);
+                        }
+                    }
+                }
+            }
+            self.fire_timers();
+            self.flush();
+            self.publish_stats();
+            if self.shutting_down {
+                return;
+            }
+        }
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.shutting_down {
+                        continue;
+                    }
+                    self.add_conn(stream, BytesMut::new());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the connections we have.
+                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: TcpStream, buffered: BytesMut) {
+        let _ = stream.set_nodelay(true);
+        let generation = self.generation();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            return;
+        }
+        let mut conn = Conn::new(stream, generation);
+        conn.inbuf = buffered;
+        entry.insert(conn);
+        self.counters.tcp_connections += 1;
+        self.timers.schedule(
+            self.now + self.settings.handshake_timeout,
+            Timer {
+                kind: TimerKind::HandshakeTimeout,
+                index: key,
+                generation,
+            },
+        );
+        if !self.conns[key].inbuf.is_empty() {
+            self.process_input(key);
+        }
+    }
+
+    fn drain_messages(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(ShardMsg::Publish(batch)) => self.publish(&batch),
+                Ok(ShardMsg::Adopt { stream, buffered }) => {
+                    self.add_conn(TcpStream::from_std(stream), buffered);
+                }
+                Ok(ShardMsg::Shutdown) => self.shutdown(),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Writes each broadcast to every local member of its room. The frame is copied once into
+    /// this shard's memory so the per-subscriber reference counting stays on this core.
+    fn publish(&mut self, batch: &[Broadcast]) {
+        for b in batch {
+            self.counters.broadcasts_received += 1;
+            let Some(members) = self.rooms.members(&b.room) else { continue };
+            let frame = Bytes::copy_from_slice(b.message.ws_frame());
+            let mut polling: Option<Bytes> = None;
+            for &s in members {
+                let Some(session) = self.sessions.get_mut(s) else { continue };
+                match session.transport {
+                    Transport::WebSocket(c) => {
+                        let Some(conn) = self.conns.get_mut(c) else { continue };
+                        conn.push(frame.clone());
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty_conns.push(c);
+                        }
+                    }
+                    Transport::Polling { .. } => {
+                        let p = polling.get_or_insert_with(|| b.message.polling());
+                        session.queue_bytes += p.len();
+                        session.queue.push_back(p.clone());
+                        if !session.dirty {
+                            session.dirty = true;
+                            self.dirty_sessions.push(s);
+                        }
+                    }
+                }
+                self.counters.messages_out += 1;
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, c: usize) {
+        if let Some(conn) = self.conns.get_mut(c) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty_conns.push(c);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, c: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(c) else { return };
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return self.close_conn(c),
+                Ok(n) => {
+                    conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    if conn.inbuf.len() > self.settings.max_payload + 64 * 1024 {
+                        // More unconsumed input than any legal message: stop reading it.
+                        self.counters.protocol_errors += 1;
+                        return self.close_conn(c);
+                    }
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close_conn(c),
+            }
+        }
+        self.process_input(c);
+    }
+
+    fn process_input(&mut self, c: usize) {
+        let is_ws = matches!(self.conns.get(c).map(|c| &c.role), Some(conn::Role::WebSocket(_)));
+        if is_ws {
+            self.process_ws(c);
+        } else {
+            self.process_http(c);
+        }
+        if let Some(conn) = self.conns.get_mut(c) {
+            if conn.inbuf.is_empty() && conn.inbuf.capacity() > 0 {
+                conn.inbuf = BytesMut::new();
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        while let Some(t) = self.timers.pop_due(self.now) {
+            match t.kind {
+                TimerKind::Heartbeat | TimerKind::ConnectTimeout => {
+                    match self.sessions.get(t.index) {
+                        Some(s) if s.generation == t.generation => {}
+                        _ => continue,
+                    }
+                    if t.kind == TimerKind::Heartbeat {
+                        self.on_heartbeat_timer(t.index);
+                    } else {
+                        let s = &self.sessions[t.index];
+                        if !s.echo && !s.sockets.is_connected() {
+                            self.close_session(t.index, "connect timeout", true);
+                        }
+                    }
+                }
+                TimerKind::HandshakeTimeout => {
+                    let Some(conn) = self.conns.get(t.index) else { continue };
+                    if conn.generation == t.generation
+                        && conn.requests == 0
+                        && matches!(conn.role, conn::Role::Http(conn::HttpState::Head | conn::HttpState::Body { .. }))
+                    {
+                        self.close_conn(t.index);
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(s) = self.dirty_sessions.pop() {
+            self.flush_polling(s);
+        }
+        let dirty = std::mem::take(&mut self.dirty_conns);
+        for &c in &dirty {
+            let Some(conn) = self.conns.get_mut(c) else { continue };
+            conn.dirty = false;
+            if conn.out_bytes > self.settings.outbound_hard_limit {
+                self.counters.slow_consumer_disconnects += 1;
+                self.close_conn(c);
+                continue;
+            }
+            let before = conn.out_bytes;
+            let (result, calls) = conn.flush();
+            self.counters.write_calls += calls as u64;
+            self.counters.bytes_out += (before - conn.out_bytes) as u64;
+            match result {
+                Flush::Closed => self.close_conn(c),
+                Flush::Done if conn.closing => self.close_conn(c),
+                _ => {}
+            }
+        }
+        self.dirty_conns = dirty;
+        self.dirty_conns.clear();
+    }
+
+    fn publish_stats(&mut self) {
+        self.counters.subscriptions = self.rooms.subscription_count() as u64;
+        self.counters.rooms = self.rooms.room_count() as u64;
+        self.stats.store(&self.counters);
+    }
+
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for s in keys {
+            self.close_session(s, "server shutting down", true);
+        }
+        self.flush();
+    }
+}

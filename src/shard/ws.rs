@@ -1,0 +1,90 @@
+//! WebSocket input on a shard: frames to messages to Engine.IO packets.
+
+use super::conn::Role;
+use super::Shard;
+use crate::codec::engineio::Packet;
+use crate::codec::websocket::{self, decode_client_frame, Message};
+
+impl Shard {
+    pub(super) fn process_ws(&mut self, c: usize) {
+        let max = self.settings.max_payload;
+        loop {
+            let Some(conn) = self.conns.get_mut(c) else { return };
+            if conn.closing {
+                conn.inbuf.clear();
+                return;
+            }
+            let Role::WebSocket(ws) = &mut conn.role else { return };
+            let (frame, used) = match decode_client_frame(&conn.inbuf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
+            };
+            let _ = conn.inbuf.split_to(used);
+            let msg = match ws.assembler.push(frame, max) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
+            };
+            let (session, probing) = (ws.session, ws.probing);
+            let packet = match msg {
+                Message::Text(t) => match Packet::decode_text(t) {
+                    Ok(p) => p,
+                    Err(e) => return self.ws_fail(c, 1002, &e.to_string()),
+                },
+                Message::Binary(b) => Packet::Binary(b),
+                Message::Ping(p) => {
+                    let frame = websocket::encode_frame(websocket::OpCode::Pong, &p);
+                    conn.push(frame);
+                    self.mark_dirty(c);
+                    continue;
+                }
+                Message::Pong(_) => continue,
+                Message::Close(code) => {
+                    conn.push(websocket::encode_close(code.unwrap_or(1000), ""));
+                    conn.closing = true;
+                    self.mark_dirty(c);
+                    self.detach_ws(c);
+                    return;
+                }
+            };
+            if !self.sessions.contains(session) {
+                return self.ws_fail(c, 1000, "session ended");
+            }
+            // A probing socket carries only the probe and the upgrade.
+            if probing && !matches!(packet, Packet::Ping(_) | Packet::Upgrade | Packet::Noop) {
+                return self.ws_fail(c, 1002, "unexpected packet during upgrade");
+            }
+            self.on_engine_packet(session, packet, Some((c, probing)));
+        }
+    }
+
+    fn ws_fail(&mut self, c: usize, code: u16, reason: &str) {
+        self.counters.protocol_errors += 1;
+        if let Some(conn) = self.conns.get_mut(c) {
+            conn.push(websocket::encode_close(code, reason));
+            conn.closing = true;
+            conn.inbuf.clear();
+        }
+        self.mark_dirty(c);
+        self.detach_ws(c);
+    }
+
+    /// Ends the session riding on this WebSocket, keeping the socket open long enough to
+    /// write what is queued (the close frame).
+    fn detach_ws(&mut self, c: usize) {
+        let Some(conn) = self.conns.get_mut(c) else { return };
+        let Role::WebSocket(ws) = &conn.role else { return };
+        let (s, probing) = (ws.session, ws.probing);
+        conn.role = Role::Http(super::conn::HttpState::Head);
+        if probing {
+            if let Some(session) = self.sessions.get_mut(s) {
+                if session.probe == Some(c) {
+                    session.probe = None;
+                }
+            }
+        } else if matches!(self.sessions.get(s).map(|x| &x.transport), Some(super::Transport::WebSocket(t)) if *t == c) {
+            self.close_session(s, "websocket closed", false);
+        }
+    }
+}
