@@ -4,14 +4,22 @@ use clap::Parser;
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "maven-gateway", version, about = "Socket.IO v4 compatible real-time market-data gateway")]
+#[command(
+    name = "maven-gateway",
+    version,
+    about = "Socket.IO v4 compatible real-time market-data gateway"
+)]
 pub struct Config {
     /// Public listener: Socket.IO, /health, /ready.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
     /// Internal listener: POST /internal/events, GET /stats. Keep it off the internet.
-    #[arg(long, env = "GATEWAY_INTERNAL_LISTEN", default_value = "127.0.0.1:9100")]
+    #[arg(
+        long,
+        env = "GATEWAY_INTERNAL_LISTEN",
+        default_value = "127.0.0.1:9100"
+    )]
     pub internal_listen: SocketAddr,
 
     /// Reactor shards (threads owning connections); 0 means one per CPU core.
@@ -74,7 +82,9 @@ pub struct Config {
 impl Config {
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             self.shards
         }

@@ -15,7 +15,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the internal runtime: {0}")]
     Runtime(std::io::Error),
     #[error("invalid configuration: {0}")]
@@ -34,11 +37,15 @@ pub struct Gateway {
 
 pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
     if config.ping_interval_ms == 0 || config.ping_timeout_ms == 0 {
-        return Err(StartError::Config("ping interval and timeout must be positive".into()));
+        return Err(StartError::Config(
+            "ping interval and timeout must be positive".into(),
+        ));
     }
     let mut path = config.path.clone();
     if !path.starts_with('/') {
-        return Err(StartError::Config(format!("path '{path}' must start with '/'")));
+        return Err(StartError::Config(format!(
+            "path '{path}' must start with '/'"
+        )));
     }
     if !path.ends_with('/') {
         path.push('/');
@@ -64,8 +71,16 @@ impl Gateway {
     pub fn start(config: &Config) -> Result<Gateway, StartError> {
         let settings = Arc::new(settings_from(config)?);
         let shared = Arc::new(Shared::default());
-        let reactor = Reactor::start(config.shard_count(), config.listen, settings, shared.clone())
-            .map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let reactor = Reactor::start(
+            config.shard_count(),
+            config.listen,
+            settings,
+            shared.clone(),
+        )
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let ingest = Ingest::new(reactor.fanout());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -75,7 +90,10 @@ impl Gateway {
             .map_err(StartError::Runtime)?;
         let listener = runtime
             .block_on(server::bind(config.internal_listen))
-            .map_err(|source| StartError::Listen { addr: config.internal_listen, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: config.internal_listen,
+                source,
+            })?;
         let internal_addr = listener.local_addr().map_err(StartError::Runtime)?;
         let state = Arc::new(InternalState {
             ingest: ingest.clone(),

@@ -66,7 +66,9 @@ impl SocketLayer {
 
     pub fn on_text(&mut self, app: &App, text: &str, now_ms: u64, out: &mut Vec<Output>) {
         if self.binary.is_waiting() {
-            out.push(Output::Close("text packet while binary attachments were pending"));
+            out.push(Output::Close(
+                "text packet while binary attachments were pending",
+            ));
             return;
         }
         let (packet, attachments) = match Packet::decode(text) {
@@ -105,7 +107,9 @@ impl SocketLayer {
             (Kind::Event | Kind::BinaryEvent, Some(i)) => self.event(app, i, packet, now_ms, out),
             // Acks answer server emits with an ack; the gateway never asks for one.
             (Kind::Ack | Kind::BinaryAck, Some(_)) => {}
-            _ => out.push(Output::Close("packet for a namespace that is not connected")),
+            _ => out.push(Output::Close(
+                "packet for a namespace that is not connected",
+            )),
         }
     }
 
@@ -131,13 +135,21 @@ impl SocketLayer {
         }));
         let gateway = match app {
             App::Gateway(_) if ns == GATEWAY_NAMESPACE => {
-                out.push(Output::Send(Packet::event(&ns, api::connected(&id, now_ms), None)));
+                out.push(Output::Send(Packet::event(
+                    &ns,
+                    api::connected(&id, now_ms),
+                    None,
+                )));
                 Some(GatewaySocket::default())
             }
             App::Gateway(_) => None,
             App::Conformance => {
                 let auth = packet.data.unwrap_or_else(|| json!({}));
-                out.push(Output::Send(Packet::event(&ns, json!(["auth", auth]), None)));
+                out.push(Output::Send(Packet::event(
+                    &ns,
+                    json!(["auth", auth]),
+                    None,
+                )));
                 None
             }
         };
@@ -148,7 +160,14 @@ impl SocketLayer {
         });
     }
 
-    fn event(&mut self, app: &App, index: usize, packet: Packet, now_ms: u64, out: &mut Vec<Output>) {
+    fn event(
+        &mut self,
+        app: &App,
+        index: usize,
+        packet: Packet,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         let socket = &mut self.sockets[index];
         let ns = socket.namespace.to_string();
         let Some(Value::Array(mut args)) = packet.data else {
@@ -228,7 +247,12 @@ mod tests {
         let Output::Send(p) = &out[1] else { panic!() };
         assert!(text(p).starts_with("2/ws,[\"connected\",{\"socketId\":"));
         out.clear();
-        layer.on_text(&app, "2/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]", 5, &mut out);
+        layer.on_text(
+            &app,
+            "2/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]",
+            5,
+            &mut out,
+        );
         assert_eq!(out[0], Output::Join(Arc::from("trades:BTCUSDT")));
         let Output::Send(p) = &out[1] else { panic!() };
         assert_eq!(text(p), "3/ws,1[{\"ok\":true,\"channel\":\"trades\",\"rooms\":[\"trades:BTCUSDT\"],\"symbol\":\"BTCUSDT\"}]");
@@ -262,7 +286,12 @@ mod tests {
         let Output::Send(p) = &out[1] else { panic!() };
         assert_eq!(text(p), "2[\"auth\",{\"token\":\"t\"}]");
         out.clear();
-        layer.on_text(&app, "51-4[\"message-with-ack\",{\"_placeholder\":true,\"num\":0}]", 0, &mut out);
+        layer.on_text(
+            &app,
+            "51-4[\"message-with-ack\",{\"_placeholder\":true,\"num\":0}]",
+            0,
+            &mut out,
+        );
         assert!(out.is_empty());
         layer.on_binary(&app, bytes::Bytes::from_static(&[1, 2, 3]), 0, &mut out);
         let Output::Send(p) = &out[0] else { panic!() };

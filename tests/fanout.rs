@@ -8,7 +8,8 @@ use maven_gateway::server::Gateway;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_text(ws: &mut Ws) -> String {
     loop {
@@ -27,7 +28,9 @@ async fn next_text(ws: &mut Ws) -> String {
 
 async fn subscriber(addr: std::net::SocketAddr, room_symbol: &str) -> Ws {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket handshake");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket handshake");
     assert!(next_text(&mut ws).await.starts_with("0{\"sid\":"));
     ws.send(Message::text("40/ws,")).await.unwrap();
     assert!(next_text(&mut ws).await.starts_with("40/ws,{\"sid\":"));
@@ -44,7 +47,9 @@ async fn subscriber(addr: std::net::SocketAddr, room_symbol: &str) -> Ws {
 async fn stats(internal: std::net::SocketAddr) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(internal).await.unwrap();
-    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8(buf).unwrap();
@@ -64,7 +69,10 @@ fn one_encode_per_publish_for_every_subscriber_on_every_shard() {
         "2",
     ]);
     let gw = Gateway::start(&config).expect("gateway starts");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(exercise(&gw));
     gw.stop();
 }
@@ -86,7 +94,9 @@ async fn exercise(gw: &Gateway) {
 
     let accepted = gw
         .ingest
-        .submit_body(br#"{"type":"trade","symbol":"BTCUSDT","data":{"tradeId":"t1","price":"45000.00"}}"#)
+        .submit_body(
+            br#"{"type":"trade","symbol":"BTCUSDT","data":{"tradeId":"t1","price":"45000.00"}}"#,
+        )
         .unwrap();
     assert_eq!(accepted, 1);
     for ws in subs.iter_mut() {
@@ -94,13 +104,28 @@ async fn exercise(gw: &Gateway) {
         assert!(text.starts_with("42/ws,[\"trade\",{\"channel\":\"trades:BTCUSDT\",\"data\":{\"tradeId\":\"t1\",\"price\":\"45000.00\"},\"timestamp\":"), "{text}");
     }
     // The ETHUSDT subscriber gets nothing of BTCUSDT: its next message is its own room's.
-    gw.ingest.submit_body(br#"{"type":"trade","symbol":"ETHUSDT","data":{"tradeId":"e1"}}"#).unwrap();
+    gw.ingest
+        .submit_body(br#"{"type":"trade","symbol":"ETHUSDT","data":{"tradeId":"e1"}}"#)
+        .unwrap();
     assert!(next_text(&mut other).await.contains("\"tradeId\":\"e1\""));
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = stats(gw.internal_addr).await;
-    let delta = |k: &str| after["total"][k].as_u64().unwrap() - before["total"][k].as_u64().unwrap();
-    assert_eq!(after["ingest"]["encodes"].as_u64().unwrap() - before["ingest"]["encodes"].as_u64().unwrap(), 2);
-    assert_eq!(delta("messages_out"), 21, "20 BTCUSDT deliveries + 1 ETHUSDT");
-    assert_eq!(delta("broadcasts_received"), 4, "each publish reached each of 2 shards once");
+    let delta =
+        |k: &str| after["total"][k].as_u64().unwrap() - before["total"][k].as_u64().unwrap();
+    assert_eq!(
+        after["ingest"]["encodes"].as_u64().unwrap()
+            - before["ingest"]["encodes"].as_u64().unwrap(),
+        2
+    );
+    assert_eq!(
+        delta("messages_out"),
+        21,
+        "20 BTCUSDT deliveries + 1 ETHUSDT"
+    );
+    assert_eq!(
+        delta("broadcasts_received"),
+        4,
+        "each publish reached each of 2 shards once"
+    );
 }

@@ -137,7 +137,11 @@ impl Packet {
             pos += 1;
         }
         let id = if pos > id_start {
-            Some(raw[id_start..pos].parse::<u64>().map_err(|_| PacketError::BadAckId)?)
+            Some(
+                raw[id_start..pos]
+                    .parse::<u64>()
+                    .map_err(|_| PacketError::BadAckId)?,
+            )
         } else {
             None
         };
@@ -181,7 +185,11 @@ impl Packet {
         };
         dst.put_u8(kind.digit());
         if kind.is_binary() {
-            dst.extend_from_slice(itoa::Buffer::new().format(self.attachments.len()).as_bytes());
+            dst.extend_from_slice(
+                itoa::Buffer::new()
+                    .format(self.attachments.len())
+                    .as_bytes(),
+            );
             dst.put_u8(b'-');
         }
         if self.namespace != "/" {
@@ -210,7 +218,11 @@ impl BinaryAssembler {
     }
 
     /// Takes a freshly decoded packet; returns it at once when it needs no attachments.
-    pub fn start(&mut self, packet: Packet, expected: usize) -> Result<Option<Packet>, PacketError> {
+    pub fn start(
+        &mut self,
+        packet: Packet,
+        expected: usize,
+    ) -> Result<Option<Packet>, PacketError> {
         if expected == 0 {
             check_placeholders(&packet, 0)?;
             return Ok(Some(packet));
@@ -220,7 +232,10 @@ impl BinaryAssembler {
     }
 
     pub fn push(&mut self, buf: Bytes) -> Result<Option<Packet>, PacketError> {
-        let (mut packet, expected) = self.pending.take().ok_or(PacketError::UnexpectedAttachment)?;
+        let (mut packet, expected) = self
+            .pending
+            .take()
+            .ok_or(PacketError::UnexpectedAttachment)?;
         packet.attachments.push(buf);
         if packet.attachments.len() < expected {
             self.pending = Some((packet, expected));
@@ -285,7 +300,18 @@ mod tests {
 
     #[test]
     fn refuses_invalid_packets() {
-        for raw in ["abc", "2{}", "2abc[]", "2[1]", "0[]", "1/a,{}", "3[]", "5-[\"x\"]", "599999-[\"x\"]", ""] {
+        for raw in [
+            "abc",
+            "2{}",
+            "2abc[]",
+            "2[1]",
+            "0[]",
+            "1/a,{}",
+            "3[]",
+            "5-[\"x\"]",
+            "599999-[\"x\"]",
+            "",
+        ] {
             assert!(Packet::decode(raw).is_err(), "{raw}");
         }
     }
@@ -312,6 +338,9 @@ mod tests {
         let (p, n) = Packet::decode("51-[\"e\",{\"_placeholder\":true,\"num\":4}]").unwrap();
         asm.start(p, n).unwrap();
         assert_eq!(asm.push(Bytes::new()), Err(PacketError::BadPlaceholder));
-        assert_eq!(asm.push(Bytes::new()), Err(PacketError::UnexpectedAttachment));
+        assert_eq!(
+            asm.push(Bytes::new()),
+            Err(PacketError::UnexpectedAttachment)
+        );
     }
 }

@@ -239,13 +239,20 @@ impl MessageAssembler {
     }
 
     /// Feeds one frame; returns a message when one is complete.
-    pub fn push(&mut self, frame: Frame, max_message: usize) -> Result<Option<Message>, FrameError> {
+    pub fn push(
+        &mut self,
+        frame: Frame,
+        max_message: usize,
+    ) -> Result<Option<Message>, FrameError> {
         match frame.opcode {
-            OpCode::Ping => return Ok(Some(Message::Ping(frame.payload))),
-            OpCode::Pong => return Ok(Some(Message::Pong(frame.payload))),
-            OpCode::Close => return parse_close(&frame.payload).map(|c| Some(Message::Close(c))),
+            OpCode::Ping => Ok(Some(Message::Ping(frame.payload))),
+            OpCode::Pong => Ok(Some(Message::Pong(frame.payload))),
+            OpCode::Close => parse_close(&frame.payload).map(|c| Some(Message::Close(c))),
             OpCode::Continuation => {
-                let (op, mut buf) = self.partial.take().ok_or(FrameError::UnexpectedContinuation)?;
+                let (op, mut buf) = self
+                    .partial
+                    .take()
+                    .ok_or(FrameError::UnexpectedContinuation)?;
                 let size = buf.len() + frame.payload.len();
                 if size > max_message {
                     return Err(FrameError::TooLarge {
@@ -374,7 +381,10 @@ mod tests {
             let (f, _) = decode_client_frame(&raw, 100).unwrap().unwrap();
             out = asm.push(f, 100).unwrap();
         }
-        assert_eq!(out, Some(Message::Text(Bytes::from_static("héllo".as_bytes()))));
+        assert_eq!(
+            out,
+            Some(Message::Text(Bytes::from_static("héllo".as_bytes())))
+        );
         let raw = masked(true, 1, &[0xff, 0xfe], [1, 1, 1, 1]);
         let (f, _) = decode_client_frame(&raw, 100).unwrap().unwrap();
         assert_eq!(asm.push(f, 100), Err(FrameError::InvalidUtf8));

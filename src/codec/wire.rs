@@ -103,7 +103,10 @@ mod tests {
             assert_eq!(m.polling().len(), n + 1);
             assert_eq!(m.ws_frame().len(), websocket::header_len(n + 1) + n + 1);
             assert_eq!(m.ws_frame()[0], 0x81);
-            assert_eq!(m.polling().as_ptr(), m.ws_frame()[m.ws_frame().len() - n - 1..].as_ptr());
+            assert_eq!(
+                m.polling().as_ptr(),
+                m.ws_frame()[m.ws_frame().len() - n - 1..].as_ptr()
+            );
         }
     }
 

@@ -51,16 +51,32 @@ pub fn connected(socket_id: &str, now_ms: u64) -> Value {
 }
 
 /// Handles one event sent on `/ws`. `args` excludes the event name.
-pub fn on_event(settings: &GatewaySettings, socket: &mut GatewaySocket, name: &str, args: &[Value], ack: Option<u64>, now_ms: u64) -> Effects {
+pub fn on_event(
+    settings: &GatewaySettings,
+    socket: &mut GatewaySocket,
+    name: &str,
+    args: &[Value],
+    ack: Option<u64>,
+    now_ms: u64,
+) -> Effects {
     let payload = args.first();
     let mut fx = Effects::new();
     let result = match name {
         "subscribe" => subscribe(settings, socket, payload, &mut fx),
         "unsubscribe" => unsubscribe(socket, payload, &mut fx),
-        "subscribe.private" | "unsubscribe.private" => Err(ApiError::new(ErrorCode::Unauthorized, "private channels need an authenticated connection")),
+        "subscribe.private" | "unsubscribe.private" => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "private channels need an authenticated connection",
+        )),
         "ping" => Ok(("pong", obj([("timestamp", json!(now_ms))]))),
-        "auth" => Err(ApiError::new(ErrorCode::Unauthorized, "authentication is not configured on this gateway")),
-        other => Err(ApiError::new(ErrorCode::BadRequest, format!("unknown event '{other}'"))),
+        "auth" => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "authentication is not configured on this gateway",
+        )),
+        other => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("unknown event '{other}'"),
+        )),
     };
     match (result, ack) {
         (Ok((_, body)), Some(id)) => {
@@ -70,7 +86,10 @@ pub fn on_event(settings: &GatewaySettings, socket: &mut GatewaySocket, name: &s
             fx.push(Effect::Ack(id, Value::Array(vec![Value::Object(m)])));
         }
         (Ok((event, body)), None) => fx.push(Effect::Emit(json!([event, Value::Object(body)]))),
-        (Err(e), Some(id)) => fx.push(Effect::Ack(id, json!([{"ok": false, "error": {"code": e.code.as_str(), "message": e.message}}]))),
+        (Err(e), Some(id)) => fx.push(Effect::Ack(
+            id,
+            json!([{"ok": false, "error": {"code": e.code.as_str(), "message": e.message}}]),
+        )),
         (Err(e), None) => fx.push(Effect::Emit(json!(["error", {
             "code": e.code.as_str(),
             "message": e.message,
@@ -86,11 +105,26 @@ fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
 
 type Answer = Result<(&'static str, Map<String, Value>), ApiError>;
 
-fn subscribe(settings: &GatewaySettings, socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {
+fn subscribe(
+    settings: &GatewaySettings,
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    fx: &mut Effects,
+) -> Answer {
     let req = parse_subscription(payload, &settings.symbols)?;
-    let new = req.rooms.iter().filter(|r| !socket.rooms.contains(r.as_str())).count();
+    let new = req
+        .rooms
+        .iter()
+        .filter(|r| !socket.rooms.contains(r.as_str()))
+        .count();
     if socket.rooms.len() + new > settings.max_subscriptions {
-        return Err(ApiError::new(ErrorCode::SubscriptionLimit, format!("at most {} subscriptions per connection", settings.max_subscriptions)));
+        return Err(ApiError::new(
+            ErrorCode::SubscriptionLimit,
+            format!(
+                "at most {} subscriptions per connection",
+                settings.max_subscriptions
+            ),
+        ));
     }
     for room in &req.rooms {
         if !socket.rooms.contains(room.as_str()) {
@@ -115,7 +149,10 @@ fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Eff
 fn answer(req: super::channels::SubscriptionRequest) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("channel".into(), Value::String(req.channel.as_str().into()));
-    m.insert("rooms".into(), Value::Array(req.rooms.into_iter().map(Value::String).collect()));
+    m.insert(
+        "rooms".into(),
+        Value::Array(req.rooms.into_iter().map(Value::String).collect()),
+    );
     m.extend(req.echo);
     m
 }
@@ -131,10 +168,21 @@ mod tests {
         let p = [json!({"channel":"trades","symbol":"BTCUSDT"})];
         let fx = on_event(&s, &mut sock, "subscribe", &p, None, 1);
         assert_eq!(fx[0], Effect::Join(Arc::from("trades:BTCUSDT")));
-        assert_eq!(fx[1], Effect::Emit(json!(["subscribed", {"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])));
+        assert_eq!(
+            fx[1],
+            Effect::Emit(
+                json!(["subscribed", {"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
+            )
+        );
         let fx = on_event(&s, &mut sock, "subscribe", &p, Some(7), 1);
         assert_eq!(fx.len(), 1, "already joined: only the ack");
-        assert_eq!(fx[0], Effect::Ack(7, json!([{"ok":true,"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])));
+        assert_eq!(
+            fx[0],
+            Effect::Ack(
+                7,
+                json!([{"ok":true,"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
+            )
+        );
         let fx = on_event(&s, &mut sock, "unsubscribe", &p, None, 1);
         assert_eq!(fx[0], Effect::Leave(Arc::from("trades:BTCUSDT")));
         assert!(sock.rooms.is_empty());
@@ -142,12 +190,37 @@ mod tests {
 
     #[test]
     fn errors_and_limits() {
-        let s = GatewaySettings { max_subscriptions: 1, ..Default::default() };
+        let s = GatewaySettings {
+            max_subscriptions: 1,
+            ..Default::default()
+        };
         let mut sock = GatewaySocket::default();
-        let fx = on_event(&s, &mut sock, "subscribe", &[json!({"channel":"trades","symbols":["AAA","BBB"]})], Some(1), 1);
-        assert_eq!(fx[0], Effect::Ack(1, json!([{"ok":false,"error":{"code":"SUBSCRIPTION_LIMIT","message":"at most 1 subscriptions per connection"}}])));
-        let fx = on_event(&s, &mut sock, "subscribe.private", &[json!({"channel":"user.orders"})], None, 1);
-        assert!(matches!(&fx[0], Effect::Emit(v) if v[1]["code"] == "UNAUTHORIZED" && v[1]["request"]["channel"] == "user.orders"));
+        let fx = on_event(
+            &s,
+            &mut sock,
+            "subscribe",
+            &[json!({"channel":"trades","symbols":["AAA","BBB"]})],
+            Some(1),
+            1,
+        );
+        assert_eq!(
+            fx[0],
+            Effect::Ack(
+                1,
+                json!([{"ok":false,"error":{"code":"SUBSCRIPTION_LIMIT","message":"at most 1 subscriptions per connection"}}])
+            )
+        );
+        let fx = on_event(
+            &s,
+            &mut sock,
+            "subscribe.private",
+            &[json!({"channel":"user.orders"})],
+            None,
+            1,
+        );
+        assert!(
+            matches!(&fx[0], Effect::Emit(v) if v[1]["code"] == "UNAUTHORIZED" && v[1]["request"]["channel"] == "user.orders")
+        );
         let fx = on_event(&s, &mut sock, "ping", &[], Some(3), 9);
         assert_eq!(fx[0], Effect::Ack(3, json!([{"ok":true,"timestamp":9}])));
     }

@@ -86,7 +86,9 @@ impl Channel {
 
 /// `[A-Z0-9]{2,20}`.
 pub fn valid_symbol(s: &str) -> bool {
-    (2..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    (2..=20).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 pub fn valid_interval(s: &str) -> bool {
@@ -104,16 +106,31 @@ pub struct SubscriptionRequest {
 
 /// Validates a public `subscribe` / `unsubscribe` payload. `allowed` is the configured symbol
 /// list (empty: any well-formed symbol). A `symbols` list is all-or-nothing.
-pub fn parse_subscription(payload: Option<&Value>, allowed: &[String]) -> Result<SubscriptionRequest, ApiError> {
-    let obj = match payload {
-        Some(Value::Object(o)) => o,
-        _ => return Err(ApiError::new(ErrorCode::BadRequest, "payload must be an object like {\"channel\":\"ticker\",\"symbol\":\"BTCUSDT\"}")),
-    };
+pub fn parse_subscription(
+    payload: Option<&Value>,
+    allowed: &[String],
+) -> Result<SubscriptionRequest, ApiError> {
+    let obj =
+        match payload {
+            Some(Value::Object(o)) => o,
+            _ => return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "payload must be an object like {\"channel\":\"ticker\",\"symbol\":\"BTCUSDT\"}",
+            )),
+        };
     let channel = match obj.get("channel") {
         Some(Value::String(s)) => Channel::parse(s).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidChannel, format!("unknown channel '{s}'; expected ticker, orderbook, trades or klines"))
+            ApiError::new(
+                ErrorCode::InvalidChannel,
+                format!("unknown channel '{s}'; expected ticker, orderbook, trades or klines"),
+            )
         })?,
-        _ => return Err(ApiError::new(ErrorCode::InvalidChannel, "missing 'channel'")),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidChannel,
+                "missing 'channel'",
+            ))
+        }
     };
     let mut echo = Map::new();
     let symbols: Vec<&str> = match (obj.get("symbol"), obj.get("symbols")) {
@@ -123,27 +140,54 @@ pub fn parse_subscription(payload: Option<&Value>, allowed: &[String]) -> Result
         }
         (None, Some(Value::Array(list))) => {
             if list.is_empty() || list.len() > 1024 {
-                return Err(ApiError::new(ErrorCode::BadRequest, "'symbols' must hold 1 to 1024 symbols"));
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "'symbols' must hold 1 to 1024 symbols",
+                ));
             }
             let mut out = Vec::with_capacity(list.len());
             for v in list {
                 match v {
                     Value::String(s) => out.push(s.as_str()),
-                    _ => return Err(ApiError::new(ErrorCode::BadRequest, "'symbols' must be an array of strings")),
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            "'symbols' must be an array of strings",
+                        ))
+                    }
                 }
             }
             echo.insert("symbols".into(), Value::Array(list.clone()));
             out
         }
-        (Some(_), Some(_)) => return Err(ApiError::new(ErrorCode::BadRequest, "give either 'symbol' or 'symbols', not both")),
-        (None, Some(_)) => return Err(ApiError::new(ErrorCode::BadRequest, "'symbols' must be an array of strings")),
-        (Some(_), None) => return Err(ApiError::new(ErrorCode::InvalidSymbol, "'symbol' must be a string")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give either 'symbol' or 'symbols', not both",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "'symbols' must be an array of strings",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSymbol,
+                "'symbol' must be a string",
+            ))
+        }
         (None, None) => return Err(ApiError::new(ErrorCode::InvalidSymbol, "missing 'symbol'")),
     };
     for s in &symbols {
         let is_all = *s == "all" && channel == Channel::Ticker;
-        if !is_all && (!valid_symbol(s) || (!allowed.is_empty() && !allowed.iter().any(|a| a == s))) {
-            return Err(ApiError::new(ErrorCode::InvalidSymbol, format!("invalid symbol '{s}'")));
+        if !is_all && (!valid_symbol(s) || (!allowed.is_empty() && !allowed.iter().any(|a| a == s)))
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSymbol,
+                format!("invalid symbol '{s}'"),
+            ));
         }
     }
     let interval = if channel == Channel::Klines {
@@ -153,9 +197,20 @@ pub fn parse_subscription(payload: Option<&Value>, allowed: &[String]) -> Result
                 Some(i.as_str())
             }
             Some(Value::String(i)) => {
-                return Err(ApiError::new(ErrorCode::InvalidInterval, format!("invalid interval '{i}'; expected one of {}", INTERVALS.join(" "))))
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInterval,
+                    format!(
+                        "invalid interval '{i}'; expected one of {}",
+                        INTERVALS.join(" ")
+                    ),
+                ))
             }
-            _ => return Err(ApiError::new(ErrorCode::InvalidInterval, "klines need an 'interval'")),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInterval,
+                    "klines need an 'interval'",
+                ))
+            }
         }
     } else {
         None
@@ -168,7 +223,11 @@ pub fn parse_subscription(payload: Option<&Value>, allowed: &[String]) -> Result
         })
         .collect();
     rooms.dedup();
-    Ok(SubscriptionRequest { channel, rooms, echo })
+    Ok(SubscriptionRequest {
+        channel,
+        rooms,
+        echo,
+    })
 }
 
 #[cfg(test)]
@@ -182,7 +241,11 @@ mod tests {
 
     #[test]
     fn builds_rooms() {
-        let r = parse_subscription(Some(&json!({"channel":"klines","symbols":["BTCUSDT","ETHUSDT"],"interval":"1m"})), &[]).unwrap();
+        let r = parse_subscription(
+            Some(&json!({"channel":"klines","symbols":["BTCUSDT","ETHUSDT"],"interval":"1m"})),
+            &[],
+        )
+        .unwrap();
         assert_eq!(r.rooms, vec!["klines:BTCUSDT:1m", "klines:ETHUSDT:1m"]);
         let r = parse_subscription(Some(&json!({"channel":"ticker","symbol":"all"})), &[]).unwrap();
         assert_eq!(r.rooms, vec!["ticker:all"]);
@@ -191,16 +254,41 @@ mod tests {
     #[test]
     fn error_codes() {
         assert_eq!(code(json!("x")), ErrorCode::BadRequest);
-        assert_eq!(code(json!({"channel":"news","symbol":"BTCUSDT"})), ErrorCode::InvalidChannel);
+        assert_eq!(
+            code(json!({"channel":"news","symbol":"BTCUSDT"})),
+            ErrorCode::InvalidChannel
+        );
         assert_eq!(code(json!({"symbol":"BTCUSDT"})), ErrorCode::InvalidChannel);
-        assert_eq!(code(json!({"channel":"trades","symbol":"btc"})), ErrorCode::InvalidSymbol);
-        assert_eq!(code(json!({"channel":"trades","symbol":"all"})), ErrorCode::InvalidSymbol);
+        assert_eq!(
+            code(json!({"channel":"trades","symbol":"btc"})),
+            ErrorCode::InvalidSymbol
+        );
+        assert_eq!(
+            code(json!({"channel":"trades","symbol":"all"})),
+            ErrorCode::InvalidSymbol
+        );
         assert_eq!(code(json!({"channel":"trades"})), ErrorCode::InvalidSymbol);
-        assert_eq!(code(json!({"channel":"trades","symbols":["BTCUSDT","x"]})), ErrorCode::InvalidSymbol);
-        assert_eq!(code(json!({"channel":"trades","symbols":[]})), ErrorCode::BadRequest);
-        assert_eq!(code(json!({"channel":"klines","symbol":"BTCUSDT"})), ErrorCode::InvalidInterval);
-        assert_eq!(code(json!({"channel":"klines","symbol":"BTCUSDT","interval":"2m"})), ErrorCode::InvalidInterval);
+        assert_eq!(
+            code(json!({"channel":"trades","symbols":["BTCUSDT","x"]})),
+            ErrorCode::InvalidSymbol
+        );
+        assert_eq!(
+            code(json!({"channel":"trades","symbols":[]})),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(json!({"channel":"klines","symbol":"BTCUSDT"})),
+            ErrorCode::InvalidInterval
+        );
+        assert_eq!(
+            code(json!({"channel":"klines","symbol":"BTCUSDT","interval":"2m"})),
+            ErrorCode::InvalidInterval
+        );
         let allowed = vec!["BTCUSDT".to_string()];
-        assert!(parse_subscription(Some(&json!({"channel":"trades","symbol":"ETHUSDT"})), &allowed).is_err());
+        assert!(parse_subscription(
+            Some(&json!({"channel":"trades","symbol":"ETHUSDT"})),
+            &allowed
+        )
+        .is_err());
     }
 }

@@ -23,15 +23,35 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// A response with a body. `extra` headers are written verbatim (`Name: value`).
-pub fn build(status: u16, content_type: &str, extra: &[(&str, &str)], keep_alive: bool, body: &[u8]) -> Bytes {
+pub fn build(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+    body: &[u8],
+) -> Bytes {
     let mut out = BytesMut::with_capacity(160 + body.len());
-    head(&mut out, status, content_type, extra, keep_alive, body.len());
+    head(
+        &mut out,
+        status,
+        content_type,
+        extra,
+        keep_alive,
+        body.len(),
+    );
     out.extend_from_slice(body);
     out.freeze()
 }
 
 /// Writes the head only, for bodies the caller appends itself.
-pub fn head(out: &mut BytesMut, status: u16, content_type: &str, extra: &[(&str, &str)], keep_alive: bool, len: usize) {
+pub fn head(
+    out: &mut BytesMut,
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+    len: usize,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.put_u8(b' ');
@@ -56,7 +76,13 @@ pub fn head(out: &mut BytesMut, status: u16, content_type: &str, extra: &[(&str,
 }
 
 pub fn json(status: u16, extra: &[(&str, &str)], keep_alive: bool, body: &str) -> Bytes {
-    build(status, "application/json", extra, keep_alive, body.as_bytes())
+    build(
+        status,
+        "application/json",
+        extra,
+        keep_alive,
+        body.as_bytes(),
+    )
 }
 
 /// The Engine.IO error body (`{"code":n,"message":"..."}`) for a refused request.

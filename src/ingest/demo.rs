@@ -135,12 +135,22 @@ fn book_step(rng: &mut StdRng, s: &mut SymbolSim, out: &mut Vec<Value>) {
     let mut bid_changes = BTreeMap::new();
     let mut ask_changes = BTreeMap::new();
     // Levels that crossed the new mid, or drifted out of the window, are removed.
-    let stale_bids: Vec<i64> = s.bids.keys().copied().filter(|&p| p >= mid_ticks || p < mid_ticks - LEVELS * 3).collect();
+    let stale_bids: Vec<i64> = s
+        .bids
+        .keys()
+        .copied()
+        .filter(|&p| p >= mid_ticks || p < mid_ticks - LEVELS * 3)
+        .collect();
     for p in stale_bids {
         s.bids.remove(&p);
         bid_changes.insert(p, 0.0);
     }
-    let stale_asks: Vec<i64> = s.asks.keys().copied().filter(|&p| p <= mid_ticks || p > mid_ticks + LEVELS * 3).collect();
+    let stale_asks: Vec<i64> = s
+        .asks
+        .keys()
+        .copied()
+        .filter(|&p| p <= mid_ticks || p > mid_ticks + LEVELS * 3)
+        .collect();
     for p in stale_asks {
         s.asks.remove(&p);
         ask_changes.insert(p, 0.0);
@@ -149,8 +159,15 @@ fn book_step(rng: &mut StdRng, s: &mut SymbolSim, out: &mut Vec<Value>) {
     for _ in 0..touches {
         let bid = mid_ticks - rng.random_range(1..=LEVELS * 2);
         let ask = mid_ticks + rng.random_range(1..=LEVELS * 2);
-        for (book, changes, p) in [(&mut s.bids, &mut bid_changes, bid), (&mut s.asks, &mut ask_changes, ask)] {
-            let q = if rng.random_bool(0.2) && book.contains_key(&p) { 0.0 } else { (rng.random_range(0.001..5.0f64) * 1000.0).round() / 1000.0 };
+        for (book, changes, p) in [
+            (&mut s.bids, &mut bid_changes, bid),
+            (&mut s.asks, &mut ask_changes, ask),
+        ] {
+            let q = if rng.random_bool(0.2) && book.contains_key(&p) {
+                0.0
+            } else {
+                (rng.random_range(0.001..5.0f64) * 1000.0).round() / 1000.0
+            };
             if q == 0.0 {
                 book.remove(&p);
             } else {
@@ -237,12 +254,30 @@ fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64) -> Value {
     if s.candles.len() < INTERVALS.len() {
         s.candles.resize(
             INTERVALS.len(),
-            Candle { open_time: 0, open: 0.0, high: 0.0, low: 0.0, close: 0.0, volume: 0.0, quote_volume: 0.0, trades: 0 },
+            Candle {
+                open_time: 0,
+                open: 0.0,
+                high: 0.0,
+                low: 0.0,
+                close: 0.0,
+                volume: 0.0,
+                quote_volume: 0.0,
+                trades: 0,
+            },
         );
     }
     let c = &mut s.candles[idx];
     if c.open_time != open_time {
-        *c = Candle { open_time, open: s.mid, high: s.mid, low: s.mid, close: s.mid, volume: 0.0, quote_volume: 0.0, trades: 0 };
+        *c = Candle {
+            open_time,
+            open: s.mid,
+            high: s.mid,
+            low: s.mid,
+            close: s.mid,
+            volume: 0.0,
+            quote_volume: 0.0,
+            trades: 0,
+        };
     }
     c.high = c.high.max(s.mid);
     c.low = c.low.min(s.mid);

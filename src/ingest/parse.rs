@@ -6,7 +6,10 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ParseError {
     #[error("invalid JSON{}: {message}", index.map(|i| format!(" in event {i}")).unwrap_or_default())]
-    BadJson { index: Option<usize>, message: String },
+    BadJson {
+        index: Option<usize>,
+        message: String,
+    },
     #[error("empty body")]
     Empty,
 }
@@ -26,7 +29,10 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
         Ok(Value::Array(events)) => return Ok(events),
         Ok(v) => return Ok(vec![v]),
         Err(e) if !trimmed.contains(&b'\n') => {
-            return Err(ParseError::BadJson { index: None, message: e })
+            return Err(ParseError::BadJson {
+                index: None,
+                message: e,
+            })
         }
         Err(_) => {}
     }
@@ -55,14 +61,20 @@ mod tests {
         assert_eq!(parse_body(br#"{"a":1}"#).unwrap(), vec![json!({"a":1})]);
         assert_eq!(parse_body(br#"[{"a":1},{"b":2}]"#).unwrap().len(), 2);
         assert_eq!(parse_body(b"{\"a\":1}\n\n{\"b\":2}\n").unwrap().len(), 2);
-        assert_eq!(parse_body(b"{\n \"a\": 1\n}").unwrap(), vec![json!({"a":1})]);
+        assert_eq!(
+            parse_body(b"{\n \"a\": 1\n}").unwrap(),
+            vec![json!({"a":1})]
+        );
     }
 
     #[test]
     fn names_the_bad_line() {
         let e = parse_body(b"{\"a\":1}\n{oops}\n").unwrap_err();
         assert!(matches!(e, ParseError::BadJson { index: Some(1), .. }));
-        assert!(matches!(parse_body(b"nope"), Err(ParseError::BadJson { index: None, .. })));
+        assert!(matches!(
+            parse_body(b"nope"),
+            Err(ParseError::BadJson { index: None, .. })
+        ));
         assert_eq!(parse_body(b"  "), Err(ParseError::Empty));
     }
 

@@ -14,7 +14,14 @@ pub struct Route {
 }
 
 /// Event names socket.io reserves; a client library would treat them as its own.
-const RESERVED: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+const RESERVED: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
 
 fn str_field<'a>(ev: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, String> {
     match ev.get(key) {
@@ -62,15 +69,27 @@ pub fn route(ev: &Value) -> Result<SmallVec<[Route; 2]>, String> {
         if event.is_empty() || event.len() > 128 || RESERVED.contains(&event) {
             return Err(format!("'{event}' cannot be used as an event name"));
         }
-        return Ok(smallvec![Route { room: room.into(), event: event.into(), data }]);
+        return Ok(smallvec![Route {
+            room: room.into(),
+            event: event.into(),
+            data
+        }]);
     }
     let kind = str_field(obj, "type")?;
     Ok(match kind {
         "ticker.update" => {
             let s = symbol(obj)?;
             smallvec![
-                Route { room: format!("ticker:{s}"), event: kind.into(), data: data.clone() },
-                Route { room: "ticker:all".into(), event: "tickers.update".into(), data: Value::Array(vec![data]) },
+                Route {
+                    room: format!("ticker:{s}"),
+                    event: kind.into(),
+                    data: data.clone()
+                },
+                Route {
+                    room: "ticker:all".into(),
+                    event: "tickers.update".into(),
+                    data: Value::Array(vec![data])
+                },
             ]
         }
         "orderbook.update" => {
@@ -78,29 +97,49 @@ pub fn route(ev: &Value) -> Result<SmallVec<[Route; 2]>, String> {
             if !data.is_object() {
                 return Err("orderbook 'data' must be an object".into());
             }
-            smallvec![Route { room: format!("orderbook:{s}"), event: kind.into(), data }]
+            smallvec![Route {
+                room: format!("orderbook:{s}"),
+                event: kind.into(),
+                data
+            }]
         }
         "trade" => {
             let s = symbol(obj)?;
-            smallvec![Route { room: format!("trades:{s}"), event: kind.into(), data }]
+            smallvec![Route {
+                room: format!("trades:{s}"),
+                event: kind.into(),
+                data
+            }]
         }
         "kline.update" => {
             let s = symbol(obj)?;
             let i = str_field(obj, "interval")?;
             if !valid_interval(i) {
-                return Err(format!("invalid interval '{i}' (expected one of {})", INTERVALS.join(" ")));
+                return Err(format!(
+                    "invalid interval '{i}' (expected one of {})",
+                    INTERVALS.join(" ")
+                ));
             }
-            smallvec![Route { room: format!("klines:{s}:{i}"), event: kind.into(), data }]
+            smallvec![Route {
+                room: format!("klines:{s}:{i}"),
+                event: kind.into(),
+                data
+            }]
         }
         other => {
             let Some(suffix) = private_room(other) else {
                 return Err(format!("unknown event type '{other}'"));
             };
-            let user = str_field(obj, "userId").map_err(|_| format!("private event '{other}' needs a string 'userId'"))?;
+            let user = str_field(obj, "userId")
+                .map_err(|_| format!("private event '{other}' needs a string 'userId'"))?;
             if user.is_empty() || user.len() > 128 || user.contains(':') {
                 return Err("'userId' must be 1 to 128 characters without ':'".into());
             }
-            smallvec![Route { room: format!("user:{user}:{suffix}"), event: other.into(), data }]
+            smallvec![Route {
+                room: format!("user:{user}:{suffix}"),
+                event: other.into(),
+                data
+            }]
         }
     })
 }
@@ -112,18 +151,26 @@ mod tests {
 
     #[test]
     fn maps_each_type() {
-        let r = route(&json!({"type":"ticker.update","symbol":"BTCUSDT","data":{"p":"1"}})).unwrap();
+        let r =
+            route(&json!({"type":"ticker.update","symbol":"BTCUSDT","data":{"p":"1"}})).unwrap();
         assert_eq!(r[0].room, "ticker:BTCUSDT");
-        assert_eq!((r[1].room.as_str(), r[1].event.as_str()), ("ticker:all", "tickers.update"));
+        assert_eq!(
+            (r[1].room.as_str(), r[1].event.as_str()),
+            ("ticker:all", "tickers.update")
+        );
         assert_eq!(r[1].data, json!([{"p":"1"}]));
-        let r = route(&json!({"type":"kline.update","symbol":"ETHUSDT","interval":"1M","data":{}})).unwrap();
+        let r = route(&json!({"type":"kline.update","symbol":"ETHUSDT","interval":"1M","data":{}}))
+            .unwrap();
         assert_eq!(r[0].room, "klines:ETHUSDT:1M");
         let r = route(&json!({"type":"order.filled","userId":"u-1","data":{}})).unwrap();
         assert_eq!(r[0].room, "user:u-1:orders");
         let r = route(&json!({"type":"trade.executed","userId":"u-1","data":{}})).unwrap();
         assert_eq!(r[0].room, "user:u-1:trades");
         let r = route(&json!({"room":"ticker:BTCUSDT","event":"notice","data":1})).unwrap();
-        assert_eq!((r[0].room.as_str(), r[0].event.as_str()), ("ticker:BTCUSDT", "notice"));
+        assert_eq!(
+            (r[0].room.as_str(), r[0].event.as_str()),
+            ("ticker:BTCUSDT", "notice")
+        );
     }
 
     #[test]

@@ -31,13 +31,19 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
         .expect("static response parts are valid")
 }
 
-async fn handle(state: Arc<InternalState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+async fn handle(
+    state: Arc<InternalState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
     Ok(match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (Method::GET, "/stats") => stats(&state),
         (Method::POST, "/internal/events") => ingest(&state, req).await,
-        (_, "/internal/events") => json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "METHOD_NOT_ALLOWED", "message": "use POST"})),
+        (_, "/internal/events") => json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": "METHOD_NOT_ALLOWED", "message": "use POST"}),
+        ),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "NOT_FOUND"})),
     })
 }
@@ -47,8 +53,20 @@ fn stats(state: &InternalState) -> Response<Body> {
     let mut total = Counters::default();
     for c in &shards {
         macro_rules! add { ($($f:ident),*) => { $( total.$f += c.$f; )* } }
-        add!(websocket_connections, polling_sessions, tcp_connections, subscriptions, rooms, messages_out,
-             bytes_out, write_calls, broadcasts_received, slow_consumer_disconnects, handshakes, protocol_errors);
+        add!(
+            websocket_connections,
+            polling_sessions,
+            tcp_connections,
+            subscriptions,
+            rooms,
+            messages_out,
+            bytes_out,
+            write_calls,
+            broadcasts_received,
+            slow_consumer_disconnects,
+            handshakes,
+            protocol_errors
+        );
     }
     json_response(
         StatusCode::OK,
@@ -68,13 +86,22 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
-            return json_response(StatusCode::UNAUTHORIZED, json!({"error": "UNAUTHORIZED", "message": "missing or wrong ingest bearer token"}));
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "UNAUTHORIZED", "message": "missing or wrong ingest bearer token"}),
+            );
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_INGEST_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_INGEST_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": "TOO_LARGE", "message": format!("body over {MAX_INGEST_BODY} bytes")}))
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "TOO_LARGE", "message": format!("body over {MAX_INGEST_BODY} bytes")}),
+            )
         }
     };
     match state.ingest.submit_body(&body) {
@@ -88,7 +115,10 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
                 super::parse::ParseError::BadJson { index, .. } => *index,
                 super::parse::ParseError::Empty => None,
             };
-            json_response(StatusCode::BAD_REQUEST, json!({"error": "BAD_JSON", "index": index, "message": e.to_string()}))
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "BAD_JSON", "index": index, "message": e.to_string()}),
+            )
         }
     }
 }
@@ -108,7 +138,10 @@ pub async fn serve(listener: TcpListener, state: Arc<InternalState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
                 tracing::debug!(error = %e, "internal connection ended with an error");
             }
         });

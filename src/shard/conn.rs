@@ -17,7 +17,10 @@ pub enum HttpState {
     /// Head read; waiting for `need` body bytes.
     Body { req: Box<Request>, need: usize },
     /// A long-polling GET parked until the session has packets.
-    PendingGet { session: usize, origin: Option<Box<str>> },
+    PendingGet {
+        session: usize,
+        origin: Option<Box<str>>,
+    },
 }
 
 #[derive(Debug)]
@@ -93,7 +96,10 @@ impl Conn {
                 Ok(mut written) => {
                     self.out_bytes -= written;
                     while written > 0 {
-                        let front = self.out.front_mut().expect("written bytes came from the queue");
+                        let front = self
+                            .out
+                            .front_mut()
+                            .expect("written bytes came from the queue");
                         if written >= front.len() {
                             written -= front.len();
                             self.out.pop_front();

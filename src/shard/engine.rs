@@ -39,11 +39,22 @@ impl Shard {
             self.counters.polling_sessions += 1;
         }
         let hb = self.sessions[s].heartbeat.deadline();
-        self.timers.schedule(hb, Timer { kind: TimerKind::Heartbeat, index: s, generation });
+        self.timers.schedule(
+            hb,
+            Timer {
+                kind: TimerKind::Heartbeat,
+                index: s,
+                generation,
+            },
+        );
         if !echo {
             self.timers.schedule(
                 self.now + self.settings.connect_timeout,
-                Timer { kind: TimerKind::ConnectTimeout, index: s, generation },
+                Timer {
+                    kind: TimerKind::ConnectTimeout,
+                    index: s,
+                    generation,
+                },
             );
         }
         tracing::debug!(shard = self.id, sid = %self.sessions[s].sid, websocket = is_ws, "session opened");
@@ -70,7 +81,9 @@ impl Shard {
 
     /// Queues one Engine.IO message on the session's current transport.
     pub(super) fn send_wire(&mut self, s: usize, msg: &WireMessage) {
-        let Some(session) = self.sessions.get_mut(s) else { return };
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
         self.counters.messages_out += 1;
         match session.transport {
             Transport::WebSocket(c) => {
@@ -109,7 +122,12 @@ impl Shard {
     }
 
     /// Handles one Engine.IO packet. `via` is the WebSocket it came on, if any.
-    pub(super) fn on_engine_packet(&mut self, s: usize, packet: Packet, via: Option<(usize, bool)>) {
+    pub(super) fn on_engine_packet(
+        &mut self,
+        s: usize,
+        packet: Packet,
+        via: Option<(usize, bool)>,
+    ) {
         match packet {
             Packet::Pong(_) => {
                 let interval = self.settings.ping_interval;
@@ -134,7 +152,9 @@ impl Shard {
                 let text = String::from_utf8_lossy(&text);
                 let mut out = Vec::new();
                 let app = self.settings.app.clone();
-                self.sessions[s].sockets.on_text(&app, &text, unix_ms(), &mut out);
+                self.sessions[s]
+                    .sockets
+                    .on_text(&app, &text, unix_ms(), &mut out);
                 self.apply_outputs(s, out);
             }
             Packet::Binary(data) => {
@@ -143,7 +163,9 @@ impl Shard {
                 }
                 let mut out = Vec::new();
                 let app = self.settings.app.clone();
-                self.sessions[s].sockets.on_binary(&app, data, unix_ms(), &mut out);
+                self.sessions[s]
+                    .sockets
+                    .on_binary(&app, data, unix_ms(), &mut out);
                 self.apply_outputs(s, out);
             }
             Packet::Close => self.close_session(s, "client closed", false),
@@ -204,7 +226,9 @@ impl Shard {
     }
 
     fn answer_parked_get(&mut self, g: usize, body: &[u8]) {
-        let Some(conn) = self.conns.get_mut(g) else { return };
+        let Some(conn) = self.conns.get_mut(g) else {
+            return;
+        };
         let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
             Role::Http(HttpState::PendingGet { origin, .. }) => origin,
             other => {
@@ -230,13 +254,22 @@ impl Shard {
             HeartbeatAction::Wait => {}
         }
         let at = self.sessions[s].heartbeat.deadline();
-        self.timers.schedule(at, Timer { kind: TimerKind::Heartbeat, index: s, generation });
+        self.timers.schedule(
+            at,
+            Timer {
+                kind: TimerKind::Heartbeat,
+                index: s,
+                generation,
+            },
+        );
     }
 
     /// Ends a session: leaves its rooms, tells the client when `notify`, releases its
     /// connections and forgets its id.
     pub(super) fn close_session(&mut self, s: usize, reason: &str, notify: bool) {
-        let Some(session) = self.sessions.try_remove(s) else { return };
+        let Some(session) = self.sessions.try_remove(s) else {
+            return;
+        };
         tracing::debug!(shard = self.id, sid = %session.sid, reason, "session closed");
         self.sids.remove(&session.sid);
         for room in session.sockets.rooms() {
@@ -247,7 +280,8 @@ impl Shard {
         }
         match session.transport {
             Transport::WebSocket(c) => {
-                self.counters.websocket_connections = self.counters.websocket_connections.saturating_sub(1);
+                self.counters.websocket_connections =
+                    self.counters.websocket_connections.saturating_sub(1);
                 if let Some(conn) = self.conns.get_mut(c) {
                     conn.role = Role::Http(HttpState::Head);
                     if notify {
@@ -269,12 +303,16 @@ impl Shard {
 
     /// Drops a TCP connection, and the session that depended on it.
     pub(super) fn close_conn(&mut self, c: usize) {
-        let Some(mut conn) = self.conns.try_remove(c) else { return };
+        let Some(mut conn) = self.conns.try_remove(c) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.counters.tcp_connections = self.counters.tcp_connections.saturating_sub(1);
         match conn.role {
             Role::WebSocket(ws) => {
-                let Some(session) = self.sessions.get_mut(ws.session) else { return };
+                let Some(session) = self.sessions.get_mut(ws.session) else {
+                    return;
+                };
                 if ws.probing && session.probe == Some(c) {
                     session.probe = None;
                 } else if matches!(session.transport, Transport::WebSocket(t) if t == c) {

@@ -21,7 +21,9 @@ enum Endpoint {
 impl Shard {
     pub(super) fn process_http(&mut self, c: usize) {
         loop {
-            let Some(conn) = self.conns.get_mut(c) else { return };
+            let Some(conn) = self.conns.get_mut(c) else {
+                return;
+            };
             if conn.closing {
                 conn.inbuf.clear();
                 return;
@@ -35,7 +37,9 @@ impl Shard {
                     }
                     let need = *need;
                     let body = conn.inbuf.split_to(need).freeze();
-                    let Role::Http(HttpState::Body { req, .. }) = std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) else {
+                    let Role::Http(HttpState::Body { req, .. }) =
+                        std::mem::replace(&mut conn.role, Role::Http(HttpState::Head))
+                    else {
                         unreachable!("matched above")
                     };
                     conn.requests += 1;
@@ -50,9 +54,14 @@ impl Shard {
                         Ok(None) => return,
                         Err(e) => {
                             self.counters.protocol_errors += 1;
-                            let status = if matches!(e, crate::http::HeadError::TooLarge) { 431 } else { 400 };
+                            let status = if matches!(e, crate::http::HeadError::TooLarge) {
+                                431
+                            } else {
+                                400
+                            };
                             let body = format!("{{\"error\":\"{}\"}}", e);
-                            return self.respond_and_close(c, response::json(status, &[], false, &body));
+                            return self
+                                .respond_and_close(c, response::json(status, &[], false, &body));
                         }
                     };
                     if let Some(owner) = self.foreign_owner(&req) {
@@ -113,19 +122,35 @@ impl Shard {
         match self.endpoint(&req.path) {
             Endpoint::Health => {
                 self.conns[c].requests += 1;
-                self.respond(c, response::json(200, &[], keep, "{\"status\":\"ok\"}"), keep)
+                self.respond(
+                    c,
+                    response::json(200, &[], keep, "{\"status\":\"ok\"}"),
+                    keep,
+                )
             }
             Endpoint::Ready => {
                 self.conns[c].requests += 1;
                 if self.shared.ready.load(Ordering::Relaxed) && !self.shutting_down {
-                    self.respond(c, response::json(200, &[], keep, "{\"status\":\"ready\"}"), keep)
+                    self.respond(
+                        c,
+                        response::json(200, &[], keep, "{\"status\":\"ready\"}"),
+                        keep,
+                    )
                 } else {
-                    self.respond(c, response::json(503, &[], keep, "{\"status\":\"starting\"}"), keep)
+                    self.respond(
+                        c,
+                        response::json(503, &[], keep, "{\"status\":\"starting\"}"),
+                        keep,
+                    )
                 }
             }
             Endpoint::NotFound => {
                 self.conns[c].requests += 1;
-                self.respond(c, response::json(404, &[], keep, "{\"error\":\"not found\"}"), keep)
+                self.respond(
+                    c,
+                    response::json(404, &[], keep, "{\"error\":\"not found\"}"),
+                    keep,
+                )
             }
             Endpoint::Engine { echo } => self.on_engine_request(c, req, echo),
         }
@@ -137,14 +162,21 @@ impl Shard {
             self.conns[c].requests += 1;
             let mut extra = vec![
                 ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
-                ("Access-Control-Allow-Headers", "Content-Type, Authorization"),
+                (
+                    "Access-Control-Allow-Headers",
+                    "Content-Type, Authorization",
+                ),
                 ("Access-Control-Allow-Credentials", "true"),
             ];
             if let Some(o) = origin.as_deref() {
                 extra.push(("Access-Control-Allow-Origin", o));
             }
             let keep = req.keep_alive;
-            return self.respond(c, response::build(204, "text/plain", &extra, keep, b""), keep);
+            return self.respond(
+                c,
+                response::build(204, "text/plain", &extra, keep, b""),
+                keep,
+            );
         }
         let request = match classify(&req) {
             Ok(r) => r,
@@ -161,7 +193,9 @@ impl Shard {
                 self.respond(c, r, keep);
             }
             EngineRequest::Open(TransportKind::WebSocket) => {
-                let Some(accept) = self.accept_websocket(c, &req, origin.as_deref()) else { return };
+                let Some(accept) = self.accept_websocket(c, &req, origin.as_deref()) else {
+                    return;
+                };
                 let s = self.open_session(Transport::WebSocket(c), echo);
                 let conn = &mut self.conns[c];
                 conn.push(accept);
@@ -183,9 +217,13 @@ impl Shard {
                     return self.engine_error(c, EngineError::UnknownSid, origin.as_deref());
                 }
                 match (transport, req.method()) {
-                    (TransportKind::WebSocket, _) => self.on_upgrade_request(c, s, &req, origin.as_deref()),
+                    (TransportKind::WebSocket, _) => {
+                        self.on_upgrade_request(c, s, &req, origin.as_deref())
+                    }
                     (TransportKind::Polling, Method::Get) => self.on_poll(c, s, &req, origin),
-                    (TransportKind::Polling, Method::Post) => self.on_post_head(c, s, req, origin.as_deref()),
+                    (TransportKind::Polling, Method::Post) => {
+                        self.on_post_head(c, s, req, origin.as_deref())
+                    }
                     _ => self.engine_error(c, EngineError::BadRequest, origin.as_deref()),
                 }
             }
@@ -214,7 +252,9 @@ impl Shard {
         if !matches!(session.transport, Transport::Polling { .. }) || session.probe.is_some() {
             return self.engine_error(c, EngineError::BadRequest, origin);
         }
-        let Some(accept) = self.accept_websocket(c, req, origin) else { return };
+        let Some(accept) = self.accept_websocket(c, req, origin) else {
+            return;
+        };
         self.sessions[s].probe = Some(c);
         let conn = &mut self.conns[c];
         conn.push(accept);
@@ -245,7 +285,9 @@ impl Shard {
                 self.engine_error(c, EngineError::BadRequest, origin.as_deref());
                 self.close_session(s, "overlapping polls", false);
             }
-            Transport::WebSocket(_) => self.engine_error(c, EngineError::BadRequest, origin.as_deref()),
+            Transport::WebSocket(_) => {
+                self.engine_error(c, EngineError::BadRequest, origin.as_deref())
+            }
         }
     }
 
@@ -259,10 +301,16 @@ impl Shard {
         if len > self.settings.max_payload {
             self.counters.protocol_errors += 1;
             let extra = cors_headers(origin);
-            self.respond_and_close(c, response::build(413, "text/plain", &extra, false, b"Payload Too Large"));
+            self.respond_and_close(
+                c,
+                response::build(413, "text/plain", &extra, false, b"Payload Too Large"),
+            );
             return self.close_session(s, "payload too large", true);
         }
-        self.conns[c].role = Role::Http(HttpState::Body { req: Box::new(req), need: len });
+        self.conns[c].role = Role::Http(HttpState::Body {
+            req: Box::new(req),
+            need: len,
+        });
     }
 
     fn on_post_body(&mut self, c: usize, req: &Request, body: Bytes) {
@@ -280,7 +328,11 @@ impl Shard {
         };
         let keep = req.keep_alive;
         let extra = cors_headers(origin.as_deref());
-        self.respond(c, response::build(200, "text/html", &extra, keep, b"ok"), keep);
+        self.respond(
+            c,
+            response::build(200, "text/html", &extra, keep, b"ok"),
+            keep,
+        );
         for p in packets {
             if !self.sessions.contains(s) {
                 break;
@@ -294,11 +346,16 @@ impl Shard {
             conn.requests += 1;
         }
         let extra = cors_headers(origin);
-        self.respond_and_close(c, response::engine_error(e.status(), e.code(), e.message(), &extra));
+        self.respond_and_close(
+            c,
+            response::engine_error(e.status(), e.code(), e.message(), &extra),
+        );
     }
 
     pub(super) fn respond(&mut self, c: usize, bytes: Bytes, keep_alive: bool) {
-        let Some(conn) = self.conns.get_mut(c) else { return };
+        let Some(conn) = self.conns.get_mut(c) else {
+            return;
+        };
         conn.push(bytes);
         if !keep_alive {
             conn.closing = true;
@@ -312,9 +369,13 @@ impl Shard {
 
     /// Answers the session's parked GET with everything queued, in one response.
     pub(super) fn flush_polling(&mut self, s: usize) {
-        let Some(session) = self.sessions.get_mut(s) else { return };
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
         session.dirty = false;
-        let Transport::Polling { get: Some(c) } = session.transport else { return };
+        let Transport::Polling { get: Some(c) } = session.transport else {
+            return;
+        };
         if session.queue.is_empty() {
             return;
         }
@@ -322,7 +383,9 @@ impl Shard {
         session.queue.clear();
         session.queue_bytes = 0;
         session.transport = Transport::Polling { get: None };
-        let Some(conn) = self.conns.get_mut(c) else { return };
+        let Some(conn) = self.conns.get_mut(c) else {
+            return;
+        };
         let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
             Role::Http(HttpState::PendingGet { origin, .. }) => origin,
             _ => None,
@@ -334,7 +397,10 @@ impl Shard {
 
 fn cors_headers(origin: Option<&str>) -> Vec<(&'static str, &str)> {
     match origin {
-        Some(o) => vec![("Access-Control-Allow-Origin", o), ("Access-Control-Allow-Credentials", "true")],
+        Some(o) => vec![
+            ("Access-Control-Allow-Origin", o),
+            ("Access-Control-Allow-Credentials", "true"),
+        ],
         None => Vec::new(),
     }
 }
@@ -342,7 +408,14 @@ fn cors_headers(origin: Option<&str>) -> Vec<(&'static str, &str)> {
 fn polling_response(status: u16, body: &[u8], origin: Option<&str>, keep: bool) -> Bytes {
     let extra = cors_headers(origin);
     let mut out = BytesMut::with_capacity(200 + body.len());
-    response::head(&mut out, status, "text/plain; charset=UTF-8", &extra, keep, body.len());
+    response::head(
+        &mut out,
+        status,
+        "text/plain; charset=UTF-8",
+        &extra,
+        keep,
+        body.len(),
+    );
     out.extend_from_slice(body);
     out.freeze()
 }

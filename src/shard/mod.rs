@@ -128,7 +128,12 @@ pub struct Reactor {
 
 impl Reactor {
     /// Starts `n` shards listening on `addr` (port 0 picks one port for all of them).
-    pub fn start(n: usize, addr: SocketAddr, settings: Arc<ServerSettings>, shared: Arc<Shared>) -> io::Result<Reactor> {
+    pub fn start(
+        n: usize,
+        addr: SocketAddr,
+        settings: Arc<ServerSettings>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Reactor> {
         let n = n.clamp(1, 256);
         let first = bind_reuseport(addr)?;
         let local_addr = first.local_addr()?;
@@ -150,7 +155,9 @@ impl Reactor {
         let handles: Arc<[ShardHandle]> = handles.into();
         let mut stats = Vec::new();
         let mut threads = Vec::new();
-        for (id, ((poll, rx), listener)) in polls.into_iter().zip(receivers).zip(listeners).enumerate() {
+        for (id, ((poll, rx), listener)) in
+            polls.into_iter().zip(receivers).zip(listeners).enumerate()
+        {
             let st = Arc::new(ShardStats::default());
             stats.push(st.clone());
             let mut shard = Shard {
@@ -175,7 +182,10 @@ impl Reactor {
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 shutting_down: false,
             };
-            shard.poll.registry().register(&mut shard.listener, LISTENER, Interest::READABLE)?;
+            shard
+                .poll
+                .registry()
+                .register(&mut shard.listener, LISTENER, Interest::READABLE)?;
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{id}"))
@@ -285,7 +295,11 @@ impl Shard {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .is_err()
         {
             return;
@@ -325,14 +339,20 @@ impl Shard {
     fn publish(&mut self, batch: &[Broadcast]) {
         for b in batch {
             self.counters.broadcasts_received += 1;
-            let Some(members) = self.rooms.members(&b.room) else { continue };
+            let Some(members) = self.rooms.members(&b.room) else {
+                continue;
+            };
             let frame = Bytes::copy_from_slice(b.message.ws_frame());
             let mut polling: Option<Bytes> = None;
             for &s in members {
-                let Some(session) = self.sessions.get_mut(s) else { continue };
+                let Some(session) = self.sessions.get_mut(s) else {
+                    continue;
+                };
                 match session.transport {
                     Transport::WebSocket(c) => {
-                        let Some(conn) = self.conns.get_mut(c) else { continue };
+                        let Some(conn) = self.conns.get_mut(c) else {
+                            continue;
+                        };
                         conn.push(frame.clone());
                         if !conn.dirty {
                             conn.dirty = true;
@@ -365,7 +385,9 @@ impl Shard {
 
     fn on_readable(&mut self, c: usize) {
         loop {
-            let Some(conn) = self.conns.get_mut(c) else { return };
+            let Some(conn) = self.conns.get_mut(c) else {
+                return;
+            };
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => return self.close_conn(c),
                 Ok(n) => {
@@ -388,7 +410,10 @@ impl Shard {
     }
 
     fn process_input(&mut self, c: usize) {
-        let is_ws = matches!(self.conns.get(c).map(|c| &c.role), Some(conn::Role::WebSocket(_)));
+        let is_ws = matches!(
+            self.conns.get(c).map(|c| &c.role),
+            Some(conn::Role::WebSocket(_))
+        );
         if is_ws {
             self.process_ws(c);
         } else {
@@ -419,10 +444,15 @@ impl Shard {
                     }
                 }
                 TimerKind::HandshakeTimeout => {
-                    let Some(conn) = self.conns.get(t.index) else { continue };
+                    let Some(conn) = self.conns.get(t.index) else {
+                        continue;
+                    };
                     if conn.generation == t.generation
                         && conn.requests == 0
-                        && matches!(conn.role, conn::Role::Http(conn::HttpState::Head | conn::HttpState::Body { .. }))
+                        && matches!(
+                            conn.role,
+                            conn::Role::Http(conn::HttpState::Head | conn::HttpState::Body { .. })
+                        )
                     {
                         self.close_conn(t.index);
                     }
@@ -437,7 +467,9 @@ impl Shard {
         }
         let dirty = std::mem::take(&mut self.dirty_conns);
         for &c in &dirty {
-            let Some(conn) = self.conns.get_mut(c) else { continue };
+            let Some(conn) = self.conns.get_mut(c) else {
+                continue;
+            };
             conn.dirty = false;
             if conn.out_bytes > self.settings.outbound_hard_limit {
                 self.counters.slow_consumer_disconnects += 1;

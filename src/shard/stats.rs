@@ -37,9 +37,20 @@ pub struct ShardStats {
 
 macro_rules! fields {
     ($m:ident) => {
-        $m!(websocket_connections, polling_sessions, tcp_connections, subscriptions, rooms,
-            messages_out, bytes_out, write_calls, broadcasts_received, slow_consumer_disconnects,
-            handshakes, protocol_errors)
+        $m!(
+            websocket_connections,
+            polling_sessions,
+            tcp_connections,
+            subscriptions,
+            rooms,
+            messages_out,
+            bytes_out,
+            write_calls,
+            broadcasts_received,
+            slow_consumer_disconnects,
+            handshakes,
+            protocol_errors
+        )
     };
 }
 

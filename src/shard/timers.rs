@@ -52,7 +52,11 @@ mod tests {
     fn pops_in_deadline_order() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        let mk = |i| Timer { kind: TimerKind::Heartbeat, index: i, generation: 0 };
+        let mk = |i| Timer {
+            kind: TimerKind::Heartbeat,
+            index: i,
+            generation: 0,
+        };
         t.schedule(t0 + Duration::from_millis(20), mk(2));
         t.schedule(t0 + Duration::from_millis(10), mk(1));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));

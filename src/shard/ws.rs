@@ -9,12 +9,16 @@ impl Shard {
     pub(super) fn process_ws(&mut self, c: usize) {
         let max = self.settings.max_payload;
         loop {
-            let Some(conn) = self.conns.get_mut(c) else { return };
+            let Some(conn) = self.conns.get_mut(c) else {
+                return;
+            };
             if conn.closing {
                 conn.inbuf.clear();
                 return;
             }
-            let Role::WebSocket(ws) = &mut conn.role else { return };
+            let Role::WebSocket(ws) = &mut conn.role else {
+                return;
+            };
             let (frame, used) = match decode_client_frame(&conn.inbuf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
@@ -73,8 +77,12 @@ impl Shard {
     /// Ends the session riding on this WebSocket, keeping the socket open long enough to
     /// write what is queued (the close frame).
     fn detach_ws(&mut self, c: usize) {
-        let Some(conn) = self.conns.get_mut(c) else { return };
-        let Role::WebSocket(ws) = &conn.role else { return };
+        let Some(conn) = self.conns.get_mut(c) else {
+            return;
+        };
+        let Role::WebSocket(ws) = &conn.role else {
+            return;
+        };
         let (s, probing) = (ws.session, ws.probing);
         conn.role = Role::Http(super::conn::HttpState::Head);
         if probing {
@@ -83,7 +91,8 @@ impl Shard {
                     session.probe = None;
                 }
             }
-        } else if matches!(self.sessions.get(s).map(|x| &x.transport), Some(super::Transport::WebSocket(t)) if *t == c) {
+        } else if matches!(self.sessions.get(s).map(|x| &x.transport), Some(super::Transport::WebSocket(t)) if *t == c)
+        {
             self.close_session(s, "websocket closed", false);
         }
     }

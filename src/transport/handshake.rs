@@ -17,7 +17,10 @@ pub enum EngineRequest {
     /// A new session over this transport.
     Open(TransportKind),
     /// A request on an existing session (poll, post, or WebSocket upgrade).
-    Existing { sid: String, transport: TransportKind },
+    Existing {
+        sid: String,
+        transport: TransportKind,
+    },
 }
 
 /// The Engine.IO v4 error codes, with the HTTP answer each one gets.
@@ -117,7 +120,10 @@ mod tests {
 
     #[test]
     fn rfc_6455_example_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

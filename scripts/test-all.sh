@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing what the tests need first.
+#   scripts/test-all.sh
+# Needs: cargo (stable), node + npm, python3. Installs npm and PyPI packages locally
+# (tests/interop/*), never system-wide.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format and lint"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "build gateway and conformance example"
+cargo build --bins --examples
+
+step "Rust unit and integration tests"
+cargo test --quiet
+
+export GATEWAY_BIN="$PWD/target/debug/maven-gateway"
+export CONFORMANCE_BIN="$PWD/target/debug/examples/conformance"
+
+status=0
+step "Node socket.io-client interop and protocol conformance tests"
+tests/interop/node/run.sh || status=1
+
+step "python-socketio interop and robustness tests"
+tests/interop/python/run.sh || status=1
+
+if [ "$status" -ne 0 ]; then
+  echo "some interop tests failed" >&2
+fi
+exit "$status"
