@@ -63,6 +63,7 @@ impl Ingest {
         let batch: Vec<Broadcast> = routes
             .into_iter()
             .map(|r| Broadcast {
+                retain: r.retained(),
                 message: envelope::encode(&r.event, &r.room, &r.data, ts),
                 room: Arc::from(r.room),
             })

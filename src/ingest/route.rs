@@ -13,6 +13,16 @@ pub struct Route {
     pub data: Value,
 }
 
+impl Route {
+    /// Rooms whose latest value a new subscriber receives at once.
+    pub fn retained(&self) -> bool {
+        matches!(
+            self.event.as_str(),
+            "ticker.update" | "tickers.update" | "kline.update"
+        )
+    }
+}
+
 /// Event names socket.io reserves; a client library would treat them as its own.
 const RESERVED: [&str; 6] = [
     "connect",

@@ -168,7 +168,17 @@ impl Shard {
                     .on_binary(&app, data, unix_ms(), &mut out);
                 self.apply_outputs(s, out);
             }
-            Packet::Close => self.close_session(s, "client closed", false),
+            Packet::Close => {
+                // The reference server releases a parked poll with a noop on a client close.
+                if let Some(Transport::Polling { get: Some(g) }) =
+                    self.sessions.get(s).map(|x| &x.transport)
+                {
+                    let g = *g;
+                    self.sessions[s].transport = Transport::Polling { get: None };
+                    self.answer_parked_get(g, b"6");
+                }
+                self.close_session(s, "client closed", false)
+            }
             Packet::Noop => {}
             Packet::Open(_) => self.protocol_error(s, "open packet from a client"),
         }
@@ -180,6 +190,7 @@ impl Shard {
     }
 
     fn apply_outputs(&mut self, s: usize, outputs: Vec<Output>) {
+        let mut joined = Vec::new();
         for o in outputs {
             if !self.sessions.contains(s) {
                 return;
@@ -190,10 +201,19 @@ impl Shard {
                         self.send_wire(s, &m);
                     }
                 }
-                Output::Join(room) => self.rooms.join(room, s),
+                Output::Join(room) => {
+                    if let Some(last) = self.last_values.get(&room) {
+                        joined.push(last.clone());
+                    }
+                    self.rooms.join(room, s);
+                }
                 Output::Leave(room) => self.rooms.leave(&room, s),
                 Output::Close(reason) => self.protocol_error(s, reason),
             }
+        }
+        // A new subscriber gets the room's latest value right after its answer.
+        for m in joined {
+            self.send_wire(s, &m);
         }
     }
 
@@ -212,8 +232,9 @@ impl Shard {
         if let Some(super::conn::Role::WebSocket(ws)) = self.conns.get_mut(c).map(|c| &mut c.role) {
             ws.probing = false;
         }
-        // Anything still queued for polling goes out on the WebSocket, in order.
-        for text in queued {
+        // Anything still queued for polling goes out on the WebSocket, in order; the noop was
+        // only for the poll.
+        for text in queued.into_iter().filter(|t| &t[..] != b"6") {
             let m = WireMessage::text(|b| b.extend_from_slice(&text));
             if let Some(conn) = self.conns.get_mut(c) {
                 conn.push(m.ws_frame().clone());

@@ -11,6 +11,8 @@ use std::sync::Arc;
 pub struct Broadcast {
     pub room: Arc<str>,
     pub message: WireMessage,
+    /// Keep as the room's last value, sent to each new subscriber.
+    pub retain: bool,
 }
 
 pub enum ShardMsg {

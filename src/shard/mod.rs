@@ -16,6 +16,7 @@ mod ws;
 pub use handle::{Broadcast, Fanout, ShardHandle, ShardMsg};
 pub use stats::{Counters, ShardStats};
 
+use crate::codec::WireMessage;
 use crate::session::heartbeat::Heartbeat;
 use crate::sockets::{App, SocketLayer};
 use bytes::{Bytes, BytesMut};
@@ -97,6 +98,8 @@ pub struct Shard {
     sessions: Slab<Session>,
     sids: HashMap<Box<str>, usize>,
     rooms: Rooms,
+    /// The latest message of each room that keeps one (tickers, klines), for new subscribers.
+    last_values: HashMap<Arc<str>, WireMessage>,
     timers: Timers,
     dirty_conns: Vec<usize>,
     dirty_sessions: Vec<usize>,
@@ -174,6 +177,7 @@ impl Reactor {
                 sessions: Slab::new(),
                 sids: HashMap::new(),
                 rooms: Rooms::default(),
+                last_values: HashMap::new(),
                 timers: Timers::default(),
                 dirty_conns: Vec::new(),
                 dirty_sessions: Vec::new(),
@@ -339,6 +343,9 @@ impl Shard {
     fn publish(&mut self, batch: &[Broadcast]) {
         for b in batch {
             self.counters.broadcasts_received += 1;
+            if b.retain {
+                self.last_values.insert(b.room.clone(), b.message.clone());
+            }
             let Some(members) = self.rooms.members(&b.room) else {
                 continue;
             };
