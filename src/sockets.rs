@@ -179,6 +179,20 @@ impl SocketLayer {
                     Some(Value::String(s)) => s.clone(),
                     _ => return,
                 };
+                if !packet.attachments.is_empty() {
+                    let error = json!({"code": "BAD_REQUEST", "message": "binary payloads are not supported by the gateway API"});
+                    out.push(match packet.id {
+                        Some(id) => {
+                            ack(&ns, id, json!([{"ok": false, "error": error}]), Vec::new())
+                        }
+                        None => {
+                            let mut e = error;
+                            e["request"] = Value::Null;
+                            Output::Send(Packet::event(&ns, json!(["error", e]), None))
+                        }
+                    });
+                    return;
+                }
                 let Some(gw) = socket.gateway.as_mut() else {
                     if let Some(id) = packet.id {
                         out.push(ack(&ns, id, json!([{"ok": false, "error": {"code": "BAD_REQUEST", "message": "the gateway API is on namespace /ws"}}]), Vec::new()));

@@ -14,7 +14,39 @@ pub enum ParseError {
     Empty,
 }
 
+/// Deepest nesting accepted, as serde_json's own default; checked before parsing so that a
+/// hostile body cannot exhaust the parser's stack.
+pub const MAX_DEPTH: usize = 128;
+
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 fn parse_one(bytes: &[u8]) -> Result<Value, String> {
+    if nesting_depth(bytes) > MAX_DEPTH {
+        return Err(format!("nesting deeper than {MAX_DEPTH} levels"));
+    }
     let mut buf = bytes.to_vec();
     simd_json::serde::from_slice::<Value>(&mut buf).map_err(|e| e.to_string())
 }
@@ -76,6 +108,20 @@ mod tests {
             Err(ParseError::BadJson { index: None, .. })
         ));
         assert_eq!(parse_body(b"  "), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_recursing() {
+        let deep = format!(
+            "{{\"data\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            parse_body(deep.as_bytes()),
+            Err(ParseError::BadJson { .. })
+        ));
+        assert_eq!(nesting_depth(br#"{"a":"[[[[\"[["}"#), 1);
     }
 
     #[test]

@@ -231,8 +231,14 @@ impl Shard {
     }
 
     fn accept_websocket(&mut self, c: usize, req: &Request, origin: Option<&str>) -> Option<Bytes> {
+        let key_ok = |k: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .is_ok_and(|d| d.len() == 16)
+        };
         let key = match (&req.ws_key, req.ws_version.as_deref()) {
-            (Some(k), Some("13")) => k,
+            (Some(k), Some("13")) if key_ok(k) => k,
             _ => {
                 self.engine_error(c, EngineError::BadRequest, origin);
                 return None;

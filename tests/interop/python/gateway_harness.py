@@ -1,0 +1,300 @@
+"""Start/stop the gateway binary and talk to it with python-socketio.
+
+Everything here targets 127.0.0.1 only.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import engineio
+import socketio
+
+REPO = Path(__file__).resolve().parents[3]
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+# Never route loopback traffic through a proxy (requests / websocket-client / urllib read these).
+for _k in list(os.environ):
+    if _k.lower() in ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy"):
+        del os.environ[_k]
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def gateway_bin():
+    return Path(os.environ.get("GATEWAY_BIN") or REPO / "target" / "debug" / "maven-gateway")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def unique_symbol(prefix="T"):
+    """A fresh symbol matching [A-Z0-9]{2,20}, so tests never share rooms or cached values."""
+    return (prefix + uuid.uuid4().hex.upper())[:16]
+
+
+def http(method, url, body=None, headers=None, timeout=10.0):
+    """Plain urllib request; returns (status, raw bytes, headers) for every status code."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def parse_json(raw):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw
+
+
+class Gateway:
+    """One gateway process on fresh loopback ports."""
+
+    def __init__(self, flags=(), log_dir=None, name="gw"):
+        self.flags = [str(f) for f in flags]
+        self.log_dir = Path(log_dir) if log_dir else Path("/tmp")
+        self.name = name
+        self.proc = None
+        self.port = self.internal_port = None
+        self.log_path = None
+
+    @property
+    def public_url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def internal_url(self):
+        return f"http://127.0.0.1:{self.internal_port}"
+
+    def start(self):
+        binary = gateway_bin()
+        if not binary.exists():
+            raise RuntimeError(f"gateway binary not found: {binary} (set GATEWAY_BIN)")
+        last_err = None
+        for attempt in range(3):  # a port picked by bind-0 may be taken again in between
+            self.port, self.internal_port = free_port(), free_port()
+            while self.internal_port == self.port:
+                self.internal_port = free_port()
+            self.log_path = self.log_dir / f"{self.name}-{self.port}-{attempt}.log"
+            log = open(self.log_path, "wb")
+            cmd = [str(binary), "--listen", f"127.0.0.1:{self.port}",
+                   "--internal-listen", f"127.0.0.1:{self.internal_port}", *self.flags]
+            # GATEWAY_* variables configure the binary too: only the flags given here apply
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         env=env)
+            log.close()
+            try:
+                self._wait_ready()
+                return self
+            except RuntimeError as e:
+                last_err = e
+                self.kill()
+        raise last_err
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited early with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _, _ = http("GET", self.public_url + "/ready", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway not ready within {READY_TIMEOUT}s:\n{self.log_tail()}")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n=40):
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return "<no log>"
+
+    def stop(self, sig=signal.SIGTERM):
+        """Signal the process and return its exit code; kill it when it does not stop."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"gateway did not exit within {STOP_TIMEOUT}s of {sig!r}")
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    # ---- ingest ------------------------------------------------------------------------------
+
+    def ingest_raw(self, body, token=None, content_type="application/json", timeout=10.0):
+        if isinstance(body, str):
+            body = body.encode()
+        headers = {"Content-Type": content_type}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        status, raw, _ = http("POST", self.internal_url + "/internal/events", body, headers,
+                              timeout=timeout)
+        return status, parse_json(raw)
+
+    def ingest(self, events, token=None):
+        """POST one event (dict) or a batch (list, sent as a JSON array)."""
+        return self.ingest_raw(json.dumps(events), token=token)
+
+    def ingest_ndjson(self, events, token=None):
+        body = "".join(json.dumps(e) + "\n" for e in events)
+        return self.ingest_raw(body, token=token, content_type="application/x-ndjson")
+
+    def ingest_ok(self, events, token=None):
+        status, body = self.ingest(events, token=token)
+        n = len(events) if isinstance(events, list) else 1
+        assert (status, body) == (202, {"accepted": n}), (status, body)
+
+
+# ---- python-socketio helpers -------------------------------------------------------------------
+
+
+class _SyncDispatchEngineIO(engineio.Client):
+    """engine.io client that runs message handlers in the read loop, i.e. in arrival order.
+
+    The stock client starts a thread per incoming message, which can reorder handlers; the wire
+    protocol is unchanged.
+    """
+
+    def _trigger_event(self, event, *args, **kwargs):
+        kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class OrderedClient(socketio.Client):
+    def _engineio_client_class(self):
+        return _SyncDispatchEngineIO
+
+
+class Recorder:
+    """Collects every event of one namespace as (name, payload)."""
+
+    def __init__(self):
+        self.events = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event, *args):
+        with self.cond:
+            self.events.append((event, args[0] if len(args) == 1 else (args or None)))
+            self.cond.notify_all()
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.events)
+
+    def named(self, name):
+        return [d for e, d in self.snapshot() if e == name]
+
+    def wait_for(self, pred, timeout=5.0, what="event"):
+        """Return the first recorded (name, data) with pred(name, data) true."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for e, d in self.events:
+                    if pred(e, d):
+                        return e, d
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"timed out after {timeout}s waiting for {what}; got {self.events[-20:]!r}")
+                self.cond.wait(left)
+
+    def wait_event(self, name, timeout=5.0, pred=None):
+        return self.wait_for(lambda e, d: e == name and (pred is None or pred(d)), timeout,
+                             what=repr(name))[1]
+
+    def wait_count(self, name, n, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = [d for e, d in self.events if e == name]
+                if len(got) >= n:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"timed out after {timeout}s: {len(got)}/{n} {name!r} events")
+                self.cond.wait(left)
+
+
+def connect_client(gw, transports=None, namespace="/ws", ordered=False, wait_connected=True,
+                   **client_kwargs):
+    """Connect a python-socketio client to gw; returns (client, recorder of `namespace`)."""
+    cls = OrderedClient if ordered else socketio.Client
+    client_kwargs.setdefault("reconnection", False)
+    sio = cls(**client_kwargs)
+    rec = Recorder()
+    sio.on("*", rec, namespace=namespace)
+    sio.connect(gw.public_url, namespaces=[namespace], transports=transports, wait_timeout=5)
+    if wait_connected and namespace == "/ws":
+        try:
+            rec.wait_event("connected", timeout=5)
+        except AssertionError:
+            sio.disconnect()
+            raise
+    return sio, rec
+
+
+def assert_envelope(msg, room, data):
+    """Data events carry exactly {channel, data, timestamp}."""
+    assert isinstance(msg, dict), msg
+    assert set(msg) == {"channel", "data", "timestamp"}, msg
+    assert msg["channel"] == room, msg
+    assert msg["data"] == data, msg
+    ts = msg["timestamp"]
+    assert isinstance(ts, int) and not isinstance(ts, bool), msg
+    assert abs(ts - now_ms()) < 60_000, msg
+
+
+def check_alive(gw, timeout=5.0):
+    """The gateway still serves: a fresh client connects and receives an ingested trade."""
+    assert gw.alive(), f"gateway process died (rc={gw.proc.returncode}):\n{gw.log_tail()}"
+    status, raw, _ = http("GET", gw.public_url + "/health", timeout=timeout)
+    assert status == 200, (status, raw)
+    sym = unique_symbol("ALIVE")
+    sio, rec = connect_client(gw, transports=["websocket"])
+    try:
+        ack = sio.call("subscribe", {"channel": "trades", "symbol": sym}, namespace="/ws",
+                       timeout=timeout)
+        assert ack["ok"] is True and ack["rooms"] == [f"trades:{sym}"], ack
+        data = {"tradeId": "alive", "symbol": sym, "price": "1.00", "quantity": "1"}
+        gw.ingest_ok({"type": "trade", "symbol": sym, "data": data})
+        msg = rec.wait_event("trade", timeout=timeout)
+        assert_envelope(msg, f"trades:{sym}", data)
+    finally:
+        sio.disconnect()
