@@ -52,8 +52,11 @@ fn main() {
     };
     shared.ready.store(true, Ordering::Relaxed);
     eprintln!("conformance server on {}", reactor.local_addr);
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .expect("installing signal handlers");
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .expect("installing signal handlers");
     signals.forever().next();
     reactor.shutdown();
 }
