@@ -252,7 +252,7 @@ impl Shard {
                             self.mark_dirty(i);
                         }
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(i);
+                            self.on_readable(i, ev.is_read_closed() || ev.is_error());
                         }
                     }
                 }
@@ -390,13 +390,20 @@ impl Shard {
         }
     }
 
-    fn on_readable(&mut self, c: usize) {
+    /// Reads what the socket holds. A short read normally means it is drained, which saves
+    /// a syscall per message; when the peer has also half-closed, read on to see the EOF,
+    /// since edge-triggered readiness will not report it again.
+    fn on_readable(&mut self, c: usize, peer_closed: bool) {
+        let mut eof = false;
         loop {
             let Some(conn) = self.conns.get_mut(c) else {
                 return;
             };
             match conn.stream.read(&mut self.scratch) {
-                Ok(0) => return self.close_conn(c),
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => {
                     conn.inbuf.extend_from_slice(&self.scratch[..n]);
                     if conn.inbuf.len() > self.settings.max_payload + 64 * 1024 {
@@ -404,7 +411,7 @@ impl Shard {
                         self.counters.protocol_errors += 1;
                         return self.close_conn(c);
                     }
-                    if n < self.scratch.len() {
+                    if n < self.scratch.len() && !peer_closed {
                         break;
                     }
                 }
@@ -414,6 +421,13 @@ impl Shard {
             }
         }
         self.process_input(c);
+        if eof {
+            // The peer sends nothing more: answer what it asked, then close.
+            if let Some(conn) = self.conns.get_mut(c) {
+                conn.closing = true;
+                self.mark_dirty(c);
+            }
+        }
     }
 
     fn process_input(&mut self, c: usize) {

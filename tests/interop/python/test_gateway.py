@@ -615,3 +615,22 @@ def test_signal_stops_with_exit_0(gateway_factory, sig):
         assert not sio.connected and gone
     finally:
         sio.disconnect()
+
+
+# ---- long-polling only -----------------------------------------------------------------------------
+
+
+def test_polling_only_client(gateway, clients):
+    """Without the upgrade, everything flows over HTTP long-polling."""
+    sio, rec = clients(gateway, ["polling"])
+    assert sio.transport() == "polling"
+    assert rec.named("connected")[0]["socketId"] == sio.get_sid(NS)
+    sym = unique_symbol()
+    subscribe_ok(sio, sub("trades", symbol=sym))
+    # python-engineio refuses a polling payload of more than 16 packets, so stay below that
+    events = [trade_event(sym, tradeId=f"p{i}") for i in range(10)]
+    gateway.ingest_ok(events)
+    got = rec.wait_count("trade", 10)
+    assert sorted(m["data"]["tradeId"] for m in got) == sorted(e["data"]["tradeId"] for e in events)
+    ack = sio.call("ping", namespace=NS, timeout=5)
+    assert ack["ok"] is True, ack
