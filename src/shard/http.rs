@@ -11,6 +11,10 @@ use crate::transport::{classify, handshake, EngineError, EngineRequest, Transpor
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 
+/// Packets in one long-polling response. python-engineio refuses a payload of more than 16
+/// packets and drops the connection; the rest waits for the next poll, which comes at once.
+const MAX_PACKETS_PER_POLL: usize = 16;
+
 enum Endpoint {
     Engine { echo: bool },
     Health,
@@ -385,9 +389,11 @@ impl Shard {
         if session.queue.is_empty() {
             return;
         }
-        let body = engineio::encode_payload(session.queue.iter().map(|b| &b[..]));
-        session.queue.clear();
-        session.queue_bytes = 0;
+        let n = session.queue.len().min(MAX_PACKETS_PER_POLL);
+        let body = engineio::encode_payload(session.queue.iter().take(n).map(|b| &b[..]));
+        for p in session.queue.drain(..n) {
+            session.queue_bytes -= p.len();
+        }
         session.transport = Transport::Polling { get: None };
         let Some(conn) = self.conns.get_mut(c) else {
             return;

@@ -341,6 +341,7 @@ impl Shard {
     /// Writes each broadcast to every local member of its room. The frame is copied once into
     /// this shard's memory so the per-subscriber reference counting stays on this core.
     fn publish(&mut self, batch: &[Broadcast]) {
+        let mut over_limit = Vec::new();
         for b in batch {
             self.counters.broadcasts_received += 1;
             if b.retain {
@@ -370,6 +371,9 @@ impl Shard {
                         let p = polling.get_or_insert_with(|| b.message.polling());
                         session.queue_bytes += p.len();
                         session.queue.push_back(p.clone());
+                        if session.queue_bytes > self.settings.outbound_hard_limit {
+                            over_limit.push(s);
+                        }
                         if !session.dirty {
                             session.dirty = true;
                             self.dirty_sessions.push(s);
@@ -378,6 +382,13 @@ impl Shard {
                 }
                 self.counters.messages_out += 1;
             }
+        }
+        // Polling clients that stopped polling: WebSocket ones are checked when flushed.
+        over_limit.sort_unstable();
+        over_limit.dedup();
+        for s in over_limit {
+            self.counters.slow_consumer_disconnects += 1;
+            self.close_session(s, "outbound queue over the hard limit", false);
         }
     }
 
