@@ -38,6 +38,7 @@ fn main() {
         handshake_timeout: Duration::from_secs(10),
         max_payload: 1_000_000,
         cors_origins: vec!["*".into()],
+        outbound_soft_limit: 64 * 1024 * 1024,
         outbound_hard_limit: 64 * 1024 * 1024,
         app: App::Conformance,
     };

@@ -70,6 +70,24 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
+    /// At most one ticker (and open-kline) update per symbol per window, in milliseconds,
+    /// with the latest value always sent at the window's end; 0 sends every update.
+    #[arg(long, env = "GATEWAY_TICKER_THROTTLE_MS", default_value_t = 1000)]
+    pub ticker_throttle_ms: u64,
+
+    /// Order book levels per side in snapshots and in the window deltas describe.
+    #[arg(long, env = "GATEWAY_ORDERBOOK_DEPTH", default_value_t = 100)]
+    pub orderbook_depth: usize,
+
+    /// Merge order book deltas over this many milliseconds into one; 0 sends each at once.
+    #[arg(long, env = "GATEWAY_ORDERBOOK_CONFLATION_MS", default_value_t = 0)]
+    pub orderbook_conflation_ms: u64,
+
+    /// Outbound bytes queued for one connection past which only the latest ticker and kline
+    /// values are kept and order book deltas give way to a resync snapshot.
+    #[arg(long, env = "GATEWAY_OUTBOUND_SOFT_LIMIT", default_value_t = 1024 * 1024)]
+    pub outbound_soft_limit: usize,
+
     /// Outbound bytes queued for one connection past which it is disconnected.
     #[arg(long, env = "GATEWAY_OUTBOUND_HARD_LIMIT", default_value_t = 8 * 1024 * 1024)]
     pub outbound_hard_limit: usize,

@@ -3,6 +3,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod market;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -5,6 +5,7 @@ use crate::gateway::GatewaySettings;
 use crate::ingest::demo::DemoMarket;
 use crate::ingest::server::{self, InternalState};
 use crate::ingest::Ingest;
+use crate::market::MarketSettings;
 use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
 use crate::sockets::App;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,12 +31,23 @@ pub struct Gateway {
     runtime: tokio::runtime::Runtime,
     stop_demo: Arc<AtomicBool>,
     demo: Option<std::thread::JoinHandle<()>>,
+    timers: std::thread::JoinHandle<()>,
     pub public_addr: std::net::SocketAddr,
     pub internal_addr: std::net::SocketAddr,
     pub ingest: Arc<Ingest>,
 }
 
 pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
+    if config.outbound_soft_limit > config.outbound_hard_limit {
+        return Err(StartError::Config(
+            "outbound soft limit must not exceed the hard limit".into(),
+        ));
+    }
+    if config.orderbook_depth == 0 {
+        return Err(StartError::Config(
+            "orderbook depth must be at least 1".into(),
+        ));
+    }
     if config.ping_interval_ms == 0 || config.ping_timeout_ms == 0 {
         return Err(StartError::Config(
             "ping interval and timeout must be positive".into(),
@@ -58,6 +70,7 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         connect_timeout: Duration::from_millis(config.connect_timeout_ms),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         max_payload: config.max_payload,
+        outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),
         outbound_hard_limit: config.outbound_hard_limit,
         app: App::Gateway(Arc::new(GatewaySettings {
@@ -81,7 +94,14 @@ impl Gateway {
             addr: config.listen,
             source,
         })?;
-        let ingest = Ingest::new(reactor.fanout());
+        let ingest = Ingest::new(
+            reactor.fanout(),
+            MarketSettings {
+                ticker_throttle_ms: config.ticker_throttle_ms,
+                orderbook_depth: config.orderbook_depth,
+                orderbook_conflation_ms: config.orderbook_conflation_ms,
+            },
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("internal")
@@ -102,6 +122,14 @@ impl Gateway {
         });
         runtime.spawn(server::serve(listener, state));
         let stop_demo = Arc::new(AtomicBool::new(false));
+        let timers = {
+            let ingest = ingest.clone();
+            let stop = stop_demo.clone();
+            std::thread::Builder::new()
+                .name("market-timers".into())
+                .spawn(move || ingest.run_timers(&stop))
+                .map_err(StartError::Runtime)?
+        };
         let demo = config.demo.then(|| {
             let ingest = ingest.clone();
             let stop = stop_demo.clone();
@@ -118,6 +146,7 @@ impl Gateway {
             runtime,
             stop_demo,
             demo,
+            timers,
             ingest,
         })
     }
@@ -127,6 +156,7 @@ impl Gateway {
         if let Some(d) = self.demo {
             let _ = d.join();
         }
+        let _ = self.timers.join();
         self.reactor.shutdown();
         self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
@@ -136,7 +166,7 @@ fn run_demo(ingest: &Ingest, stop: &AtomicBool) {
     let mut market = DemoMarket::new(unix_ms());
     while !stop.load(Ordering::Relaxed) {
         let events = market.tick(unix_ms());
-        if let Err(e) = ingest.submit(&events) {
+        if let Err(e) = ingest.submit(events) {
             tracing::error!(error = %e, "demo feed produced an invalid event");
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -2,14 +2,35 @@
 //! a complete frame.
 
 use crate::codec::WireMessage;
+use crate::market::Payload;
 use bytes::BufMut;
 use serde_json::Value;
 
 /// The namespace the gateway API lives on.
 pub const GATEWAY_NAMESPACE: &str = "/ws";
 
+/// The envelope for a publish's payload.
+pub fn encode_payload(event: &str, room: &str, data: &Payload, timestamp_ms: u64) -> WireMessage {
+    match data {
+        Payload::Value(v) => encode(event, room, v, timestamp_ms),
+        Payload::Json(j) => encode_with(event, room, timestamp_ms, |b| b.extend_from_slice(j)),
+    }
+}
+
 /// `42/ws,["<event>",{"channel":"<room>","data":<data>,"timestamp":<ts>}]` as one frame.
 pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireMessage {
+    encode_with(event, room, timestamp_ms, |b| {
+        // Serializing into a growable buffer cannot fail.
+        let _ = serde_json::to_writer(b.writer(), data);
+    })
+}
+
+fn encode_with(
+    event: &str,
+    room: &str,
+    timestamp_ms: u64,
+    data: impl FnOnce(&mut bytes::BytesMut),
+) -> WireMessage {
     WireMessage::text(|b| {
         b.extend_from_slice(b"42");
         b.extend_from_slice(GATEWAY_NAMESPACE.as_bytes());
@@ -20,7 +41,7 @@ pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireM
         w.get_mut().extend_from_slice(b",{\"channel\":");
         let _ = serde_json::to_writer(&mut w, room);
         w.get_mut().extend_from_slice(b",\"data\":");
-        let _ = serde_json::to_writer(&mut w, data);
+        data(w.get_mut());
         w.get_mut().extend_from_slice(b",\"timestamp\":");
         w.get_mut()
             .extend_from_slice(itoa::Buffer::new().format(timestamp_ms).as_bytes());

@@ -304,7 +304,7 @@ fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::route::route;
+    use crate::ingest::route::parse_event;
 
     #[test]
     fn emits_valid_events_with_consecutive_book_ids() {
@@ -313,7 +313,7 @@ mod tests {
         let mut kinds = std::collections::BTreeSet::new();
         for step in 0..50u64 {
             for ev in m.tick(1_700_000_000_000 + step * 100) {
-                route(&ev).expect("demo events pass ingest validation");
+                parse_event(ev.clone()).expect("demo events pass ingest validation");
                 kinds.insert(ev["type"].as_str().unwrap().to_owned());
                 if ev["type"] == "orderbook.update" {
                     let sym = ev["symbol"].as_str().unwrap().to_owned();

@@ -1,5 +1,5 @@
-//! Events from the exchange backend into the gateway: parsing, validation, routing to rooms,
-//! encoding once per publish, and hand-off to the shards.
+//! Events from the exchange backend into the gateway: parsing, validation, market-data
+//! semantics, encoding once per publish, and hand-off to the shards.
 
 pub mod demo;
 pub mod parse;
@@ -7,10 +7,13 @@ pub mod route;
 pub mod server;
 
 use crate::gateway::envelope;
+use crate::market::{Market, MarketCounters, MarketSettings, Publish};
 use crate::shard::{unix_ms, Broadcast, Fanout};
+use parking_lot::Mutex;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -21,18 +24,21 @@ pub enum IngestError {
     BadEvent { index: usize, message: String },
 }
 
-/// The in-process bus of standalone mode.
+/// The in-process bus of standalone mode. The market state is behind one lock taken per
+/// ingested batch and per timer tick, never per delivered message.
 pub struct Ingest {
     fanout: Fanout,
-    /// Envelopes encoded: one per routed emit, whatever the number of subscribers.
+    market: Mutex<Market>,
+    /// Envelopes encoded: one per publish, whatever the number of subscribers.
     encodes: AtomicU64,
     events: AtomicU64,
 }
 
 impl Ingest {
-    pub fn new(fanout: Fanout) -> Arc<Ingest> {
+    pub fn new(fanout: Fanout, settings: MarketSettings) -> Arc<Ingest> {
         Arc::new(Ingest {
             fanout,
+            market: Mutex::new(Market::new(settings)),
             encodes: AtomicU64::new(0),
             events: AtomicU64::new(0),
         })
@@ -46,31 +52,77 @@ impl Ingest {
         self.events.load(Relaxed)
     }
 
-    /// Parses, validates and publishes a request body; all or nothing.
-    pub fn submit_body(&self, body: &[u8]) -> Result<usize, IngestError> {
-        let events = parse::parse_body(body)?;
-        self.submit(&events)
+    pub fn market_counters(&self) -> MarketCounters {
+        self.market.lock().counters
     }
 
-    /// Validates every event first, then publishes the batch; returns how many were accepted.
-    pub fn submit(&self, events: &[Value]) -> Result<usize, IngestError> {
-        let mut routes = Vec::with_capacity(events.len() * 2);
-        for (index, ev) in events.iter().enumerate() {
-            let r = route::route(ev).map_err(|message| IngestError::BadEvent { index, message })?;
-            routes.extend(r);
-        }
-        let ts = unix_ms();
-        let batch: Vec<Broadcast> = routes
+    /// Parses, validates and publishes a request body; all or nothing.
+    pub fn submit_body(&self, body: &[u8]) -> Result<usize, IngestError> {
+        self.submit(parse::parse_body(body)?)
+    }
+
+    /// Validates every event first, then applies and publishes the batch; returns how many
+    /// were accepted.
+    pub fn submit(&self, events: Vec<Value>) -> Result<usize, IngestError> {
+        let n = events.len();
+        let typed = events
             .into_iter()
-            .map(|r| Broadcast {
-                retain: r.retained(),
-                message: envelope::encode(&r.event, &r.room, &r.data, ts),
-                room: Arc::from(r.room),
+            .enumerate()
+            .map(|(index, ev)| {
+                route::parse_event(ev).map_err(|message| IngestError::BadEvent { index, message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = unix_ms();
+        let mut out = Vec::with_capacity(n * 2);
+        {
+            let mut market = self.market.lock();
+            market
+                .validate(&typed)
+                .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
+            for ev in typed {
+                market.apply(ev, now, &mut out);
+            }
+            // Publish inside the lock so batches reach the shards in the order they were
+            // applied; encoding is per publish, not per subscriber.
+            self.publish(out, now);
+        }
+        self.events.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+
+    fn publish(&self, out: Vec<Publish>, now: u64) {
+        if out.is_empty() {
+            return;
+        }
+        let batch: Vec<Broadcast> = out
+            .into_iter()
+            .map(|p| Broadcast {
+                message: envelope::encode_payload(&p.event, &p.room, &p.data, now),
+                room: p.room,
+                class: p.class,
+                deliver: p.deliver,
+                retain: p.retain,
+                book: p.book,
             })
             .collect();
         self.encodes.fetch_add(batch.len() as u64, Relaxed);
-        self.events.fetch_add(events.len() as u64, Relaxed);
         self.fanout.publish(batch);
-        Ok(events.len())
+    }
+
+    /// Runs throttle and conflation timers until `stop`; one thread for all symbols.
+    pub fn run_timers(&self, stop: &AtomicBool) {
+        while !stop.load(Relaxed) {
+            let now = unix_ms();
+            let wait = {
+                let mut market = self.market.lock();
+                let mut out = Vec::new();
+                market.poll(now, &mut out);
+                self.publish(out, now);
+                market
+                    .next_deadline()
+                    .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))
+            };
+            std::thread::sleep(Duration::from_millis(wait));
+        }
     }
 }

@@ -1,26 +1,45 @@
-//! Validation of ingested events and their mapping to rooms and client event names
-//! (contract §5). Everything a route depends on is checked before anything is published.
+//! Validation of ingested events into typed events (contract §5). Everything an event is
+//! routed on is checked here, before anything of its batch is published.
 
 use crate::gateway::channels::{valid_interval, valid_symbol, INTERVALS};
-use serde_json::Value;
-use smallvec::{smallvec, SmallVec};
+use crate::market::book::BookUpdate;
+use serde_json::{Map, Value};
+use std::sync::Arc;
 
-/// One client emit an event turns into.
+/// A validated ingest event.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Route {
-    pub room: String,
-    pub event: String,
-    pub data: Value,
-}
-
-impl Route {
-    /// Rooms whose latest value a new subscriber receives at once.
-    pub fn retained(&self) -> bool {
-        matches!(
-            self.event.as_str(),
-            "ticker.update" | "tickers.update" | "kline.update"
-        )
-    }
+pub enum IngestEvent {
+    Ticker {
+        symbol: Arc<str>,
+        data: Value,
+    },
+    Trade {
+        symbol: Arc<str>,
+        data: Value,
+    },
+    Kline {
+        symbol: Arc<str>,
+        interval: &'static str,
+        open_time: Option<u64>,
+        closed: bool,
+        data: Value,
+    },
+    Book {
+        symbol: Arc<str>,
+        update: BookUpdate,
+    },
+    /// `order.*`, `trade.executed`, `balance.*`, `deposit.*` for one user.
+    Private {
+        room: String,
+        event: String,
+        data: Value,
+    },
+    /// `{room, event, data}`.
+    Manual {
+        room: String,
+        event: String,
+        data: Value,
+    },
 }
 
 /// Event names socket.io reserves; a client library would treat them as its own.
@@ -33,7 +52,7 @@ const RESERVED: [&str; 6] = [
     "removeListener",
 ];
 
-fn str_field<'a>(ev: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, String> {
+fn str_field<'a>(ev: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
     match ev.get(key) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(format!("'{key}' must be a string")),
@@ -41,10 +60,10 @@ fn str_field<'a>(ev: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'
     }
 }
 
-fn symbol(ev: &serde_json::Map<String, Value>) -> Result<&str, String> {
+fn symbol(ev: &Map<String, Value>) -> Result<Arc<str>, String> {
     let s = str_field(ev, "symbol")?;
     if valid_symbol(s) {
-        Ok(s)
+        Ok(Arc::from(s))
     } else {
         Err(format!("invalid symbol '{s}' (expected [A-Z0-9]{{2,20}})"))
     }
@@ -64,92 +83,95 @@ fn private_room(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// The emits one ingested event produces, or why it is refused.
-pub fn route(ev: &Value) -> Result<SmallVec<[Route; 2]>, String> {
-    let Value::Object(obj) = ev else {
+/// Validates one event, taking its data without copying.
+pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
+    let Value::Object(mut obj) = ev else {
         return Err("event must be a JSON object".into());
     };
-    let data = obj.get("data").cloned().ok_or("missing 'data'")?;
+    let data = obj.remove("data").ok_or("missing 'data'")?;
     if obj.contains_key("room") || obj.contains_key("event") {
-        let room = str_field(obj, "room")?;
-        let event = str_field(obj, "event")?;
+        let room = str_field(&obj, "room")?;
+        let event = str_field(&obj, "event")?;
         if room.is_empty() || room.len() > 256 {
             return Err("'room' must be 1 to 256 characters".into());
         }
         if event.is_empty() || event.len() > 128 || RESERVED.contains(&event) {
             return Err(format!("'{event}' cannot be used as an event name"));
         }
-        return Ok(smallvec![Route {
+        return Ok(IngestEvent::Manual {
             room: room.into(),
             event: event.into(),
-            data
-        }]);
+            data,
+        });
     }
-    let kind = str_field(obj, "type")?;
+    let kind = str_field(&obj, "type")?;
     Ok(match kind {
         "ticker.update" => {
-            let s = symbol(obj)?;
-            smallvec![
-                Route {
-                    room: format!("ticker:{s}"),
-                    event: kind.into(),
-                    data: data.clone()
-                },
-                Route {
-                    room: "ticker:all".into(),
-                    event: "tickers.update".into(),
-                    data: Value::Array(vec![data])
-                },
-            ]
-        }
-        "orderbook.update" => {
-            let s = symbol(obj)?;
             if !data.is_object() {
-                return Err("orderbook 'data' must be an object".into());
+                return Err("ticker 'data' must be an object".into());
             }
-            smallvec![Route {
-                room: format!("orderbook:{s}"),
-                event: kind.into(),
-                data
-            }]
+            IngestEvent::Ticker {
+                symbol: symbol(&obj)?,
+                data,
+            }
         }
-        "trade" => {
-            let s = symbol(obj)?;
-            smallvec![Route {
-                room: format!("trades:{s}"),
-                event: kind.into(),
-                data
-            }]
-        }
+        "orderbook.update" => IngestEvent::Book {
+            symbol: symbol(&obj)?,
+            update: BookUpdate::parse(&data)?,
+        },
+        "trade" => IngestEvent::Trade {
+            symbol: symbol(&obj)?,
+            data,
+        },
         "kline.update" => {
-            let s = symbol(obj)?;
-            let i = str_field(obj, "interval")?;
-            if !valid_interval(i) {
+            let symbol = symbol(&obj)?;
+            let i = str_field(&obj, "interval")?;
+            let Some(interval) = INTERVALS
+                .iter()
+                .copied()
+                .find(|x| *x == i)
+                .filter(|x| valid_interval(x))
+            else {
                 return Err(format!(
                     "invalid interval '{i}' (expected one of {})",
                     INTERVALS.join(" ")
                 ));
+            };
+            let d = data.as_object().ok_or("kline 'data' must be an object")?;
+            let closed = match d.get("closed") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err("kline 'closed' must be true or false".into()),
+            };
+            let open_time = match d.get("openTime") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or("kline 'openTime' must be a non-negative integer")?,
+                ),
+            };
+            IngestEvent::Kline {
+                symbol,
+                interval,
+                open_time,
+                closed,
+                data,
             }
-            smallvec![Route {
-                room: format!("klines:{s}:{i}"),
-                event: kind.into(),
-                data
-            }]
         }
         other => {
             let Some(suffix) = private_room(other) else {
                 return Err(format!("unknown event type '{other}'"));
             };
-            let user = str_field(obj, "userId")
+            let user = str_field(&obj, "userId")
                 .map_err(|_| format!("private event '{other}' needs a string 'userId'"))?;
             if user.is_empty() || user.len() > 128 || user.contains(':') {
                 return Err("'userId' must be 1 to 128 characters without ':'".into());
             }
-            smallvec![Route {
+            IngestEvent::Private {
                 room: format!("user:{user}:{suffix}"),
                 event: other.into(),
-                data
-            }]
+                data,
+            }
         }
     })
 }
@@ -160,27 +182,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn maps_each_type() {
-        let r =
-            route(&json!({"type":"ticker.update","symbol":"BTCUSDT","data":{"p":"1"}})).unwrap();
-        assert_eq!(r[0].room, "ticker:BTCUSDT");
-        assert_eq!(
-            (r[1].room.as_str(), r[1].event.as_str()),
-            ("ticker:all", "tickers.update")
-        );
-        assert_eq!(r[1].data, json!([{"p":"1"}]));
-        let r = route(&json!({"type":"kline.update","symbol":"ETHUSDT","interval":"1M","data":{}}))
-            .unwrap();
-        assert_eq!(r[0].room, "klines:ETHUSDT:1M");
-        let r = route(&json!({"type":"order.filled","userId":"u-1","data":{}})).unwrap();
-        assert_eq!(r[0].room, "user:u-1:orders");
-        let r = route(&json!({"type":"trade.executed","userId":"u-1","data":{}})).unwrap();
-        assert_eq!(r[0].room, "user:u-1:trades");
-        let r = route(&json!({"room":"ticker:BTCUSDT","event":"notice","data":1})).unwrap();
-        assert_eq!(
-            (r[0].room.as_str(), r[0].event.as_str()),
-            ("ticker:BTCUSDT", "notice")
-        );
+    fn types_each_event() {
+        assert!(matches!(
+            parse_event(json!({"type":"ticker.update","symbol":"BTCUSDT","data":{"p":"1"}})),
+            Ok(IngestEvent::Ticker { .. })
+        ));
+        let k = parse_event(json!({"type":"kline.update","symbol":"ETHUSDT","interval":"1M","data":{"openTime":5,"closed":true}})).unwrap();
+        assert!(matches!(
+            k,
+            IngestEvent::Kline {
+                interval: "1M",
+                open_time: Some(5),
+                closed: true,
+                ..
+            }
+        ));
+        let p = parse_event(json!({"type":"order.filled","userId":"u-1","data":{}})).unwrap();
+        assert!(matches!(p, IngestEvent::Private { ref room, .. } if room == "user:u-1:orders"));
+        let p = parse_event(json!({"type":"trade.executed","userId":"u-1","data":{}})).unwrap();
+        assert!(matches!(p, IngestEvent::Private { ref room, .. } if room == "user:u-1:trades"));
+        let m = parse_event(json!({"room":"ticker:BTCUSDT","event":"notice","data":1})).unwrap();
+        assert!(matches!(m, IngestEvent::Manual { ref event, .. } if event == "notice"));
     }
 
     #[test]
@@ -189,7 +211,10 @@ mod tests {
             json!([]),
             json!({"type":"ticker.update","symbol":"btc","data":{}}),
             json!({"type":"ticker.update","symbol":"BTCUSDT"}),
+            json!({"type":"ticker.update","symbol":"BTCUSDT","data":5}),
             json!({"type":"kline.update","symbol":"BTCUSDT","interval":"2m","data":{}}),
+            json!({"type":"kline.update","symbol":"BTCUSDT","interval":"1m","data":{"closed":"yes"}}),
+            json!({"type":"orderbook.update","symbol":"BTCUSDT","data":{"type":"delta","bids":[["1","x"]],"firstUpdateId":1,"lastUpdateId":1}}),
             json!({"type":"order.filled","data":{}}),
             json!({"type":"trade.weird","userId":"u","data":{}}),
             json!({"type":"nope","symbol":"BTCUSDT","data":{}}),
@@ -197,7 +222,7 @@ mod tests {
             json!({"room":"","event":"x","data":{}}),
             json!({"room":"x","data":{}}),
         ] {
-            assert!(route(&bad).is_err(), "{bad}");
+            assert!(parse_event(bad.clone()).is_err(), "{bad}");
         }
     }
 }

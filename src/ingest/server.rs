@@ -72,6 +72,7 @@ fn stats(state: &InternalState) -> Response<Body> {
         StatusCode::OK,
         json!({
             "ingest": {"events": state.ingest.events(), "encodes": state.ingest.encodes()},
+            "market": state.ingest.market_counters(),
             "total": total,
             "shards": shards,
         }),

@@ -1,16 +1,19 @@
 //! Engine.IO sessions on a shard: open, packets in, packets out, heartbeats, upgrade, close.
 
 use super::conn::{HttpState, Role};
+use super::outbound::Outbound;
 use super::timers::{Timer, TimerKind};
 use super::{unix_ms, Session, Shard, Transport};
 use crate::codec::engineio::Packet;
 use crate::codec::websocket;
 use crate::codec::WireMessage;
+use crate::gateway::envelope;
+use crate::market::Payload;
 use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
 use crate::session::sid::new_sid;
 use crate::sockets::{Output, SocketLayer};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 impl Shard {
     pub(super) fn open_session(&mut self, transport: Transport, echo: bool) -> usize {
@@ -25,8 +28,8 @@ impl Shard {
             generation,
             transport,
             probe: None,
-            queue: VecDeque::new(),
-            queue_bytes: 0,
+            queue: Outbound::default(),
+            owed: SmallVec::new(),
             dirty: false,
             heartbeat: Heartbeat::new(self.now, self.settings.ping_interval),
             echo,
@@ -96,12 +99,9 @@ impl Shard {
                 }
             }
             Transport::Polling { .. } => {
-                let p = msg.polling();
-                session.queue_bytes += p.len();
-                session.queue.push_back(p);
-                if session.queue_bytes > self.settings.outbound_hard_limit {
-                    self.counters.slow_consumer_disconnects += 1;
-                    return self.close_session(s, "outbound queue over the hard limit", false);
+                session.queue.push(msg.polling(), 0, false);
+                if session.queue.bytes() > self.settings.outbound_hard_limit {
+                    return self.drop_slow_consumer(s);
                 }
                 if !session.dirty {
                     session.dirty = true;
@@ -204,10 +204,19 @@ impl Shard {
                 Output::Join(room) => {
                     if let Some(last) = self.last_values.get(&room) {
                         joined.push(last.clone());
+                    } else if let Some((view, cached)) = self.books.get_mut(&room) {
+                        let m = cached.get_or_insert_with(|| {
+                            let data = Payload::Json(view.snapshot_json("subscribe"));
+                            envelope::encode_payload("orderbook.update", &room, &data, unix_ms())
+                        });
+                        joined.push(m.clone());
                     }
                     self.rooms.join(room, s);
                 }
-                Output::Leave(room) => self.rooms.leave(&room, s),
+                Output::Leave(room) => {
+                    self.sessions[s].owed.retain(|r| *r != room);
+                    self.rooms.leave(&room, s);
+                }
                 Output::Close(reason) => self.protocol_error(s, reason),
             }
         }
@@ -225,8 +234,7 @@ impl Shard {
         };
         session.transport = Transport::WebSocket(c);
         session.probe = None;
-        let queued: Vec<Bytes> = session.queue.drain(..).collect();
-        session.queue_bytes = 0;
+        let queued: Vec<Bytes> = session.queue.take_front(usize::MAX);
         self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
         self.counters.websocket_connections += 1;
         if let Some(super::conn::Role::WebSocket(ws)) = self.conns.get_mut(c).map(|c| &mut c.role) {
@@ -264,6 +272,33 @@ impl Shard {
         }
         let r = crate::http::response::build(200, "text/plain; charset=UTF-8", &extra, true, body);
         self.respond(g, r, true);
+    }
+
+    /// Past the hard limit: the backlog cannot be delivered, so it is discarded, the client is
+    /// told why (`error` SLOW_CONSUMER) as far as its socket takes it, and the session ends.
+    pub(super) fn drop_slow_consumer(&mut self, s: usize) {
+        self.counters.slow_consumer_disconnects += 1;
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
+        tracing::debug!(shard = self.id, sid = %session.sid, "slow consumer disconnected");
+        let notice = WireMessage::text(|b| {
+            b.extend_from_slice(b"42/ws,[\"error\",{\"code\":\"SLOW_CONSUMER\",\"message\":\"outbound buffer over its limit; reconnect and resubscribe\"}]");
+        });
+        match session.transport {
+            Transport::WebSocket(c) => {
+                if let Some(conn) = self.conns.get_mut(c) {
+                    conn.out.discard_unsent();
+                    conn.push(notice.ws_frame().clone());
+                }
+            }
+            Transport::Polling { .. } => {
+                session.queue.discard_unsent();
+                session.queue.push(notice.polling(), 0, false);
+                self.flush_polling(s);
+            }
+        }
+        self.close_session(s, "slow consumer", true);
     }
 
     pub(super) fn on_heartbeat_timer(&mut self, s: usize) {

@@ -2,6 +2,8 @@
 //! one message per shard carrying the whole batch, whatever the number of subscribers.
 
 use crate::codec::WireMessage;
+use crate::market::book::BookView;
+use crate::market::StreamClass;
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
@@ -11,8 +13,13 @@ use std::sync::Arc;
 pub struct Broadcast {
     pub room: Arc<str>,
     pub message: WireMessage,
+    pub class: StreamClass,
+    /// Send to the room's members.
+    pub deliver: bool,
     /// Keep as the room's last value, sent to each new subscriber.
     pub retain: bool,
+    /// For order book rooms: the view subscribe snapshots are made from.
+    pub book: Option<Arc<BookView>>,
 }
 
 pub enum ShardMsg {

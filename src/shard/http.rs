@@ -389,11 +389,8 @@ impl Shard {
         if session.queue.is_empty() {
             return;
         }
-        let n = session.queue.len().min(MAX_PACKETS_PER_POLL);
-        let body = engineio::encode_payload(session.queue.iter().take(n).map(|b| &b[..]));
-        for p in session.queue.drain(..n) {
-            session.queue_bytes -= p.len();
-        }
+        let packets = session.queue.take_front(MAX_PACKETS_PER_POLL);
+        let body = engineio::encode_payload(packets.iter().map(|b| &b[..]));
         session.transport = Transport::Polling { get: None };
         let Some(conn) = self.conns.get_mut(c) else {
             return;
@@ -404,6 +401,9 @@ impl Shard {
         };
         let r = polling_response(200, &body, origin.as_deref(), true);
         self.respond(c, r, true);
+        if self.sessions.get(s).is_some_and(|x| x.queue.is_empty()) {
+            self.pay_owed_snapshots(s);
+        }
     }
 }
 

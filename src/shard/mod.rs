@@ -8,6 +8,7 @@ mod conn;
 mod engine;
 mod handle;
 mod http;
+mod outbound;
 mod rooms;
 mod stats;
 mod timers;
@@ -17,16 +18,20 @@ pub use handle::{Broadcast, Fanout, ShardHandle, ShardMsg};
 pub use stats::{Counters, ShardStats};
 
 use crate::codec::WireMessage;
+use crate::market::book::BookView;
+use crate::market::StreamClass;
 use crate::session::heartbeat::Heartbeat;
 use crate::sockets::{App, SocketLayer};
 use bytes::{Bytes, BytesMut};
-use conn::{Conn, Flush};
+use conn::Conn;
 use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use outbound::{Flush, Outbound};
 use rooms::Rooms;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use smallvec::SmallVec;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -52,6 +57,8 @@ pub struct ServerSettings {
     pub max_payload: usize,
     /// Origins allowed for cross-origin polling; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Outbound bytes queued for one connection past which the slow-consumer policy applies.
+    pub outbound_soft_limit: usize,
     /// Outbound bytes queued for one connection past which it is disconnected.
     pub outbound_hard_limit: usize,
     pub app: App,
@@ -75,8 +82,10 @@ struct Session {
     generation: u64,
     transport: Transport,
     probe: Option<usize>,
-    queue: VecDeque<Bytes>,
-    queue_bytes: usize,
+    /// Packets waiting for a poll (polling transport only).
+    queue: Outbound,
+    /// Order book rooms whose deltas this client missed: it gets a snapshot once caught up.
+    owed: SmallVec<[Arc<str>; 1]>,
     dirty: bool,
     heartbeat: Heartbeat,
     /// A bare Engine.IO session that echoes messages (conformance endpoint).
@@ -100,6 +109,8 @@ pub struct Shard {
     rooms: Rooms,
     /// The latest message of each room that keeps one (tickers, klines), for new subscribers.
     last_values: HashMap<Arc<str>, WireMessage>,
+    /// Each order book room's current view, and its subscribe snapshot once encoded.
+    books: HashMap<Arc<str>, (Arc<BookView>, Option<WireMessage>)>,
     timers: Timers,
     dirty_conns: Vec<usize>,
     dirty_sessions: Vec<usize>,
@@ -178,6 +189,7 @@ impl Reactor {
                 sids: HashMap::new(),
                 rooms: Rooms::default(),
                 last_values: HashMap::new(),
+                books: HashMap::new(),
                 timers: Timers::default(),
                 dirty_conns: Vec::new(),
                 dirty_sessions: Vec::new(),
@@ -342,53 +354,116 @@ impl Shard {
     /// this shard's memory so the per-subscriber reference counting stays on this core.
     fn publish(&mut self, batch: &[Broadcast]) {
         let mut over_limit = Vec::new();
+        let (soft, hard) = (
+            self.settings.outbound_soft_limit,
+            self.settings.outbound_hard_limit,
+        );
         for b in batch {
             self.counters.broadcasts_received += 1;
             if b.retain {
                 self.last_values.insert(b.room.clone(), b.message.clone());
             }
-            let Some(members) = self.rooms.members(&b.room) else {
+            if let Some(view) = &b.book {
+                self.books.insert(b.room.clone(), (view.clone(), None));
+            }
+            if !b.deliver {
+                continue;
+            }
+            let Some(room) = self.rooms.get(&b.room) else {
                 continue;
             };
+            let tag = room.id;
             let frame = Bytes::copy_from_slice(b.message.ws_frame());
             let mut polling: Option<Bytes> = None;
-            for &s in members {
+            for &s in &room.members {
                 let Some(session) = self.sessions.get_mut(s) else {
                     continue;
                 };
-                match session.transport {
+                let (queue, data) = match session.transport {
                     Transport::WebSocket(c) => {
                         let Some(conn) = self.conns.get_mut(c) else {
                             continue;
                         };
-                        conn.push(frame.clone());
                         if !conn.dirty {
                             conn.dirty = true;
                             self.dirty_conns.push(c);
                         }
+                        (&mut conn.out, frame.clone())
                     }
                     Transport::Polling { .. } => {
-                        let p = polling.get_or_insert_with(|| b.message.polling());
-                        session.queue_bytes += p.len();
-                        session.queue.push_back(p.clone());
-                        if session.queue_bytes > self.settings.outbound_hard_limit {
-                            over_limit.push(s);
-                        }
                         if !session.dirty {
                             session.dirty = true;
                             self.dirty_sessions.push(s);
                         }
+                        let p = polling.get_or_insert_with(|| b.message.polling()).clone();
+                        (&mut session.queue, p)
                     }
+                };
+                let over_soft = queue.bytes() > soft;
+                let sent = match b.class {
+                    StreamClass::Lossless => {
+                        queue.push(data, tag, false);
+                        true
+                    }
+                    StreamClass::Latest => {
+                        if over_soft && queue.replace_latest(data.clone(), tag) {
+                            false
+                        } else {
+                            queue.push(data, tag, true);
+                            true
+                        }
+                    }
+                    StreamClass::BookDelta => {
+                        if session.owed.contains(&b.room) {
+                            false
+                        } else if over_soft {
+                            session.owed.push(b.room.clone());
+                            false
+                        } else {
+                            queue.push(data, tag, false);
+                            true
+                        }
+                    }
+                    StreamClass::BookSnapshot => {
+                        session.owed.retain(|r| *r != b.room);
+                        queue.push(data, tag, false);
+                        true
+                    }
+                };
+                if sent {
+                    self.counters.messages_out += 1;
+                } else {
+                    self.counters.slow_consumer_drops += 1;
                 }
-                self.counters.messages_out += 1;
+                if queue.bytes() > hard {
+                    over_limit.push(s);
+                }
             }
         }
-        // Polling clients that stopped polling: WebSocket ones are checked when flushed.
         over_limit.sort_unstable();
         over_limit.dedup();
         for s in over_limit {
-            self.counters.slow_consumer_disconnects += 1;
-            self.close_session(s, "outbound queue over the hard limit", false);
+            self.drop_slow_consumer(s);
+        }
+    }
+
+    /// Sends the order book snapshots a session is owed, once its queue has drained.
+    fn pay_owed_snapshots(&mut self, s: usize) {
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
+        if session.owed.is_empty() {
+            return;
+        }
+        let owed = std::mem::take(&mut session.owed);
+        let now = unix_ms();
+        for room in owed {
+            if let Some((view, _)) = self.books.get(&room) {
+                let data = crate::market::Payload::Json(view.snapshot_json("resync"));
+                let m =
+                    crate::gateway::envelope::encode_payload("orderbook.update", &room, &data, now);
+                self.send_wire(s, &m);
+            }
         }
     }
 
@@ -497,29 +572,39 @@ impl Shard {
         while let Some(s) = self.dirty_sessions.pop() {
             self.flush_polling(s);
         }
-        let dirty = std::mem::take(&mut self.dirty_conns);
-        for &c in &dirty {
-            let Some(conn) = self.conns.get_mut(c) else {
-                continue;
-            };
-            conn.dirty = false;
-            if conn.out_bytes > self.settings.outbound_hard_limit {
-                self.counters.slow_consumer_disconnects += 1;
-                self.close_conn(c);
-                continue;
+        // A second round writes what the first queued (owed snapshots) without waiting for
+        // another event.
+        for _ in 0..2 {
+            let dirty = std::mem::take(&mut self.dirty_conns);
+            if dirty.is_empty() {
+                return;
             }
-            let before = conn.out_bytes;
-            let (result, calls) = conn.flush();
-            self.counters.write_calls += calls as u64;
-            self.counters.bytes_out += (before - conn.out_bytes) as u64;
-            match result {
-                Flush::Closed => self.close_conn(c),
-                Flush::Done if conn.closing => self.close_conn(c),
-                _ => {}
+            for c in dirty {
+                self.flush_conn(c);
             }
         }
-        self.dirty_conns = dirty;
-        self.dirty_conns.clear();
+    }
+
+    fn flush_conn(&mut self, c: usize) {
+        let Some(conn) = self.conns.get_mut(c) else {
+            return;
+        };
+        conn.dirty = false;
+        let before = conn.out.bytes();
+        let (result, calls) = conn.flush();
+        self.counters.write_calls += calls as u64;
+        self.counters.bytes_out += (before - conn.out.bytes()) as u64;
+        match result {
+            Flush::Closed => self.close_conn(c),
+            Flush::Done if conn.closing => self.close_conn(c),
+            Flush::Done => {
+                if let conn::Role::WebSocket(ws) = &conn.role {
+                    let s = ws.session;
+                    self.pay_owed_snapshots(s);
+                }
+            }
+            Flush::Blocked => {}
+        }
     }
 
     fn publish_stats(&mut self) {

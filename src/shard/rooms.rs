@@ -6,34 +6,55 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
+pub struct Room {
+    /// Tags this room's frames in outbound queues; never reused.
+    pub id: u64,
+    pub members: IndexSet<usize>,
+}
+
+#[derive(Debug, Default)]
 pub struct Rooms {
-    members: HashMap<Arc<str>, IndexSet<usize>>,
+    rooms: HashMap<Arc<str>, Room>,
+    next_id: u64,
+    subscriptions: usize,
 }
 
 impl Rooms {
     pub fn join(&mut self, room: Arc<str>, session: usize) {
-        self.members.entry(room).or_default().insert(session);
+        let next_id = &mut self.next_id;
+        let entry = self.rooms.entry(room).or_insert_with(|| {
+            *next_id += 1;
+            Room {
+                id: *next_id,
+                members: IndexSet::new(),
+            }
+        });
+        if entry.members.insert(session) {
+            self.subscriptions += 1;
+        }
     }
 
     pub fn leave(&mut self, room: &str, session: usize) {
-        if let Some(set) = self.members.get_mut(room) {
-            set.swap_remove(&session);
-            if set.is_empty() {
-                self.members.remove(room);
+        if let Some(r) = self.rooms.get_mut(room) {
+            if r.members.swap_remove(&session) {
+                self.subscriptions -= 1;
+            }
+            if r.members.is_empty() {
+                self.rooms.remove(room);
             }
         }
     }
 
-    pub fn members(&self, room: &str) -> Option<&IndexSet<usize>> {
-        self.members.get(room)
+    pub fn get(&self, room: &str) -> Option<&Room> {
+        self.rooms.get(room)
     }
 
     pub fn room_count(&self) -> usize {
-        self.members.len()
+        self.rooms.len()
     }
 
     pub fn subscription_count(&self) -> usize {
-        self.members.values().map(IndexSet::len).sum()
+        self.subscriptions
     }
 }
 
@@ -47,10 +68,12 @@ mod tests {
         r.join(Arc::from("trades:BTCUSDT"), 1);
         r.join(Arc::from("trades:BTCUSDT"), 2);
         r.join(Arc::from("trades:BTCUSDT"), 2);
-        assert_eq!(r.members("trades:BTCUSDT").unwrap().len(), 2);
+        assert_eq!(r.get("trades:BTCUSDT").unwrap().members.len(), 2);
+        assert_eq!(r.subscription_count(), 2);
         r.leave("trades:BTCUSDT", 1);
         r.leave("trades:BTCUSDT", 2);
-        assert!(r.members("trades:BTCUSDT").is_none());
+        assert!(r.get("trades:BTCUSDT").is_none());
         assert_eq!(r.room_count(), 0);
+        assert_eq!(r.subscription_count(), 0);
     }
 }

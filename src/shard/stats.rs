@@ -15,6 +15,7 @@ pub struct Counters {
     pub write_calls: u64,
     pub broadcasts_received: u64,
     pub slow_consumer_disconnects: u64,
+    pub slow_consumer_drops: u64,
     pub handshakes: u64,
     pub protocol_errors: u64,
 }
@@ -31,6 +32,7 @@ pub struct ShardStats {
     write_calls: AtomicU64,
     broadcasts_received: AtomicU64,
     slow_consumer_disconnects: AtomicU64,
+    slow_consumer_drops: AtomicU64,
     handshakes: AtomicU64,
     protocol_errors: AtomicU64,
 }
@@ -48,6 +50,7 @@ macro_rules! fields {
             write_calls,
             broadcasts_received,
             slow_consumer_disconnects,
+            slow_consumer_drops,
             handshakes,
             protocol_errors
         )

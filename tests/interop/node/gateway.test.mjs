@@ -54,9 +54,10 @@ function tickerData(symbol, n = 1) {
     closeTime: 1234654290 + n,
   };
 }
+// An order book snapshot as the backend ingests it...
 function bookData(symbol, n = 1) {
   return {
-    symbol,
+    type: 'snapshot',
     bids: [
       ['45000.00', '1.5'],
       ['44999.00', `${n}.3`],
@@ -67,6 +68,11 @@ function bookData(symbol, n = 1) {
     ],
     lastUpdateId: 12345 + n,
   };
+}
+// ...and as subscribers see it: a backend snapshot replaces the book, sent as a resync.
+function bookSeen(symbol, n = 1) {
+  const { bids, asks, lastUpdateId } = bookData(symbol, n);
+  return { symbol, type: 'snapshot', reason: 'resync', bids, asks, lastUpdateId };
 }
 function tradeData(symbol, n = 1) {
   return { tradeId: `t-${symbol}-${n}`, symbol, price: '45000.00', quantity: '1.5', timestamp: 1234567890 + n, seq: n };
@@ -423,9 +429,8 @@ for (const mode of MODES) {
         const { socket, rec } = await connectWs();
         const S = sym('OB');
         await subscribeOk(socket, { channel: 'orderbook', symbol: S });
-        const D = bookData(S);
-        await ingestOk(gw, { type: 'orderbook.update', symbol: S, data: D });
-        assertEnvelope(await rec.next('orderbook.update'), `orderbook:${S}`, D);
+        await ingestOk(gw, { type: 'orderbook.update', symbol: S, data: bookData(S) });
+        assertEnvelope(await rec.next('orderbook.update'), `orderbook:${S}`, bookSeen(S));
       });
 
       it('trade on trades:S', T, async () => {
@@ -497,7 +502,7 @@ for (const mode of MODES) {
         ];
         await ingestOk(gw, batch(1));
         assertEnvelope(await rec.next('ticker.update'), `ticker:${S}`, tickerData(S, 1));
-        assertEnvelope(await rec.next('orderbook.update'), `orderbook:${S}`, bookData(S, 1));
+        assertEnvelope(await rec.next('orderbook.update'), `orderbook:${S}`, bookSeen(S, 1));
         assertEnvelope(await rec.next('trade'), `trades:${S}`, tradeData(S, 1));
         assertEnvelope(await rec.next('kline.update'), `klines:${S}:5m`, klineData(S, '5m', 1));
         for (const p of subs) await unsubscribeOk(socket, p);
@@ -534,7 +539,7 @@ for (const mode of MODES) {
         assertEnvelope(await a.rec.next('trade'), `trades:${SA}`, tradeData(SA, 1));
         assertEnvelope(await a.rec.next('ticker.update'), `ticker:${SA}`, tickerData(SA, 3));
         assertEnvelope(await b.rec.next('trade'), `trades:${SB}`, tradeData(SB, 2));
-        assertEnvelope(await b.rec.next('orderbook.update'), `orderbook:${SA}`, bookData(SA, 4));
+        assertEnvelope(await b.rec.next('orderbook.update'), `orderbook:${SA}`, bookSeen(SA, 4));
         assertEnvelope(await b.rec.next('only.b'), `trades:${SB}`, 1);
         await sleep(QUIET_MS);
         const dataEvents = (rec) => rec.since(0).filter((i) => i.event !== 'connected');

@@ -312,11 +312,14 @@ def _delivery_case(kind, sym):
         return (sub("ticker", symbol=sym), {"type": "ticker.update", "symbol": sym, "data": d},
                 "ticker.update", f"ticker:{sym}", d)
     if kind == "orderbook":
-        d = {"symbol": sym, "type": "snapshot", "bids": [["45000.00", "1.5"], ["44999.00", "2.3"]],
+        d = {"type": "snapshot", "bids": [["45000.00", "1.5"], ["44999.00", "2.3"]],
              "asks": [["45001.00", "1.2"], ["45002.00", "0.8"]], "lastUpdateId": 12345}
+        # A backend snapshot replaces the gateway's book: subscribers get it as a resync.
+        seen = {"symbol": sym, "type": "snapshot", "reason": "resync", "bids": d["bids"],
+                "asks": d["asks"], "lastUpdateId": 12345}
         return (sub("orderbook", symbol=sym),
                 {"type": "orderbook.update", "symbol": sym, "data": d},
-                "orderbook.update", f"orderbook:{sym}", d)
+                "orderbook.update", f"orderbook:{sym}", seen)
     if kind == "trade":
         ev = trade_event(sym, tradeId="9b2c", timestamp=1234567890)
         return sub("trades", symbol=sym), ev, "trade", f"trades:{sym}", ev["data"]

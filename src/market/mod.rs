@@ -1,0 +1,620 @@
+//! Market-data semantics between ingest and fan-out (contract §4): per-symbol ticker and
+//! kline throttling with leading and trailing edges, the `ticker:all` digest, order book
+//! replicas with snapshots, deltas and resyncs, and optional delta conflation.
+//!
+//! Pure: events and the time (ms) go in, publishes come out; `poll` runs due timers, kept in
+//! one heap for all symbols.
+
+pub mod book;
+pub mod throttle;
+
+use crate::ingest::route::IngestEvent;
+use book::{BookChange, BookView, OrderBook};
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use throttle::{Offer, Throttle};
+
+/// How a stream may be treated for a client that cannot keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamClass {
+    /// Never dropped, conflated or reordered (trades, private events, closed candles).
+    Lossless,
+    /// Only the latest value matters (tickers, open candles).
+    Latest,
+    /// An order book delta: droppable, after which the client is owed a snapshot.
+    BookDelta,
+    /// A self-contained order book snapshot.
+    BookSnapshot,
+}
+
+/// The data of a publish: a JSON value, or JSON already written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
+/// One emit to one room, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub room: Arc<str>,
+    pub event: Arc<str>,
+    pub data: Payload,
+    pub class: StreamClass,
+    /// Send to the room's members now.
+    pub deliver: bool,
+    /// Keep as the room's last value, sent to each new subscriber.
+    pub retain: bool,
+    /// For order book rooms: the view clients now have, the source of subscribe snapshots.
+    pub book: Option<Arc<BookView>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MarketSettings {
+    pub ticker_throttle_ms: u64,
+    pub orderbook_depth: usize,
+    pub orderbook_conflation_ms: u64,
+}
+
+impl Default for MarketSettings {
+    fn default() -> Self {
+        MarketSettings {
+            ticker_throttle_ms: 1000,
+            orderbook_depth: 100,
+            orderbook_conflation_ms: 0,
+        }
+    }
+}
+
+/// Counts of what the market layer held back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MarketCounters {
+    pub throttled: u64,
+    pub conflated: u64,
+    pub resyncs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Ticker(Arc<str>),
+    AllTickers,
+    Kline(Arc<str>, &'static str),
+    Book(Arc<str>),
+}
+
+struct KlineState {
+    throttle: Throttle<Value>,
+    open_time: Option<u64>,
+}
+
+struct BookState {
+    book: OrderBook,
+    conflating: bool,
+}
+
+pub struct Market {
+    settings: MarketSettings,
+    tickers: HashMap<Arc<str>, Throttle<Value>>,
+    known_tickers: IndexMap<Arc<str>, Value>,
+    changed_tickers: IndexMap<Arc<str>, Value>,
+    all_tickers: Throttle<()>,
+    klines: HashMap<(Arc<str>, &'static str), KlineState>,
+    books: HashMap<Arc<str>, BookState>,
+    timers: BinaryHeap<Reverse<(u64, TimerKey)>>,
+    pub counters: MarketCounters,
+}
+
+const ALL_TICKERS: &str = "ticker:all";
+
+impl Market {
+    pub fn new(settings: MarketSettings) -> Market {
+        Market {
+            settings,
+            tickers: HashMap::new(),
+            known_tickers: IndexMap::new(),
+            changed_tickers: IndexMap::new(),
+            all_tickers: Throttle::new(settings.ticker_throttle_ms),
+            klines: HashMap::new(),
+            books: HashMap::new(),
+            timers: BinaryHeap::new(),
+            counters: MarketCounters::default(),
+        }
+    }
+
+    pub fn settings(&self) -> MarketSettings {
+        self.settings
+    }
+
+    /// Checks what depends on state (order book update ids) for a whole batch, in order,
+    /// without changing anything: `(index, reason)` of the first refusal.
+    pub fn validate(&self, events: &[IngestEvent]) -> Result<(), (usize, String)> {
+        let mut last: HashMap<&str, Option<u64>> = HashMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            if let IngestEvent::Book { symbol, update } = ev {
+                let prev = match last.get(&**symbol) {
+                    Some(p) => *p,
+                    None => self.books.get(symbol).and_then(|b| b.book.last_update_id()),
+                };
+                OrderBook::check(prev, update).map_err(|m| (i, m))?;
+                last.insert(symbol, Some(update.last_update_id()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn schedule(&mut self, at: u64, key: TimerKey) {
+        self.timers.push(Reverse((at, key)));
+    }
+
+    pub fn apply(&mut self, ev: IngestEvent, now: u64, out: &mut Vec<Publish>) {
+        match ev {
+            IngestEvent::Ticker { symbol, data } => self.ticker(symbol, data, now, out),
+            IngestEvent::Kline {
+                symbol,
+                interval,
+                open_time,
+                closed,
+                data,
+            } => self.kline(symbol, interval, open_time, closed, data, now, out),
+            IngestEvent::Book { symbol, update } => {
+                let depth = self.settings.orderbook_depth;
+                let state = self
+                    .books
+                    .entry(symbol.clone())
+                    .or_insert_with(|| BookState {
+                        book: OrderBook::new(&symbol, depth),
+                        conflating: false,
+                    });
+                match state.book.apply(update) {
+                    BookChange::Resync => {
+                        state.conflating = false;
+                        self.counters.resyncs += 1;
+                        let view = state.book.take_snapshot();
+                        out.push(book_snapshot(&symbol, view));
+                    }
+                    BookChange::Continuous if self.settings.orderbook_conflation_ms == 0 => {
+                        if let Some(p) = book_delta(&symbol, &mut state.book) {
+                            out.push(p);
+                        }
+                    }
+                    BookChange::Continuous => {
+                        self.counters.conflated += 1;
+                        if !state.conflating {
+                            state.conflating = true;
+                            self.schedule(
+                                now + self.settings.orderbook_conflation_ms,
+                                TimerKey::Book(symbol),
+                            );
+                        }
+                    }
+                }
+            }
+            IngestEvent::Trade { symbol, data } => out.push(Publish {
+                room: Arc::from(format!("trades:{symbol}")),
+                event: Arc::from("trade"),
+                data: Payload::Value(data),
+                class: StreamClass::Lossless,
+                deliver: true,
+                retain: false,
+                book: None,
+            }),
+            IngestEvent::Private { room, event, data }
+            | IngestEvent::Manual { room, event, data } => out.push(Publish {
+                room: Arc::from(room),
+                event: Arc::from(event),
+                data: Payload::Value(data),
+                class: StreamClass::Lossless,
+                deliver: true,
+                retain: false,
+                book: None,
+            }),
+        }
+    }
+
+    fn ticker(&mut self, symbol: Arc<str>, data: Value, now: u64, out: &mut Vec<Publish>) {
+        self.known_tickers.insert(symbol.clone(), data.clone());
+        self.changed_tickers.insert(symbol.clone(), data.clone());
+        let window = self.settings.ticker_throttle_ms;
+        let t = self
+            .tickers
+            .entry(symbol.clone())
+            .or_insert_with(|| Throttle::new(window));
+        match t.offer(data, now) {
+            Offer::Emit(v) => out.push(ticker_publish(&symbol, v)),
+            Offer::Held(at) => {
+                self.counters.throttled += 1;
+                if let Some(at) = at {
+                    self.schedule(at, TimerKey::Ticker(symbol));
+                }
+            }
+        }
+        match self.all_tickers.offer((), now) {
+            Offer::Emit(()) => self.emit_all_tickers(out),
+            Offer::Held(Some(at)) => self.schedule(at, TimerKey::AllTickers),
+            Offer::Held(None) => {}
+        }
+    }
+
+    fn emit_all_tickers(&mut self, out: &mut Vec<Publish>) {
+        if self.changed_tickers.is_empty() {
+            return;
+        }
+        let changed: Vec<Value> = self.changed_tickers.drain(..).map(|(_, v)| v).collect();
+        out.push(Publish {
+            room: Arc::from(ALL_TICKERS),
+            event: Arc::from("tickers.update"),
+            data: Payload::Value(Value::Array(changed)),
+            class: StreamClass::Latest,
+            deliver: true,
+            retain: false,
+            book: None,
+        });
+        // What a new `ticker:all` subscriber gets: every known ticker.
+        out.push(Publish {
+            room: Arc::from(ALL_TICKERS),
+            event: Arc::from("tickers.update"),
+            data: Payload::Value(Value::Array(self.known_tickers.values().cloned().collect())),
+            class: StreamClass::Latest,
+            deliver: false,
+            retain: true,
+            book: None,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn kline(
+        &mut self,
+        symbol: Arc<str>,
+        interval: &'static str,
+        open_time: Option<u64>,
+        closed: bool,
+        data: Value,
+        now: u64,
+        out: &mut Vec<Publish>,
+    ) {
+        let window = self.settings.ticker_throttle_ms;
+        let key = (symbol.clone(), interval);
+        let state = self.klines.entry(key).or_insert_with(|| KlineState {
+            throttle: Throttle::new(window),
+            open_time: None,
+        });
+        let room = || -> Arc<str> { Arc::from(format!("klines:{symbol}:{interval}")) };
+        // A new candle: the previous one's held value goes out first, so candles stay in order.
+        if open_time.is_some() && state.open_time.is_some() && open_time != state.open_time {
+            if let Some(prev) = state.throttle.take_pending() {
+                out.push(kline_publish(room(), prev, false));
+                state.throttle.mark_emitted(now);
+            }
+        }
+        if open_time.is_some() {
+            state.open_time = open_time;
+        }
+        if closed {
+            // The closed value supersedes anything held for the same candle.
+            if state.throttle.take_pending().is_some() {
+                self.counters.throttled += 1;
+            }
+            state.throttle.mark_emitted(now);
+            out.push(kline_publish(room(), data, true));
+            return;
+        }
+        match state.throttle.offer(data, now) {
+            Offer::Emit(v) => out.push(kline_publish(room(), v, false)),
+            Offer::Held(at) => {
+                self.counters.throttled += 1;
+                if let Some(at) = at {
+                    self.schedule(at, TimerKey::Kline(symbol, interval));
+                }
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn poll(&mut self, now: u64, out: &mut Vec<Publish>) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                return;
+            }
+            let Some(Reverse((_, key))) = self.timers.pop() else {
+                return;
+            };
+            match key {
+                TimerKey::Ticker(symbol) => {
+                    if let Some(v) = self.tickers.get_mut(&symbol).and_then(|t| t.on_timer(now)) {
+                        out.push(ticker_publish(&symbol, v));
+                    }
+                }
+                TimerKey::AllTickers => {
+                    if self.all_tickers.on_timer(now).is_some() {
+                        self.emit_all_tickers(out);
+                    }
+                }
+                TimerKey::Kline(symbol, interval) => {
+                    let key = (symbol.clone(), interval);
+                    if let Some(v) = self
+                        .klines
+                        .get_mut(&key)
+                        .and_then(|k| k.throttle.on_timer(now))
+                    {
+                        out.push(kline_publish(
+                            Arc::from(format!("klines:{symbol}:{interval}")),
+                            v,
+                            false,
+                        ));
+                    }
+                }
+                TimerKey::Book(symbol) => {
+                    if let Some(state) = self.books.get_mut(&symbol) {
+                        if state.conflating {
+                            state.conflating = false;
+                            if let Some(p) = book_delta(&symbol, &mut state.book) {
+                                out.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gateway's current book for a symbol, as clients see it (top N, best first).
+    pub fn book_view(&self, symbol: &str) -> Option<Arc<BookView>> {
+        self.books.get(symbol).map(|b| b.book.sent_view().clone())
+    }
+}
+
+fn ticker_publish(symbol: &str, data: Value) -> Publish {
+    Publish {
+        room: Arc::from(format!("ticker:{symbol}")),
+        event: Arc::from("ticker.update"),
+        data: Payload::Value(data),
+        class: StreamClass::Latest,
+        deliver: true,
+        retain: true,
+        book: None,
+    }
+}
+
+fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
+    Publish {
+        room,
+        event: Arc::from("kline.update"),
+        data: Payload::Value(data),
+        class: if closed {
+            StreamClass::Lossless
+        } else {
+            StreamClass::Latest
+        },
+        deliver: true,
+        retain: true,
+        book: None,
+    }
+}
+
+fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
+    Publish {
+        room: Arc::from(format!("orderbook:{symbol}")),
+        event: Arc::from("orderbook.update"),
+        data: Payload::Json(view.snapshot_json("resync")),
+        class: StreamClass::BookSnapshot,
+        deliver: true,
+        retain: false,
+        book: Some(view),
+    }
+}
+
+fn book_delta(symbol: &str, book: &mut OrderBook) -> Option<Publish> {
+    let (delta, view) = book.take_delta()?;
+    Some(Publish {
+        room: Arc::from(format!("orderbook:{symbol}")),
+        event: Arc::from("orderbook.update"),
+        data: Payload::Json(delta.json(symbol)),
+        class: StreamClass::BookDelta,
+        deliver: true,
+        retain: false,
+        book: Some(view),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::route::parse_event;
+    use serde_json::json;
+
+    fn ev(v: Value) -> IngestEvent {
+        parse_event(v).unwrap()
+    }
+
+    fn drive(m: &mut Market, events: Vec<(u64, Value)>, until: u64) -> Vec<(u64, Publish)> {
+        let mut out = Vec::new();
+        let mut log = Vec::new();
+        for (t, e) in events {
+            while let Some(at) = m.next_deadline().filter(|at| *at <= t) {
+                m.poll(at, &mut out);
+                log.extend(out.drain(..).map(|p| (at, p)));
+            }
+            m.apply(ev(e), t, &mut out);
+            log.extend(out.drain(..).map(|p| (t, p)));
+        }
+        while let Some(at) = m.next_deadline().filter(|at| *at <= until) {
+            m.poll(at, &mut out);
+            log.extend(out.drain(..).map(|p| (at, p)));
+        }
+        log
+    }
+
+    #[test]
+    fn fifty_tickers_in_200ms_give_leading_and_trailing_latest() {
+        let mut m = Market::new(MarketSettings::default());
+        let events = (0..50u64)
+            .map(|i| {
+                (
+                    i * 4,
+                    json!({"type":"ticker.update","symbol":"BTCUSDT","data":{"seq": i}}),
+                )
+            })
+            .collect();
+        let log = drive(&mut m, events, 5000);
+        let sym: Vec<_> = log
+            .iter()
+            .filter(|(_, p)| &*p.room == "ticker:BTCUSDT")
+            .collect();
+        assert_eq!(sym.len(), 2);
+        assert_eq!(sym[0].1.data, Payload::Value(json!({"seq": 0})));
+        assert_eq!(
+            (sym[1].0, &sym[1].1.data),
+            (1000, &Payload::Value(json!({"seq": 49})))
+        );
+        let all: Vec<_> = log
+            .iter()
+            .filter(|(_, p)| &*p.room == ALL_TICKERS && p.deliver)
+            .collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].1.data, Payload::Value(json!([{"seq": 49}])));
+    }
+
+    #[test]
+    fn all_tickers_carries_every_symbol_changed_in_the_window() {
+        let mut m = Market::new(MarketSettings::default());
+        let log = drive(
+            &mut m,
+            vec![
+                (
+                    0,
+                    json!({"type":"ticker.update","symbol":"AAA","data":{"s":"A1"}}),
+                ),
+                (
+                    10,
+                    json!({"type":"ticker.update","symbol":"BBB","data":{"s":"B1"}}),
+                ),
+                (
+                    20,
+                    json!({"type":"ticker.update","symbol":"CCC","data":{"s":"C1"}}),
+                ),
+                (
+                    30,
+                    json!({"type":"ticker.update","symbol":"BBB","data":{"s":"B2"}}),
+                ),
+            ],
+            5000,
+        );
+        let all: Vec<_> = log
+            .iter()
+            .filter(|(_, p)| &*p.room == ALL_TICKERS && p.deliver)
+            .map(|(_, p)| p.data.clone())
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                Payload::Value(json!([{"s":"A1"}])),
+                Payload::Value(json!([{"s":"B2"},{"s":"C1"}]))
+            ]
+        );
+        let retained = log
+            .iter()
+            .rev()
+            .find(|(_, p)| p.retain && &*p.room == ALL_TICKERS)
+            .unwrap();
+        assert_eq!(
+            retained.1.data,
+            Payload::Value(json!([{"s":"A1"},{"s":"B2"},{"s":"C1"}]))
+        );
+    }
+
+    #[test]
+    fn closed_candle_is_always_delivered_before_the_next() {
+        let mut m = Market::new(MarketSettings::default());
+        let k = |t: u64, open: u64, closed: bool| {
+            (
+                t,
+                json!({"type":"kline.update","symbol":"BTCUSDT","interval":"1m","data":{"openTime":open,"c":t,"closed":closed}}),
+            )
+        };
+        let log = drive(
+            &mut m,
+            vec![
+                k(0, 0, false),
+                k(100, 0, false),
+                k(200, 0, true),
+                k(300, 60, false),
+                k(400, 60, false),
+            ],
+            5000,
+        );
+        let seen: Vec<(u64, bool)> = log
+            .iter()
+            .map(|(_, p)| match &p.data {
+                Payload::Value(v) => (v["c"].as_u64().unwrap(), v["closed"].as_bool().unwrap()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(seen, vec![(0, false), (200, true), (400, false)]);
+        assert_eq!(log[1].1.class, StreamClass::Lossless);
+    }
+
+    #[test]
+    fn book_resyncs_on_gap_and_conflates() {
+        let mut m = Market::new(MarketSettings {
+            orderbook_conflation_ms: 100,
+            ..Default::default()
+        });
+        let snap = json!({"type":"orderbook.update","symbol":"BTCUSDT","data":{"type":"snapshot","bids":[["10","1"]],"asks":[["11","1"]],"lastUpdateId":1}});
+        let d = |f: u64, l: u64, p: &str| json!({"type":"orderbook.update","symbol":"BTCUSDT","data":{"type":"delta","bids":[[p,"2"]],"asks":[],"firstUpdateId":f,"lastUpdateId":l}});
+        let log = drive(
+            &mut m,
+            vec![
+                (0, snap),
+                (10, d(2, 2, "9")),
+                (20, d(3, 3, "8")),
+                (500, d(7, 7, "7")),
+            ],
+            5000,
+        );
+        let kinds: Vec<StreamClass> = log.iter().map(|(_, p)| p.class).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                StreamClass::BookSnapshot,
+                StreamClass::BookDelta,
+                StreamClass::BookSnapshot
+            ]
+        );
+        let Payload::Json(j) = &log[1].1.data else {
+            panic!()
+        };
+        let v: Value = serde_json::from_slice(j).unwrap();
+        assert_eq!(
+            (v["firstUpdateId"].as_u64(), v["lastUpdateId"].as_u64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(log[1].0, 110);
+        let Payload::Json(j) = &log[2].1.data else {
+            panic!()
+        };
+        let v: Value = serde_json::from_slice(j).unwrap();
+        assert_eq!(
+            (v["reason"].as_str(), v["lastUpdateId"].as_u64()),
+            (Some("resync"), Some(7))
+        );
+    }
+
+    #[test]
+    fn validation_follows_ids_through_a_batch() {
+        let m = Market::new(MarketSettings::default());
+        let d = |f: u64, l: u64| {
+            ev(
+                json!({"type":"orderbook.update","symbol":"X1","data":{"type":"delta","bids":[],"asks":[],"firstUpdateId":f,"lastUpdateId":l}}),
+            )
+        };
+        assert!(m.validate(&[d(1, 2), d(3, 4)]).is_ok());
+        assert_eq!(m.validate(&[d(1, 2), d(2, 4)]).unwrap_err().0, 1);
+    }
+}

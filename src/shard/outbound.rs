@@ -1,0 +1,205 @@
+//! A connection's (or polling session's) outbound queue: frames in order, each tagged with the
+//! room it belongs to, so a slow consumer's queued ticker can be replaced by a newer one in
+//! place instead of growing the queue.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// Slices handed to one `writev`; Linux accepts up to 1024.
+const MAX_IOV: usize = 64;
+/// How far back a replacement looks for the room's queued value.
+const MAX_SCAN: usize = 4096;
+
+#[derive(Debug)]
+struct Item {
+    data: Bytes,
+    tag: u64,
+    replaceable: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    Done,
+    Blocked,
+    Closed,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbound {
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// The front item is partly written and must go out whole.
+    front_partial: bool,
+}
+
+impl Outbound {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Queues a frame. `tag` names its stream (0: none); `replaceable` lets a newer value of
+    /// the same stream take its place later.
+    pub fn push(&mut self, data: Bytes, tag: u64, replaceable: bool) {
+        self.bytes += data.len();
+        self.items.push_back(Item {
+            data,
+            tag,
+            replaceable,
+        });
+    }
+
+    /// Puts `data` in place of the newest queued frame of `tag`, if that frame may be
+    /// replaced and has not started going out. Returns whether it did.
+    pub fn replace_latest(&mut self, data: Bytes, tag: u64) -> bool {
+        let first = usize::from(self.front_partial);
+        let len = self.items.len();
+        for i in (first.max(len.saturating_sub(MAX_SCAN))..len).rev() {
+            let item = &mut self.items[i];
+            if item.tag != tag {
+                continue;
+            }
+            if !item.replaceable {
+                return false;
+            }
+            self.bytes = self.bytes - item.data.len() + data.len();
+            item.data = data;
+            return true;
+        }
+        false
+    }
+
+    /// Drops everything that has not started going out.
+    pub fn discard_unsent(&mut self) {
+        let keep = usize::from(self.front_partial);
+        while self.items.len() > keep {
+            if let Some(item) = self.items.pop_back() {
+                self.bytes -= item.data.len();
+            }
+        }
+    }
+
+    /// Takes up to `n` whole frames from the front (long-polling).
+    pub fn take_front(&mut self, n: usize) -> Vec<Bytes> {
+        let n = n.min(self.items.len());
+        let out: Vec<Bytes> = self.items.drain(..n).map(|i| i.data).collect();
+        self.bytes -= out.iter().map(Bytes::len).sum::<usize>();
+        self.front_partial = false;
+        out
+    }
+
+    /// Writes as much as the socket takes, many frames per `writev`. Returns the outcome
+    /// and the number of `writev` calls made.
+    pub fn write_to(&mut self, w: &mut impl Write) -> (Flush, u32) {
+        let mut calls = 0;
+        while !self.items.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.items.len().min(MAX_IOV);
+            for (slot, item) in slices.iter_mut().zip(self.items.iter()) {
+                *slot = IoSlice::new(&item.data);
+            }
+            calls += 1;
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return (Flush::Closed, calls),
+                Ok(mut written) => {
+                    self.bytes -= written;
+                    while written > 0 {
+                        let front = self
+                            .items
+                            .front_mut()
+                            .expect("written bytes came from the queue");
+                        if written >= front.data.len() {
+                            written -= front.data.len();
+                            self.items.pop_front();
+                            self.front_partial = false;
+                        } else {
+                            front.data.advance(written);
+                            self.front_partial = true;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Flush::Blocked, calls),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return (Flush::Closed, calls),
+            }
+        }
+        // Give back a queue that grew during a burst, so idle connections stay small.
+        if self.items.capacity() > 16 {
+            self.items = VecDeque::new();
+        }
+        (Flush::Done, calls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call.
+    struct Trickle {
+        cap: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.cap);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replaces_only_the_newest_replaceable_value_of_a_stream() {
+        let mut q = Outbound::default();
+        q.push(Bytes::from_static(b"t1"), 7, true);
+        q.push(Bytes::from_static(b"trade"), 9, false);
+        q.push(Bytes::from_static(b"t2"), 7, true);
+        assert!(q.replace_latest(Bytes::from_static(b"t3"), 7));
+        q.push(Bytes::from_static(b"closed"), 7, false);
+        assert!(
+            !q.replace_latest(Bytes::from_static(b"t4"), 7),
+            "never jumps a pinned value"
+        );
+        let all: Vec<Bytes> = q.take_front(10);
+        assert_eq!(all, vec![&b"t1"[..], b"trade", b"t3", b"closed"]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn partial_writes_keep_frames_whole() {
+        let mut q = Outbound::default();
+        q.push(Bytes::from_static(b"abcdef"), 1, true);
+        q.push(Bytes::from_static(b"gh"), 1, true);
+        let mut w = Trickle {
+            cap: 3,
+            got: Vec::new(),
+        };
+        // One call writes 3 bytes of the first frame; the trickle takes one slice per call.
+        assert_eq!(w.write_vectored(&[IoSlice::new(b"")]).unwrap(), 0);
+        let (r, _) = q.write_to(&mut w);
+        assert_eq!(r, Flush::Done);
+        assert_eq!(w.got, b"abcdefgh");
+        q.push(Bytes::from_static(b"123456"), 1, true);
+        q.front_partial = true;
+        assert!(
+            !q.replace_latest(Bytes::from_static(b"x"), 1),
+            "the frame going out stays"
+        );
+        q.discard_unsent();
+        assert_eq!(q.len(), 1);
+    }
+}
