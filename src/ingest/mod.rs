@@ -52,6 +52,12 @@ impl Ingest {
         self.events.load(Relaxed)
     }
 
+    /// The order book clients of a symbol are in step with (top N, best first), as JSON.
+    pub fn book_json(&self, symbol: &str) -> Option<Vec<u8>> {
+        let view = self.market.lock().book_view(symbol)?;
+        Some(view.snapshot_json("query"))
+    }
+
     pub fn market_counters(&self) -> MarketCounters {
         self.market.lock().counters
     }

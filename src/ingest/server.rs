@@ -1,4 +1,5 @@
-//! The internal listener: `POST /internal/events`, `GET /stats`, `GET /health`. Served by hyper
+//! The internal listener: `POST /internal/events`, `GET /internal/orderbook/{symbol}`,
+//! `GET /stats`, `GET /health`. Served by hyper
 //! on a small tokio runtime, away from the shards.
 
 use super::{Ingest, IngestError};
@@ -39,6 +40,17 @@ async fn handle(
     Ok(match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (Method::GET, "/stats") => stats(&state),
+        (Method::GET, p) if p.starts_with("/internal/orderbook/") => {
+            let symbol = &p["/internal/orderbook/".len()..];
+            match state.ingest.book_json(symbol) {
+                Some(body) => Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("static response parts are valid"),
+                None => json_response(StatusCode::NOT_FOUND, json!({"error": "NOT_FOUND", "message": format!("no order book for '{symbol}'")})),
+            }
+        }
         (Method::POST, "/internal/events") => ingest(&state, req).await,
         (_, "/internal/events") => json_response(
             StatusCode::METHOD_NOT_ALLOWED,
