@@ -55,7 +55,6 @@ fn interval_ms(i: &str) -> u64 {
 pub struct DemoMarket {
     rng: StdRng,
     symbols: Vec<SymbolSim>,
-    last_ticker_ms: u64,
 }
 
 impl DemoMarket {
@@ -88,7 +87,6 @@ impl DemoMarket {
         DemoMarket {
             rng: StdRng::seed_from_u64(seed),
             symbols,
-            last_ticker_ms: 0,
         }
     }
 
@@ -99,10 +97,8 @@ impl DemoMarket {
     /// Events for one step of the simulation (call every ~100 ms).
     pub fn tick(&mut self, now_ms: u64) -> Vec<Value> {
         let mut out = Vec::new();
-        let ticker_due = now_ms.saturating_sub(self.last_ticker_ms) >= 1000;
-        if ticker_due {
-            self.last_ticker_ms = now_ms;
-        }
+        // Tickers and candles change every step, faster than the gateway's default throttle
+        // window, so the demo shows throttling at work.
         for i in 0..self.symbols.len() {
             let rng = &mut self.rng;
             let s = &mut self.symbols[i];
@@ -114,11 +110,9 @@ impl DemoMarket {
             for _ in 0..rng.random_range(0..3) {
                 out.push(trade(rng, s, now_ms));
             }
-            if ticker_due {
-                out.push(ticker(s, now_ms));
-                for interval in INTERVALS {
-                    out.push(kline(s, interval, now_ms));
-                }
+            out.push(ticker(s, now_ms));
+            for interval in INTERVALS {
+                kline(s, interval, now_ms, &mut out);
             }
         }
         out
@@ -247,7 +241,28 @@ fn ticker(s: &SymbolSim, now_ms: u64) -> Value {
     })
 }
 
-fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64) -> Value {
+fn kline_json(s: &SymbolSim, c: &Candle, interval: &'static str, len: u64, closed: bool) -> Value {
+    json!({
+        "type": "kline.update", "symbol": s.symbol, "interval": interval,
+        "data": {
+            "symbol": s.symbol,
+            "interval": interval,
+            "openTime": c.open_time,
+            "closeTime": c.open_time + len - 1,
+            "open": fmt(c.open, s.decimals),
+            "high": fmt(c.high, s.decimals),
+            "low": fmt(c.low, s.decimals),
+            "close": fmt(c.close, s.decimals),
+            "volume": fmt(c.volume, 3),
+            "quoteVolume": fmt(c.quote_volume, 2),
+            "trades": c.trades,
+            "closed": closed,
+        }
+    })
+}
+
+/// The current candle of `interval`; when a new one starts, the previous one closes first.
+fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64, out: &mut Vec<Value>) {
     let idx = INTERVALS.iter().position(|i| *i == interval).unwrap_or(0);
     let len = interval_ms(interval);
     let open_time = now_ms / len * len;
@@ -266,6 +281,9 @@ fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64) -> Value {
             },
         );
     }
+    if s.candles[idx].open_time != open_time && s.candles[idx].open_time != 0 {
+        out.push(kline_json(s, &s.candles[idx], interval, len, true));
+    }
     let c = &mut s.candles[idx];
     if c.open_time != open_time {
         *c = Candle {
@@ -282,23 +300,8 @@ fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64) -> Value {
     c.high = c.high.max(s.mid);
     c.low = c.low.min(s.mid);
     c.close = s.mid;
-    json!({
-        "type": "kline.update", "symbol": s.symbol, "interval": interval,
-        "data": {
-            "symbol": s.symbol,
-            "interval": interval,
-            "openTime": c.open_time,
-            "closeTime": c.open_time + len - 1,
-            "open": fmt(c.open, s.decimals),
-            "high": fmt(c.high, s.decimals),
-            "low": fmt(c.low, s.decimals),
-            "close": fmt(c.close, s.decimals),
-            "volume": fmt(c.volume, 3),
-            "quoteVolume": fmt(c.quote_volume, 2),
-            "trades": c.trades,
-            "closed": false,
-        }
-    })
+    let c = c.clone();
+    out.push(kline_json(s, &c, interval, len, false));
 }
 
 #[cfg(test)]
@@ -328,6 +331,8 @@ mod tests {
         for k in ["ticker.update", "orderbook.update", "trade", "kline.update"] {
             assert!(kinds.contains(k), "{k}");
         }
+        let rollover = m.tick(1_700_000_060_000);
+        assert!(rollover.iter().any(|e| e["interval"] == "1m" && e["data"]["closed"] == true));
         assert_eq!(m.symbols(), vec!["BTCUSDT", "ETHUSDT", "SOLUSDT"]);
     }
 }
