@@ -332,7 +332,9 @@ mod tests {
             assert!(kinds.contains(k), "{k}");
         }
         let rollover = m.tick(1_700_000_060_000);
-        assert!(rollover.iter().any(|e| e["interval"] == "1m" && e["data"]["closed"] == true));
+        assert!(rollover
+            .iter()
+            .any(|e| e["interval"] == "1m" && e["data"]["closed"] == true));
         assert_eq!(m.symbols(), vec!["BTCUSDT", "ETHUSDT", "SOLUSDT"]);
     }
 }

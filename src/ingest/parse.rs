@@ -51,22 +51,23 @@ fn parse_one(bytes: &[u8]) -> Result<Value, String> {
     simd_json::serde::from_slice::<Value>(&mut buf).map_err(|e| e.to_string())
 }
 
-/// Splits a body into events, in order.
+/// Splits a body into events, in order. NDJSON is parsed line by line, once; a body that
+/// is one (possibly pretty-printed) value is parsed whole.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
     }
-    match parse_one(trimmed) {
-        Ok(Value::Array(events)) => return Ok(events),
-        Ok(v) => return Ok(vec![v]),
-        Err(e) if !trimmed.contains(&b'\n') => {
-            return Err(ParseError::BadJson {
-                index: None,
-                message: e,
-            })
-        }
-        Err(_) => {}
+    let whole = |bytes: &[u8]| match parse_one(bytes) {
+        Ok(Value::Array(events)) => Ok(events),
+        Ok(v) => Ok(vec![v]),
+        Err(message) => Err(ParseError::BadJson {
+            index: None,
+            message,
+        }),
+    };
+    if trimmed[0] == b'[' || !trimmed.contains(&b'\n') {
+        return whole(trimmed);
     }
     let mut out = Vec::new();
     for line in trimmed.split(|&b| b == b'\n') {
@@ -74,11 +75,17 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
         if line.is_empty() {
             continue;
         }
-        let v = parse_one(line).map_err(|message| ParseError::BadJson {
-            index: Some(out.len()),
-            message,
-        })?;
-        out.push(v);
+        match parse_one(line) {
+            Ok(v) => out.push(v),
+            // The first line alone is not JSON: the body may be one value over many lines.
+            Err(_) if out.is_empty() => return whole(trimmed),
+            Err(message) => {
+                return Err(ParseError::BadJson {
+                    index: Some(out.len()),
+                    message,
+                })
+            }
+        }
     }
     Ok(out)
 }

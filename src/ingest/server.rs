@@ -48,7 +48,10 @@ async fn handle(
                     .header("content-type", "application/json")
                     .body(Full::new(Bytes::from(body)))
                     .expect("static response parts are valid"),
-                None => json_response(StatusCode::NOT_FOUND, json!({"error": "NOT_FOUND", "message": format!("no order book for '{symbol}'")})),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "NOT_FOUND", "message": format!("no order book for '{symbol}'")}),
+                ),
             }
         }
         (Method::POST, "/internal/events") => ingest(&state, req).await,

@@ -8,7 +8,7 @@ mod conn;
 mod engine;
 mod handle;
 mod http;
-mod outbound;
+pub mod outbound;
 mod rooms;
 mod stats;
 mod timers;
