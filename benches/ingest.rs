@@ -23,11 +23,22 @@ fn parse(c: &mut Criterion) {
     let array = format!("[{}]", lines.join(",")).into_bytes();
     let mut g = c.benchmark_group("ingest_parse");
     g.throughput(Throughput::Elements(100));
-    g.bench_function("serde_json/ndjson_100", |b| {
+    g.bench_function("parse_body/ndjson_100", |b| {
         b.iter(|| parse_body(black_box(&ndjson)).unwrap())
     });
-    g.bench_function("serde_json/array_100", |b| {
+    g.bench_function("parse_body/array_100", |b| {
         b.iter(|| parse_body(black_box(&array)).unwrap())
+    });
+    g.bench_function("serde_json/ndjson_100", |b| {
+        b.iter(|| {
+            black_box(&ndjson)
+                .split(|&b| b == b'\n')
+                .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+    });
+    g.bench_function("serde_json/array_100", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&array)).unwrap())
     });
     g.bench_function("simd_json/ndjson_100", |b| {
         b.iter(|| {
