@@ -4,6 +4,7 @@
 //!
 //!     cargo run --release --example conformance -- --port 3000
 
+use maven_gateway::limits::LimitSettings;
 use maven_gateway::shard::{Reactor, ServerSettings, Shared};
 use maven_gateway::sockets::App;
 use std::net::SocketAddr;
@@ -38,11 +39,19 @@ fn main() {
         handshake_timeout: Duration::from_secs(10),
         max_payload: 1_000_000,
         cors_origins: vec!["*".into()],
+        trust_proxy: false,
         outbound_soft_limit: 64 * 1024 * 1024,
         outbound_hard_limit: 64 * 1024 * 1024,
         app: App::Conformance,
     };
-    let shared = Arc::new(Shared::default());
+    // The protocol suites open many sessions from one address in a burst.
+    let shared = Arc::new(Shared::new(LimitSettings {
+        max_connections: 100_000,
+        max_connections_per_ip: 100_000,
+        max_connections_per_user: 100_000,
+        handshakes_per_sec_per_ip: 1e9,
+        handshake_burst_per_ip: 1e9,
+    }));
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let reactor = match Reactor::start(1, addr, Arc::new(settings), shared.clone()) {
         Ok(r) => r,

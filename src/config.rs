@@ -92,6 +92,65 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_OUTBOUND_HARD_LIMIT", default_value_t = 8 * 1024 * 1024)]
     pub outbound_hard_limit: usize,
 
+    /// HS256 shared secret for client JWTs (enables private channels).
+    #[arg(
+        long,
+        env = "GATEWAY_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// RS256 or ES256 public key (PEM file) for client JWTs (enables private channels).
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// The claim that holds the user id.
+    #[arg(long, env = "GATEWAY_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+
+    /// How long before a token expires the client gets `TOKEN_EXPIRING`, in seconds.
+    #[arg(long, env = "GATEWAY_TOKEN_EXPIRY_NOTICE_SECS", default_value_t = 60)]
+    pub token_expiry_notice_secs: u64,
+
+    /// Connections (sessions) the gateway holds at most.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Connections one client address may hold.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_IP", default_value_t = 200)]
+    pub max_connections_per_ip: usize,
+
+    /// Authenticated connections one user may hold.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+
+    /// New sessions per second one client address may open (burst: twice as many).
+    #[arg(long, env = "GATEWAY_HANDSHAKE_RATE_PER_IP", default_value_t = 20.0)]
+    pub handshake_rate_per_ip: f64,
+
+    /// Client events per second per connection (burst: twice as many); Engine.IO pings are
+    /// not counted. Past it events are refused with RATE_LIMITED; ten times over in 10 s
+    /// closes the connection.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SEC", default_value_t = 50.0)]
+    pub max_messages_per_sec: f64,
+
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy you trust).
+    #[arg(long, env = "GATEWAY_TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `maven_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,

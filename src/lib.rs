@@ -1,8 +1,10 @@
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod market;
 pub mod server;
 pub mod session;

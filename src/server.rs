@@ -1,10 +1,12 @@
 //! Wiring: starts the reactor, the internal listener and the demo feed, and stops them.
 
+use crate::auth::{Authenticator, KeySource};
 use crate::config::Config;
 use crate::gateway::GatewaySettings;
 use crate::ingest::demo::DemoMarket;
 use crate::ingest::server::{self, InternalState};
 use crate::ingest::Ingest;
+use crate::limits::LimitSettings;
 use crate::market::MarketSettings;
 use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
 use crate::sockets::App;
@@ -48,6 +50,11 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             "orderbook depth must be at least 1".into(),
         ));
     }
+    if config.max_messages_per_sec <= 0.0 || config.handshake_rate_per_ip <= 0.0 {
+        return Err(StartError::Config(
+            "message and handshake rates must be positive".into(),
+        ));
+    }
     if config.ping_interval_ms == 0 || config.ping_timeout_ms == 0 {
         return Err(StartError::Config(
             "ping interval and timeout must be positive".into(),
@@ -70,20 +77,53 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         connect_timeout: Duration::from_millis(config.connect_timeout_ms),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         max_payload: config.max_payload,
+        trust_proxy: config.trust_proxy,
         outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),
         outbound_hard_limit: config.outbound_hard_limit,
         app: App::Gateway(Arc::new(GatewaySettings {
             symbols: config.symbols.clone(),
             max_subscriptions: config.max_subscriptions,
+            auth: authenticator(config)?.map(Arc::new),
+            token_notice_ms: config.token_expiry_notice_secs * 1000,
+            message_rate: config.max_messages_per_sec,
+            message_burst: config.max_messages_per_sec * 2.0,
         })),
     })
+}
+
+fn authenticator(config: &Config) -> Result<Option<Authenticator>, StartError> {
+    let source = match (&config.jwt_secret, &config.jwt_public_key) {
+        (Some(secret), _) => KeySource::Secret(secret.clone()),
+        (None, Some(path)) => KeySource::PublicKeyPem(std::fs::read(path).map_err(|e| {
+            StartError::Config(format!(
+                "cannot read --jwt-public-key {}: {e}",
+                path.display()
+            ))
+        })?),
+        (None, None) => return Ok(None),
+    };
+    Authenticator::new(
+        source,
+        config.jwt_issuer.as_deref(),
+        config.jwt_audience.as_deref(),
+        config.jwt_leeway_secs,
+        &config.jwt_user_claim,
+    )
+    .map(Some)
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
 impl Gateway {
     pub fn start(config: &Config) -> Result<Gateway, StartError> {
         let settings = Arc::new(settings_from(config)?);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(LimitSettings {
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_connections_per_user: config.max_connections_per_user,
+            handshakes_per_sec_per_ip: config.handshake_rate_per_ip,
+            handshake_burst_per_ip: config.handshake_rate_per_ip * 2.0,
+        }));
         let reactor = Reactor::start(
             config.shard_count(),
             config.listen,

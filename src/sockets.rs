@@ -1,10 +1,13 @@
-//! The Socket.IO layer of one Engine.IO session: namespace connections, binary reassembly and
-//! dispatch of events to the application. Pure: messages in, outputs out.
+//! The Socket.IO layer of one Engine.IO session: namespace connections and authentication,
+//! binary reassembly, the per-connection event rate, and dispatch of events to the
+//! application. Pure: messages and the time in, outputs out.
 
+use crate::auth::Identity;
 use crate::codec::socketio::{BinaryAssembler, Kind, Packet};
 use crate::gateway::api::{self, Effect};
 use crate::gateway::envelope::GATEWAY_NAMESPACE;
 use crate::gateway::{GatewaySettings, GatewaySocket};
+use crate::limits::bucket::TokenBucket;
 use crate::session::sid::new_socket_id;
 use serde_json::{json, Value};
 use smallvec::SmallVec;
@@ -34,9 +37,26 @@ pub enum Output {
     Send(Packet),
     Join(Arc<str>),
     Leave(Arc<str>),
-    /// The peer broke the protocol: close the session.
+    /// A socket of this user ended: its per-user connection count goes down.
+    ReleaseUser(Arc<str>),
+    /// A token was refused (the reason, for metrics and logs).
+    AuthFailed(&'static str),
+    /// The peer broke the protocol or the limits: close the session.
     Close(&'static str),
 }
+
+/// What the driver lends the layer for one call: the time, the token the handshake carried
+/// (query, then `Authorization` header), and the per-user connection cap.
+pub struct Ctx<'a> {
+    pub now_ms: u64,
+    pub handshake_token: Option<&'a str>,
+    pub admit_user: &'a mut dyn FnMut(&Arc<str>) -> bool,
+}
+
+/// Refused client events in a 10 s window past which a connection is closed as abusive, as a
+/// multiple of the per-second rate.
+const ABUSE_WINDOW_MS: u64 = 10_000;
+const ABUSE_FACTOR: f64 = 10.0;
 
 #[derive(Debug)]
 pub struct NsSocket {
@@ -49,6 +69,9 @@ pub struct NsSocket {
 pub struct SocketLayer {
     pub sockets: SmallVec<[NsSocket; 1]>,
     binary: BinaryAssembler,
+    bucket: Option<TokenBucket>,
+    refused_since: u64,
+    refused: u32,
 }
 
 impl SocketLayer {
@@ -64,7 +87,39 @@ impl SocketLayer {
             .flat_map(|g| g.rooms.iter())
     }
 
-    pub fn on_text(&mut self, app: &App, text: &str, now_ms: u64, out: &mut Vec<Output>) {
+    /// Users of this session's authenticated sockets (to release their counts at the end).
+    pub fn users(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.gateway.as_ref()?.identity.as_ref())
+            .map(|i| &i.user_id)
+    }
+
+    /// When `on_tick` is next needed (token notices and expiries).
+    pub fn next_deadline(&self, app: &App) -> Option<u64> {
+        let App::Gateway(settings) = app else {
+            return None;
+        };
+        self.sockets
+            .iter()
+            .filter_map(|s| s.gateway.as_ref()?.next_deadline(settings))
+            .min()
+    }
+
+    pub fn on_tick(&mut self, app: &App, now_ms: u64, out: &mut Vec<Output>) {
+        let App::Gateway(settings) = app else { return };
+        for s in self.sockets.iter_mut() {
+            let ns = s.namespace.to_string();
+            let Some(g) = s.gateway.as_mut() else {
+                continue;
+            };
+            for fx in g.on_tick(settings, now_ms) {
+                out.push(effect_output(&ns, fx));
+            }
+        }
+    }
+
+    pub fn on_text(&mut self, app: &App, text: &str, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         if self.binary.is_waiting() {
             out.push(Output::Close(
                 "text packet while binary attachments were pending",
@@ -76,35 +131,48 @@ impl SocketLayer {
             Err(_) => return out.push(Output::Close("parse error")),
         };
         match self.binary.start(packet, attachments) {
-            Ok(Some(p)) => self.on_packet(app, p, now_ms, out),
+            Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
             Err(_) => out.push(Output::Close("parse error")),
         }
     }
 
-    pub fn on_binary(&mut self, app: &App, data: bytes::Bytes, now_ms: u64, out: &mut Vec<Output>) {
+    pub fn on_binary(
+        &mut self,
+        app: &App,
+        data: bytes::Bytes,
+        ctx: &mut Ctx<'_>,
+        out: &mut Vec<Output>,
+    ) {
         match self.binary.push(data) {
-            Ok(Some(p)) => self.on_packet(app, p, now_ms, out),
+            Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
             Err(_) => out.push(Output::Close("parse error")),
         }
     }
 
-    fn on_packet(&mut self, app: &App, packet: Packet, now_ms: u64, out: &mut Vec<Output>) {
+    fn on_packet(&mut self, app: &App, packet: Packet, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         let index = self
             .sockets
             .iter()
             .position(|s| *s.namespace == *packet.namespace);
         match (packet.kind, index) {
-            (Kind::Connect, None) => self.connect(app, packet, now_ms, out),
+            (Kind::Connect, None) => self.connect(app, packet, ctx, out),
             (Kind::Connect, Some(_)) => out.push(Output::Close("second CONNECT for a namespace")),
             (Kind::Disconnect, Some(i)) => {
                 let s = self.sockets.remove(i);
                 if let Some(g) = s.gateway {
                     out.extend(g.rooms.into_iter().map(Output::Leave));
+                    if let Some(id) = g.identity {
+                        out.push(Output::ReleaseUser(id.user_id));
+                    }
                 }
             }
-            (Kind::Event | Kind::BinaryEvent, Some(i)) => self.event(app, i, packet, now_ms, out),
+            (Kind::Event | Kind::BinaryEvent, Some(i)) => {
+                if self.admit_event(app, i, &packet, ctx.now_ms, out) {
+                    self.event(app, i, packet, ctx.now_ms, out)
+                }
+            }
             // Acks answer server emits with an ack; the gateway never asks for one.
             (Kind::Ack | Kind::BinaryAck, Some(_)) => {}
             _ => out.push(Output::Close(
@@ -113,17 +181,93 @@ impl SocketLayer {
         }
     }
 
-    fn connect(&mut self, app: &App, packet: Packet, now_ms: u64, out: &mut Vec<Output>) {
+    /// Rate-limits client events: a refused one is answered `RATE_LIMITED`, and a connection
+    /// that keeps flooding is closed.
+    fn admit_event(
+        &mut self,
+        app: &App,
+        i: usize,
+        packet: &Packet,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let App::Gateway(settings) = app else {
+            return true;
+        };
+        let bucket = self.bucket.get_or_insert_with(|| {
+            TokenBucket::new(settings.message_rate, settings.message_burst, now_ms)
+        });
+        if bucket.take(now_ms) {
+            return true;
+        }
+        if now_ms.saturating_sub(self.refused_since) > ABUSE_WINDOW_MS {
+            self.refused_since = now_ms;
+            self.refused = 0;
+        }
+        self.refused += 1;
+        if f64::from(self.refused) > settings.message_rate * ABUSE_FACTOR {
+            out.push(Output::Close("sustained flood of client events"));
+            return false;
+        }
+        let ns = self.sockets[i].namespace.to_string();
+        let error = json!({"code": "RATE_LIMITED", "message": format!("at most {} events per second", settings.message_rate)});
+        out.push(match packet.id {
+            Some(id) => ack(&ns, id, json!([{"ok": false, "error": error}]), Vec::new()),
+            None => {
+                let mut e = error;
+                e["request"] = packet.event_name().map(|n| json!(n)).unwrap_or(Value::Null);
+                Output::Send(Packet::event(&ns, json!(["error", e]), None))
+            }
+        });
+        false
+    }
+
+    fn connect(&mut self, app: &App, packet: Packet, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         let ns = packet.namespace;
-        if !app.accepts(&ns) {
-            out.push(Output::Send(Packet {
+        let refuse = |message: &str, code: Option<&str>| {
+            let mut data = json!({ "message": message });
+            if let Some(code) = code {
+                data["data"] = json!({ "code": code });
+            }
+            Output::Send(Packet {
                 kind: Kind::ConnectError,
-                namespace: ns,
+                namespace: ns.clone(),
                 id: None,
-                data: Some(json!({"message": "Invalid namespace"})),
+                data: Some(data),
                 attachments: Vec::new(),
-            }));
+            })
+        };
+        if !app.accepts(&ns) {
+            out.push(refuse("Invalid namespace", None));
             return;
+        }
+        let mut identity: Option<Identity> = None;
+        if let App::Gateway(settings) = app {
+            let token = match packet.data.as_ref().and_then(|d| d.get("token")) {
+                Some(Value::String(t)) => Some(t.as_str()),
+                // A token that is not a string is present, and invalid.
+                Some(_) => Some(""),
+                None => ctx.handshake_token,
+            };
+            if let (Some(auth), Some(token)) = (&settings.auth, token) {
+                match auth.verify(token, ctx.now_ms / 1000) {
+                    Ok(id) => {
+                        if !(ctx.admit_user)(&id.user_id) {
+                            out.push(refuse(
+                                "Too many connections for this user",
+                                Some("CONNECTION_LIMIT"),
+                            ));
+                            return;
+                        }
+                        identity = Some(id);
+                    }
+                    Err(e) => {
+                        out.push(Output::AuthFailed(e.reason()));
+                        out.push(refuse("Unauthorized: Invalid token", Some("INVALID_TOKEN")));
+                        return;
+                    }
+                }
+            }
         }
         let id = new_socket_id();
         out.push(Output::Send(Packet {
@@ -134,15 +278,14 @@ impl SocketLayer {
             attachments: Vec::new(),
         }));
         let gateway = match app {
-            App::Gateway(_) if ns == GATEWAY_NAMESPACE => {
-                out.push(Output::Send(Packet::event(
-                    &ns,
-                    api::connected(&id, now_ms),
-                    None,
-                )));
-                Some(GatewaySocket::default())
+            App::Gateway(_) => {
+                if ns == GATEWAY_NAMESPACE {
+                    let hello = api::connected(&id, identity.as_ref(), ctx.now_ms);
+                    out.push(Output::Send(Packet::event(&ns, hello, None)));
+                }
+                // Both namespaces keep the identity so its per-user count is released.
+                Some(GatewaySocket::new(identity))
             }
-            App::Gateway(_) => None,
             App::Conformance => {
                 let auth = packet.data.unwrap_or_else(|| json!({}));
                 out.push(Output::Send(Packet::event(
@@ -179,8 +322,15 @@ impl SocketLayer {
                     Some(Value::String(s)) => s.clone(),
                     _ => return,
                 };
-                if !packet.attachments.is_empty() {
-                    let error = json!({"code": "BAD_REQUEST", "message": "binary payloads are not supported by the gateway API"});
+                let refusal = if !packet.attachments.is_empty() {
+                    Some("binary payloads are not supported by the gateway API")
+                } else if ns != GATEWAY_NAMESPACE {
+                    Some("the gateway API is on namespace /ws")
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
+                    let error = json!({"code": "BAD_REQUEST", "message": message});
                     out.push(match packet.id {
                         Some(id) => {
                             ack(&ns, id, json!([{"ok": false, "error": error}]), Vec::new())
@@ -194,18 +344,10 @@ impl SocketLayer {
                     return;
                 }
                 let Some(gw) = socket.gateway.as_mut() else {
-                    if let Some(id) = packet.id {
-                        out.push(ack(&ns, id, json!([{"ok": false, "error": {"code": "BAD_REQUEST", "message": "the gateway API is on namespace /ws"}}]), Vec::new()));
-                    }
                     return;
                 };
                 for fx in api::on_event(settings, gw, &name, &args[1..], packet.id, now_ms) {
-                    out.push(match fx {
-                        Effect::Emit(v) => Output::Send(Packet::event(&ns, v, None)),
-                        Effect::Ack(id, v) => ack(&ns, id, v, Vec::new()),
-                        Effect::Join(r) => Output::Join(r),
-                        Effect::Leave(r) => Output::Leave(r),
-                    });
+                    out.push(effect_output(&ns, fx));
                 }
             }
             App::Conformance => match args.first().and_then(Value::as_str) {
@@ -231,6 +373,15 @@ impl SocketLayer {
     }
 }
 
+fn effect_output(ns: &str, fx: Effect) -> Output {
+    match fx {
+        Effect::Emit(v) => Output::Send(Packet::event(ns, v, None)),
+        Effect::Ack(id, v) => ack(ns, id, v, Vec::new()),
+        Effect::Join(r) => Output::Join(r),
+        Effect::Leave(r) => Output::Leave(r),
+    }
+}
+
 fn ack(ns: &str, id: u64, args: Value, attachments: Vec<bytes::Bytes>) -> Output {
     Output::Send(Packet {
         kind: Kind::Ack,
@@ -245,6 +396,16 @@ fn ack(ns: &str, id: u64, args: Value, attachments: Vec<bytes::Bytes>) -> Output
 mod tests {
     use super::*;
 
+    fn ctx_call(layer: &mut SocketLayer, app: &App, text: &str, now: u64, out: &mut Vec<Output>) {
+        let mut admit = |_: &Arc<str>| true;
+        let mut ctx = Ctx {
+            now_ms: now,
+            handshake_token: None,
+            admit_user: &mut admit,
+        };
+        layer.on_text(app, text, &mut ctx, out);
+    }
+
     fn text(p: &Packet) -> String {
         let mut b = bytes::BytesMut::new();
         p.encode(&mut b);
@@ -256,12 +417,13 @@ mod tests {
         let app = App::Gateway(Arc::new(GatewaySettings::default()));
         let mut layer = SocketLayer::default();
         let mut out = Vec::new();
-        layer.on_text(&app, "0/ws,", 5, &mut out);
+        ctx_call(&mut layer, &app, "0/ws,", 5, &mut out);
         assert_eq!(out.len(), 2);
         let Output::Send(p) = &out[1] else { panic!() };
         assert!(text(p).starts_with("2/ws,[\"connected\",{\"socketId\":"));
         out.clear();
-        layer.on_text(
+        ctx_call(
+            &mut layer,
             &app,
             "2/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]",
             5,
@@ -272,7 +434,7 @@ mod tests {
         assert_eq!(text(p), "3/ws,1[{\"ok\":true,\"channel\":\"trades\",\"rooms\":[\"trades:BTCUSDT\"],\"symbol\":\"BTCUSDT\"}]");
         assert_eq!(layer.rooms().count(), 1);
         out.clear();
-        layer.on_text(&app, "1/ws,", 5, &mut out);
+        ctx_call(&mut layer, &app, "1/ws,", 5, &mut out);
         assert_eq!(out, vec![Output::Leave(Arc::from("trades:BTCUSDT"))]);
     }
 
@@ -281,12 +443,12 @@ mod tests {
         let app = App::Gateway(Arc::new(GatewaySettings::default()));
         let mut layer = SocketLayer::default();
         let mut out = Vec::new();
-        layer.on_text(&app, "0/admin,", 0, &mut out);
+        ctx_call(&mut layer, &app, "0/admin,", 0, &mut out);
         let Output::Send(p) = &out[0] else { panic!() };
         assert_eq!(text(p), "4/admin,{\"message\":\"Invalid namespace\"}");
         for bad in ["abc", "2{}", "2abc[]", "2/ws,[\"x\"]"] {
             out.clear();
-            layer.on_text(&app, bad, 0, &mut out);
+            ctx_call(&mut layer, &app, bad, 0, &mut out);
             assert!(matches!(out[0], Output::Close(_)), "{bad}");
         }
     }
@@ -296,18 +458,30 @@ mod tests {
         let app = App::Conformance;
         let mut layer = SocketLayer::default();
         let mut out = Vec::new();
-        layer.on_text(&app, "0{\"token\":\"t\"}", 0, &mut out);
+        ctx_call(&mut layer, &app, "0{\"token\":\"t\"}", 0, &mut out);
         let Output::Send(p) = &out[1] else { panic!() };
         assert_eq!(text(p), "2[\"auth\",{\"token\":\"t\"}]");
         out.clear();
-        layer.on_text(
+        ctx_call(
+            &mut layer,
             &app,
             "51-4[\"message-with-ack\",{\"_placeholder\":true,\"num\":0}]",
             0,
             &mut out,
         );
         assert!(out.is_empty());
-        layer.on_binary(&app, bytes::Bytes::from_static(&[1, 2, 3]), 0, &mut out);
+        let mut admit = |_: &Arc<str>| true;
+        let mut ctx = Ctx {
+            now_ms: 0,
+            handshake_token: None,
+            admit_user: &mut admit,
+        };
+        layer.on_binary(
+            &app,
+            bytes::Bytes::from_static(&[1, 2, 3]),
+            &mut ctx,
+            &mut out,
+        );
         let Output::Send(p) = &out[0] else { panic!() };
         assert_eq!(text(p), "61-4[{\"_placeholder\":true,\"num\":0}]");
         assert_eq!(&p.attachments[0][..], &[1, 2, 3]);

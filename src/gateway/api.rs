@@ -2,6 +2,7 @@
 //! event to the effects it has: emits, acks and room changes. The shard applies them.
 
 use super::channels::{parse_subscription, ApiError, ErrorCode};
+use crate::auth::{Authenticator, Identity};
 use indexmap::IndexSet;
 use serde_json::{json, Map, Value};
 use smallvec::SmallVec;
@@ -12,6 +13,13 @@ pub struct GatewaySettings {
     /// Symbols clients may subscribe to; empty means any well-formed symbol.
     pub symbols: Vec<String>,
     pub max_subscriptions: usize,
+    /// JWT verification; without it every connection is anonymous.
+    pub auth: Option<Arc<Authenticator>>,
+    /// How long before a token's expiry the client is told (`TOKEN_EXPIRING`), in ms.
+    pub token_notice_ms: u64,
+    /// Client events per second per connection (token bucket), and the burst allowed.
+    pub message_rate: f64,
+    pub message_burst: f64,
 }
 
 impl Default for GatewaySettings {
@@ -19,6 +27,10 @@ impl Default for GatewaySettings {
         GatewaySettings {
             symbols: Vec::new(),
             max_subscriptions: 1024,
+            auth: None,
+            token_notice_ms: 60_000,
+            message_rate: 50.0,
+            message_burst: 100.0,
         }
     }
 }
@@ -35,17 +47,81 @@ pub enum Effect {
 
 pub type Effects = SmallVec<[Effect; 4]>;
 
-/// A `/ws` socket's own state: the rooms it is in.
+/// A `/ws` socket's own state: the rooms it is in and who it is.
 #[derive(Debug, Default)]
 pub struct GatewaySocket {
     pub rooms: IndexSet<Arc<str>>,
+    pub identity: Option<Identity>,
+    /// `TOKEN_EXPIRING` was sent for the current token.
+    pub notice_sent: bool,
+    /// The token expired unrefreshed: private channels are closed until `auth`.
+    pub expired: bool,
 }
 
-pub fn connected(socket_id: &str, now_ms: u64) -> Value {
+impl GatewaySocket {
+    pub fn new(identity: Option<Identity>) -> GatewaySocket {
+        GatewaySocket {
+            identity,
+            ..GatewaySocket::default()
+        }
+    }
+
+    /// When this socket next needs `on_tick`: the expiry notice, then the expiry itself.
+    pub fn next_deadline(&self, settings: &GatewaySettings) -> Option<u64> {
+        let id = self.identity.as_ref().filter(|_| !self.expired)?;
+        let exp = id.expires_at * 1000;
+        Some(if self.notice_sent {
+            exp
+        } else {
+            exp.saturating_sub(settings.token_notice_ms)
+        })
+    }
+
+    /// Token lifetime events due at `now_ms`.
+    pub fn on_tick(&mut self, settings: &GatewaySettings, now_ms: u64) -> Effects {
+        let mut fx = Effects::new();
+        let Some(id) = self.identity.as_ref().filter(|_| !self.expired) else {
+            return fx;
+        };
+        let exp = id.expires_at * 1000;
+        if !self.notice_sent
+            && now_ms >= exp.saturating_sub(settings.token_notice_ms)
+            && now_ms < exp
+        {
+            self.notice_sent = true;
+            fx.push(Effect::Emit(json!(["error", {
+                "code": "TOKEN_EXPIRING",
+                "message": "the token expires soon; send 'auth' with a fresh token",
+                "expiresAt": exp,
+            }])));
+        }
+        if now_ms >= exp {
+            self.expired = true;
+            self.notice_sent = true;
+            let private: Vec<Arc<str>> = self
+                .rooms
+                .iter()
+                .filter(|r| r.starts_with("user:"))
+                .cloned()
+                .collect();
+            for room in private {
+                self.rooms.swap_remove(&room);
+                fx.push(Effect::Leave(room));
+            }
+            fx.push(Effect::Emit(json!(["error", {
+                "code": "TOKEN_EXPIRED",
+                "message": "the token expired; private subscriptions ended, public ones stay",
+            }])));
+        }
+        fx
+    }
+}
+
+pub fn connected(socket_id: &str, identity: Option<&Identity>, now_ms: u64) -> Value {
     json!(["connected", {
         "socketId": socket_id,
-        "userId": Value::Null,
-        "authenticated": false,
+        "userId": identity.map(|i| Value::String(i.user_id.to_string())).unwrap_or(Value::Null),
+        "authenticated": identity.is_some(),
         "serverTime": now_ms,
     }])
 }
@@ -64,15 +140,10 @@ pub fn on_event(
     let result = match name {
         "subscribe" => subscribe(settings, socket, payload, &mut fx),
         "unsubscribe" => unsubscribe(socket, payload, &mut fx),
-        "subscribe.private" | "unsubscribe.private" => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "private channels need an authenticated connection",
-        )),
+        "subscribe.private" => subscribe_private(settings, socket, payload, &mut fx),
+        "unsubscribe.private" => unsubscribe_private(socket, payload, &mut fx),
         "ping" => Ok(("pong", obj([("timestamp", json!(now_ms))]))),
-        "auth" => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "authentication is not configured on this gateway",
-        )),
+        "auth" => refresh(settings, socket, payload, now_ms),
         other => Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("unknown event '{other}'"),
@@ -144,6 +215,128 @@ fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Eff
         }
     }
     Ok(("unsubscribed", answer(req)))
+}
+
+/// The room a private channel maps to for this socket's user: derived from the token, never
+/// from client input.
+fn private_room(
+    socket: &GatewaySocket,
+    payload: Option<&Value>,
+) -> Result<(&'static str, Arc<str>), ApiError> {
+    let channel = payload
+        .and_then(|p| p.get("channel"))
+        .and_then(Value::as_str);
+    let suffix = match channel {
+        Some("user.orders") => "orders",
+        Some("user.trades") => "trades",
+        Some("user.balances") => "balances",
+        Some("user.deposits") => "deposits",
+        Some(other) => {
+            return Err(ApiError::new(ErrorCode::InvalidChannel, format!("unknown private channel '{other}'; expected user.orders, user.trades, user.balances or user.deposits")))
+        }
+        None => return Err(ApiError::new(ErrorCode::InvalidChannel, "missing 'channel'")),
+    };
+    let Some(id) = &socket.identity else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "private channels need a connection authenticated with a token",
+        ));
+    };
+    if socket.expired {
+        return Err(ApiError::new(
+            ErrorCode::TokenExpired,
+            "the token expired; send 'auth' with a fresh token",
+        ));
+    }
+    let channel = match suffix {
+        "orders" => "user.orders",
+        "trades" => "user.trades",
+        "balances" => "user.balances",
+        _ => "user.deposits",
+    };
+    Ok((channel, Arc::from(format!("user:{}:{suffix}", id.user_id))))
+}
+
+fn subscribe_private(
+    settings: &GatewaySettings,
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    fx: &mut Effects,
+) -> Answer {
+    let (channel, room) = private_room(socket, payload)?;
+    if !socket.rooms.contains(&room) {
+        if socket.rooms.len() >= settings.max_subscriptions {
+            return Err(ApiError::new(
+                ErrorCode::SubscriptionLimit,
+                format!(
+                    "at most {} subscriptions per connection",
+                    settings.max_subscriptions
+                ),
+            ));
+        }
+        socket.rooms.insert(room.clone());
+        fx.push(Effect::Join(room.clone()));
+    }
+    Ok((
+        "subscribed",
+        obj([("channel", json!(channel)), ("rooms", json!([&*room]))]),
+    ))
+}
+
+fn unsubscribe_private(
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    fx: &mut Effects,
+) -> Answer {
+    let (channel, room) = private_room(socket, payload)?;
+    if let Some(room) = socket.rooms.swap_take(&room) {
+        fx.push(Effect::Leave(room));
+    }
+    Ok((
+        "unsubscribed",
+        obj([("channel", json!(channel)), ("rooms", json!([&*room]))]),
+    ))
+}
+
+/// In-band token refresh: same user only.
+fn refresh(
+    settings: &GatewaySettings,
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    now_ms: u64,
+) -> Answer {
+    let Some(auth) = &settings.auth else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "authentication is not configured on this gateway",
+        ));
+    };
+    let Some(current) = &socket.identity else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "connect with a token to use private channels",
+        ));
+    };
+    let Some(token) = payload.and_then(|p| p.get("token")).and_then(Value::as_str) else {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "payload must be {\"token\": \"...\"}",
+        ));
+    };
+    let fresh = auth
+        .verify(token, now_ms / 1000)
+        .map_err(|_| ApiError::new(ErrorCode::Unauthorized, "Invalid token"))?;
+    if fresh.user_id != current.user_id {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the token is for another user",
+        ));
+    }
+    let expires_at = fresh.expires_at * 1000;
+    socket.identity = Some(fresh);
+    socket.notice_sent = false;
+    socket.expired = false;
+    Ok(("authenticated", obj([("expiresAt", json!(expires_at))])))
 }
 
 fn answer(req: super::channels::SubscriptionRequest) -> Map<String, Value> {

@@ -67,21 +67,7 @@ fn stats(state: &InternalState) -> Response<Body> {
     let shards: Vec<Counters> = state.stats.iter().map(|s| s.load()).collect();
     let mut total = Counters::default();
     for c in &shards {
-        macro_rules! add { ($($f:ident),*) => { $( total.$f += c.$f; )* } }
-        add!(
-            websocket_connections,
-            polling_sessions,
-            tcp_connections,
-            subscriptions,
-            rooms,
-            messages_out,
-            bytes_out,
-            write_calls,
-            broadcasts_received,
-            slow_consumer_disconnects,
-            handshakes,
-            protocol_errors
-        );
+        total.add(c);
     }
     json_response(
         StatusCode::OK,

@@ -5,6 +5,7 @@ use crate::codec::websocket::MessageAssembler;
 use crate::http::Request;
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
+use std::net::IpAddr;
 
 #[derive(Debug)]
 pub enum HttpState {
@@ -37,6 +38,8 @@ pub enum Role {
 pub struct Conn {
     pub stream: TcpStream,
     pub generation: u64,
+    /// The peer's address (the proxy's, behind one).
+    pub ip: IpAddr,
     pub role: Role,
     /// Bytes read and not yet consumed. Empty (no allocation) while the peer is idle.
     pub inbuf: BytesMut,
@@ -49,10 +52,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, generation: u64) -> Conn {
+    pub fn new(stream: TcpStream, generation: u64, ip: IpAddr) -> Conn {
         Conn {
             stream,
             generation,
+            ip,
             role: Role::Http(HttpState::Head),
             inbuf: BytesMut::new(),
             out: Outbound::default(),

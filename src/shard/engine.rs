@@ -8,15 +8,29 @@ use crate::codec::engineio::Packet;
 use crate::codec::websocket;
 use crate::codec::WireMessage;
 use crate::gateway::envelope;
+use crate::limits::Refusal;
 use crate::market::Payload;
 use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
 use crate::session::sid::new_sid;
-use crate::sockets::{Output, SocketLayer};
+use crate::sockets::{Ctx, Output, SocketLayer};
 use bytes::Bytes;
 use smallvec::SmallVec;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 impl Shard {
-    pub(super) fn open_session(&mut self, transport: Transport, echo: bool) -> usize {
+    /// Opens a session for a handshake, unless a connection cap refuses it.
+    pub(super) fn open_session(
+        &mut self,
+        transport: Transport,
+        echo: bool,
+        ip: IpAddr,
+        handshake_token: Option<Box<str>>,
+    ) -> Result<usize, Refusal> {
+        self.shared
+            .limits
+            .admit(ip, unix_ms())
+            .inspect_err(|_| self.counters.handshakes_refused += 1)?;
         let generation = self.generation();
         let mut sid = new_sid(self.id);
         while self.sids.contains_key(sid.as_str()) {
@@ -34,6 +48,9 @@ impl Shard {
             heartbeat: Heartbeat::new(self.now, self.settings.ping_interval),
             echo,
             sockets: SocketLayer::default(),
+            ip,
+            handshake_token,
+            socket_timer: None,
         });
         self.sids.insert(sid.into_boxed_str(), s);
         if is_ws {
@@ -61,7 +78,7 @@ impl Shard {
             );
         }
         tracing::debug!(shard = self.id, sid = %self.sessions[s].sid, websocket = is_ws, "session opened");
-        s
+        Ok(s)
     }
 
     /// The Engine.IO open packet: exactly the keys the reference server sends.
@@ -152,9 +169,15 @@ impl Shard {
                 let text = String::from_utf8_lossy(&text);
                 let mut out = Vec::new();
                 let app = self.settings.app.clone();
-                self.sessions[s]
-                    .sockets
-                    .on_text(&app, &text, unix_ms(), &mut out);
+                let limits = &self.shared.limits;
+                let mut admit = |u: &Arc<str>| limits.admit_user(u);
+                let session = &mut self.sessions[s];
+                let mut ctx = Ctx {
+                    now_ms: unix_ms(),
+                    handshake_token: session.handshake_token.as_deref(),
+                    admit_user: &mut admit,
+                };
+                session.sockets.on_text(&app, &text, &mut ctx, &mut out);
                 self.apply_outputs(s, out);
             }
             Packet::Binary(data) => {
@@ -163,9 +186,15 @@ impl Shard {
                 }
                 let mut out = Vec::new();
                 let app = self.settings.app.clone();
-                self.sessions[s]
-                    .sockets
-                    .on_binary(&app, data, unix_ms(), &mut out);
+                let limits = &self.shared.limits;
+                let mut admit = |u: &Arc<str>| limits.admit_user(u);
+                let session = &mut self.sessions[s];
+                let mut ctx = Ctx {
+                    now_ms: unix_ms(),
+                    handshake_token: session.handshake_token.as_deref(),
+                    admit_user: &mut admit,
+                };
+                session.sockets.on_binary(&app, data, &mut ctx, &mut out);
                 self.apply_outputs(s, out);
             }
             Packet::Close => {
@@ -217,9 +246,15 @@ impl Shard {
                     self.sessions[s].owed.retain(|r| *r != room);
                     self.rooms.leave(&room, s);
                 }
+                Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
+                Output::AuthFailed(reason) => {
+                    self.counters.auth_failures += 1;
+                    tracing::debug!(shard = self.id, reason, "token refused");
+                }
                 Output::Close(reason) => self.protocol_error(s, reason),
             }
         }
+        self.arm_socket_timer(s);
         // A new subscriber gets the room's latest value right after its answer.
         for m in joined {
             self.send_wire(s, &m);
@@ -301,6 +336,38 @@ impl Shard {
         self.close_session(s, "slow consumer", true);
     }
 
+    /// Keeps one timer armed for the socket layer's next deadline (token notices, expiries).
+    fn arm_socket_timer(&mut self, s: usize) {
+        let app = &self.settings.app;
+        let Some(session) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let next = session.sockets.next_deadline(app);
+        if next.is_some() && next != session.socket_timer {
+            session.socket_timer = next;
+            let at_ms = next.unwrap_or(0);
+            let delay = std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()));
+            let generation = session.generation;
+            self.timers.schedule(
+                self.now + delay,
+                Timer {
+                    kind: TimerKind::Socket,
+                    index: s,
+                    generation,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_socket_timer(&mut self, s: usize) {
+        let app = self.settings.app.clone();
+        let mut out = Vec::new();
+        let session = &mut self.sessions[s];
+        session.socket_timer = None;
+        session.sockets.on_tick(&app, unix_ms(), &mut out);
+        self.apply_outputs(s, out);
+    }
+
     pub(super) fn on_heartbeat_timer(&mut self, s: usize) {
         let timeout = self.settings.ping_timeout;
         let generation = self.sessions[s].generation;
@@ -328,6 +395,10 @@ impl Shard {
         };
         tracing::debug!(shard = self.id, sid = %session.sid, reason, "session closed");
         self.sids.remove(&session.sid);
+        self.shared.limits.release(session.ip);
+        for user in session.sockets.users() {
+            self.shared.limits.release_user(user);
+        }
         for room in session.sockets.rooms() {
             self.rooms.leave(room, s);
         }

@@ -6,9 +6,11 @@ use super::{Shard, Transport};
 use crate::codec::engineio;
 use crate::codec::websocket::MessageAssembler;
 use crate::http::{parse_head, response, Method, Request};
+use crate::limits::Refusal;
 use crate::session::sid::shard_of;
 use crate::transport::{classify, handshake, EngineError, EngineRequest, TransportKind};
 use bytes::{Buf, Bytes, BytesMut};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 /// Packets in one long-polling response. python-engineio refuses a payload of more than 16
@@ -189,7 +191,11 @@ impl Shard {
         match request {
             EngineRequest::Open(TransportKind::Polling) => {
                 self.conns[c].requests += 1;
-                let s = self.open_session(Transport::Polling { get: None }, echo);
+                let (ip, token) = self.client_identity(c, &req);
+                let s = match self.open_session(Transport::Polling { get: None }, echo, ip, token) {
+                    Ok(s) => s,
+                    Err(r) => return self.refuse(c, r, origin.as_deref()),
+                };
                 let open = self.open_packet(s, true);
                 let body = open.to_text();
                 let keep = req.keep_alive;
@@ -200,7 +206,12 @@ impl Shard {
                 let Some(accept) = self.accept_websocket(c, &req, origin.as_deref()) else {
                     return;
                 };
-                let s = self.open_session(Transport::WebSocket(c), echo);
+                let (ip, token) = self.client_identity(c, &req);
+                let s = match self.open_session(Transport::WebSocket(c), echo, ip, token) {
+                    Ok(s) => s,
+                    // Refused at the handshake: an HTTP answer instead of the upgrade.
+                    Err(r) => return self.refuse(c, r, origin.as_deref()),
+                };
                 let conn = &mut self.conns[c];
                 conn.push(accept);
                 conn.role = Role::WebSocket(WsState {
@@ -349,6 +360,43 @@ impl Shard {
             }
             self.on_engine_packet(s, p, None);
         }
+    }
+
+    /// The client's address (from `X-Forwarded-For` behind a trusted proxy) and the token its
+    /// handshake carried: the `token` query parameter, else `Authorization: Bearer`.
+    fn client_identity(&self, c: usize, req: &Request) -> (IpAddr, Option<Box<str>>) {
+        let peer = self.conns[c].ip;
+        let ip = if self.settings.trust_proxy {
+            req.forwarded_for
+                .as_deref()
+                .and_then(|f| f.split(',').next())
+                .and_then(|f| f.trim().parse().ok())
+                .unwrap_or(peer)
+        } else {
+            peer
+        };
+        let token = req
+            .query("token")
+            .or_else(|| {
+                req.authorization
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("Bearer "))
+            })
+            .map(|t| t.trim().into());
+        (ip, token)
+    }
+
+    /// Answers a handshake over a connection cap: 429 or 503 with the reason.
+    fn refuse(&mut self, c: usize, r: Refusal, origin: Option<&str>) {
+        let mut extra = cors_headers(origin);
+        extra.push(("Retry-After", "1"));
+        let body = format!(
+            "{{\"error\":\"{}\",\"message\":\"{}\"}}",
+            r.reason(),
+            r.message()
+        );
+        tracing::debug!(shard = self.id, reason = r.reason(), "handshake refused");
+        self.respond_and_close(c, response::json(r.status(), &extra, false, &body));
     }
 
     pub(super) fn engine_error(&mut self, c: usize, e: EngineError, origin: Option<&str>) {

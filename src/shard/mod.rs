@@ -18,6 +18,7 @@ pub use handle::{Broadcast, Fanout, ShardHandle, ShardMsg};
 pub use stats::{Counters, ShardStats};
 
 use crate::codec::WireMessage;
+use crate::limits::{LimitSettings, Limits};
 use crate::market::book::BookView;
 use crate::market::StreamClass;
 use crate::session::heartbeat::Heartbeat;
@@ -33,6 +34,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -57,6 +59,8 @@ pub struct ServerSettings {
     pub max_payload: usize,
     /// Origins allowed for cross-origin polling; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
+    pub trust_proxy: bool,
     /// Outbound bytes queued for one connection past which the slow-consumer policy applies.
     pub outbound_soft_limit: usize,
     /// Outbound bytes queued for one connection past which it is disconnected.
@@ -64,10 +68,21 @@ pub struct ServerSettings {
     pub app: App,
 }
 
-/// Process-wide flags shards read.
-#[derive(Debug, Default)]
+/// Process-wide state shards share: readiness, and the connection caps (touched per
+/// handshake and close, never per message).
+#[derive(Debug)]
 pub struct Shared {
     pub ready: AtomicBool,
+    pub limits: Limits,
+}
+
+impl Shared {
+    pub fn new(limits: LimitSettings) -> Shared {
+        Shared {
+            ready: AtomicBool::new(false),
+            limits: Limits::new(limits),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -91,6 +106,12 @@ struct Session {
     /// A bare Engine.IO session that echoes messages (conformance endpoint).
     echo: bool,
     sockets: SocketLayer,
+    /// The client's address, as counted by the connection caps.
+    ip: IpAddr,
+    /// The token the handshake carried (`token` query, else `Authorization: Bearer`).
+    handshake_token: Option<Box<str>>,
+    /// The socket-layer deadline a timer is armed for.
+    socket_timer: Option<u64>,
 }
 
 pub struct Shard {
@@ -320,7 +341,11 @@ impl Shard {
         {
             return;
         }
-        let mut conn = Conn::new(stream, generation);
+        let ip = stream
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let mut conn = Conn::new(stream, generation, ip);
         conn.inbuf = buffered;
         entry.insert(conn);
         self.counters.tcp_connections += 1;
@@ -536,13 +561,15 @@ impl Shard {
     fn fire_timers(&mut self) {
         while let Some(t) = self.timers.pop_due(self.now) {
             match t.kind {
-                TimerKind::Heartbeat | TimerKind::ConnectTimeout => {
+                TimerKind::Heartbeat | TimerKind::ConnectTimeout | TimerKind::Socket => {
                     match self.sessions.get(t.index) {
                         Some(s) if s.generation == t.generation => {}
                         _ => continue,
                     }
                     if t.kind == TimerKind::Heartbeat {
                         self.on_heartbeat_timer(t.index);
+                    } else if t.kind == TimerKind::Socket {
+                        self.on_socket_timer(t.index);
                     } else {
                         let s = &self.sessions[t.index];
                         if !s.echo && !s.sockets.is_connected() {

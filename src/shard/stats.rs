@@ -17,6 +17,8 @@ pub struct Counters {
     pub slow_consumer_disconnects: u64,
     pub slow_consumer_drops: u64,
     pub handshakes: u64,
+    pub handshakes_refused: u64,
+    pub auth_failures: u64,
     pub protocol_errors: u64,
 }
 
@@ -34,6 +36,8 @@ pub struct ShardStats {
     slow_consumer_disconnects: AtomicU64,
     slow_consumer_drops: AtomicU64,
     handshakes: AtomicU64,
+    handshakes_refused: AtomicU64,
+    auth_failures: AtomicU64,
     protocol_errors: AtomicU64,
 }
 
@@ -52,9 +56,18 @@ macro_rules! fields {
             slow_consumer_disconnects,
             slow_consumer_drops,
             handshakes,
+            handshakes_refused,
+            auth_failures,
             protocol_errors
         )
     };
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        macro_rules! add { ($($f:ident),*) => { $( self.$f += other.$f; )* } }
+        fields!(add);
+    }
 }
 
 impl ShardStats {

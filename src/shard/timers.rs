@@ -11,6 +11,8 @@ pub enum TimerKind {
     Heartbeat,
     ConnectTimeout,
     HandshakeTimeout,
+    /// Token expiry notices and expiries of a session's sockets.
+    Socket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -27,10 +27,10 @@ function short(v) {
  */
 export class Recorder {
   constructor(socket) {
-    this.items = []; // {event, args, consumed}
+    this.items = []; // {event, args, consumed, at (Date.now() on arrival)}
     this.waiters = new Set();
     socket.onAny((event, ...args) => {
-      this.items.push({ event, args, consumed: false });
+      this.items.push({ event, args, consumed: false, at: Date.now() });
       for (const w of [...this.waiters]) w();
     });
   }

@@ -94,7 +94,15 @@ class Child {
     this.exit = null; // {code, signal}
     this.proc = spawn(bin, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { RUST_BACKTRACE: '1', ...process.env },
+      // Every test client comes from 127.0.0.1: lift the per-address caps unless a test sets
+      // them with flags (flags win over the environment).
+      env: {
+        RUST_BACKTRACE: '1',
+        ...process.env,
+        GATEWAY_MAX_CONNECTIONS_PER_IP: '100000',
+        GATEWAY_HANDSHAKE_RATE_PER_IP: '100000',
+        GATEWAY_MAX_MESSAGES_PER_SEC: '100000',
+      },
     });
     children.add(this.proc);
     const echo = process.env.INTEROP_SERVER_LOGS === '1';

@@ -28,6 +28,12 @@ for _k in list(os.environ):
         del os.environ[_k]
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
+LOOPBACK_LIMITS = {
+    "GATEWAY_MAX_CONNECTIONS_PER_IP": "100000",
+    "GATEWAY_HANDSHAKE_RATE_PER_IP": "100000",
+    "GATEWAY_MAX_MESSAGES_PER_SEC": "100000",
+}
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -101,6 +107,9 @@ class Gateway:
                    "--internal-listen", f"127.0.0.1:{self.internal_port}", *self.flags]
             # GATEWAY_* variables configure the binary too: only the flags given here apply
             env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+            # Every test client comes from 127.0.0.1: lift the per-address caps unless a test
+            # sets them with flags (flags win over the environment).
+            env.update(LOOPBACK_LIMITS)
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          env=env)
             log.close()
@@ -206,12 +215,19 @@ class Recorder:
 
     def __init__(self):
         self.events = []
+        self.times = []  # time.monotonic() of each entry of self.events
         self.cond = threading.Condition()
 
     def __call__(self, event, *args):
         with self.cond:
             self.events.append((event, args[0] if len(args) == 1 else (args or None)))
+            self.times.append(time.monotonic())
             self.cond.notify_all()
+
+    def timed(self, name):
+        """[(arrival time.monotonic(), payload)] of the events called `name`."""
+        with self.cond:
+            return [(t, d) for t, (e, d) in zip(self.times, self.events) if e == name]
 
     def snapshot(self):
         with self.cond:
