@@ -151,9 +151,30 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
 
+    /// On SIGTERM: how long to let clients receive what is queued before closing, in ms.
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// The `reconnectAfterMs` hint sent with `server.shutdown`.
+    #[arg(long, env = "GATEWAY_RECONNECT_AFTER_MS", default_value_t = 1_000)]
+    pub reconnect_after_ms: u64,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `maven_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Config {

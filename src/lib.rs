@@ -6,6 +6,7 @@ pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod market;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use maven_gateway::config::Config;
+use maven_gateway::config::{Config, LogFormat};
 use maven_gateway::server::Gateway;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -7,10 +7,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => {
@@ -33,7 +37,22 @@ fn main() {
         "maven-gateway listening"
     );
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+        tracing::info!(
+            signal = sig,
+            drain_timeout_ms = config.drain_timeout_ms,
+            "draining"
+        );
     }
-    gateway.stop();
+    // A second signal does not wait for the drain.
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::warn!(signal = sig, "second signal: exiting now");
+            std::process::exit(0);
+        }
+    });
+    gateway.drain(
+        config.reconnect_after_ms,
+        std::time::Duration::from_millis(config.drain_timeout_ms),
+    );
+    tracing::info!("stopped");
 }

@@ -8,6 +8,7 @@ use crate::ingest::server::{self, InternalState};
 use crate::ingest::Ingest;
 use crate::limits::LimitSettings;
 use crate::market::MarketSettings;
+use crate::metrics::Metrics;
 use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
 use crate::sockets::App;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ pub struct Gateway {
     stop_demo: Arc<AtomicBool>,
     demo: Option<std::thread::JoinHandle<()>>,
     timers: std::thread::JoinHandle<()>,
+    shared: Arc<Shared>,
     pub public_addr: std::net::SocketAddr,
     pub internal_addr: std::net::SocketAddr,
     pub ingest: Arc<Ingest>,
@@ -159,6 +161,7 @@ impl Gateway {
             ingest: ingest.clone(),
             token: config.ingest_token.clone(),
             stats: reactor.stats.clone(),
+            metrics: Metrics::new(reactor.stats.clone(), shared.clone(), ingest.clone()),
         });
         runtime.spawn(server::serve(listener, state));
         let stop_demo = Arc::new(AtomicBool::new(false));
@@ -187,17 +190,33 @@ impl Gateway {
             stop_demo,
             demo,
             timers,
+            shared,
             ingest,
         })
     }
 
+    /// Stops at once: every session gets an Engine.IO close.
     pub fn stop(self) {
+        self.finish(|r| r.shutdown());
+    }
+
+    /// Graceful drain: `/ready` turns 503 and new sessions are refused, every client is sent
+    /// `server.shutdown` `{ reconnectAfterMs }` and what is queued for it, then everything is
+    /// closed within `timeout`. Ingest keeps running meanwhile, so what it accepted still
+    /// reaches the clients that are connected.
+    pub fn drain(self, reconnect_after_ms: u64, timeout: Duration) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.finish(|r| r.drain(reconnect_after_ms, timeout));
+    }
+
+    fn finish(self, close: impl FnOnce(Reactor)) {
+        close(self.reactor);
         self.stop_demo.store(true, Ordering::Relaxed);
         if let Some(d) = self.demo {
             let _ = d.join();
         }
         let _ = self.timers.join();
-        self.reactor.shutdown();
         self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }

@@ -29,6 +29,8 @@ pub enum IngestError {
 pub struct Ingest {
     fanout: Fanout,
     market: Mutex<Market>,
+    /// Events accepted by type (under the market lock, once per event).
+    by_type: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Envelopes encoded: one per publish, whatever the number of subscribers.
     encodes: AtomicU64,
     events: AtomicU64,
@@ -39,6 +41,7 @@ impl Ingest {
         Arc::new(Ingest {
             fanout,
             market: Mutex::new(Market::new(settings)),
+            by_type: Mutex::new(Default::default()),
             encodes: AtomicU64::new(0),
             events: AtomicU64::new(0),
         })
@@ -56,6 +59,14 @@ impl Ingest {
     pub fn book_json(&self, symbol: &str) -> Option<Vec<u8>> {
         let view = self.market.lock().book_view(symbol)?;
         Some(view.snapshot_json("query"))
+    }
+
+    pub fn events_by_type(&self) -> Vec<(String, u64)> {
+        self.by_type
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     pub fn market_counters(&self) -> MarketCounters {
@@ -85,9 +96,12 @@ impl Ingest {
             market
                 .validate(&typed)
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
+            let mut by_type = self.by_type.lock();
             for ev in typed {
+                *by_type.entry(ev.kind().to_owned()).or_insert(0) += 1;
                 market.apply(ev, now, &mut out);
             }
+            drop(by_type);
             // Publish inside the lock so batches reach the shards in the order they were
             // applied; encoding is per publish, not per subscriber.
             self.publish(out, now);
@@ -100,6 +114,7 @@ impl Ingest {
         if out.is_empty() {
             return;
         }
+        let created = std::time::Instant::now();
         let batch: Vec<Broadcast> = out
             .into_iter()
             .map(|p| Broadcast {
@@ -109,6 +124,7 @@ impl Ingest {
                 deliver: p.deliver,
                 retain: p.retain,
                 book: p.book,
+                created,
             })
             .collect();
         self.encodes.fetch_add(batch.len() as u64, Relaxed);

@@ -42,6 +42,20 @@ pub enum IngestEvent {
     },
 }
 
+impl IngestEvent {
+    /// The event's type as ingested (`broadcast` for manual broadcasts), for metrics.
+    pub fn kind(&self) -> &str {
+        match self {
+            IngestEvent::Ticker { .. } => "ticker.update",
+            IngestEvent::Trade { .. } => "trade",
+            IngestEvent::Kline { .. } => "kline.update",
+            IngestEvent::Book { .. } => "orderbook.update",
+            IngestEvent::Private { event, .. } => event,
+            IngestEvent::Manual { .. } => "broadcast",
+        }
+    }
+}
+
 /// Event names socket.io reserves; a client library would treat them as its own.
 const RESERVED: [&str; 6] = [
     "connect",

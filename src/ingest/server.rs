@@ -20,6 +20,7 @@ pub struct InternalState {
     pub ingest: Arc<Ingest>,
     pub token: Option<String>,
     pub stats: Vec<Arc<ShardStats>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 type Body = Full<Bytes>;
@@ -40,6 +41,14 @@ async fn handle(
     Ok(match (req.method().clone(), path.as_str()) {
         (Method::GET, "/health") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (Method::GET, "/stats") => stats(&state),
+        (Method::GET, "/metrics") => Response::builder()
+            .status(StatusCode::OK)
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .expect("static response parts are valid"),
         (Method::GET, p) if p.starts_with("/internal/orderbook/") => {
             let symbol = &p["/internal/orderbook/".len()..];
             match state.ingest.book_json(symbol) {

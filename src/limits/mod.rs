@@ -38,13 +38,26 @@ pub enum Refusal {
     MaxConnections,
     MaxConnectionsPerIp,
     HandshakeRate,
+    /// Refused at the namespace CONNECT (the user is known only then).
+    MaxConnectionsPerUser,
+    /// The gateway is draining for a restart.
+    Draining,
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::MaxConnections,
+        Refusal::MaxConnectionsPerIp,
+        Refusal::HandshakeRate,
+        Refusal::MaxConnectionsPerUser,
+    ];
+
     pub fn status(self) -> u16 {
         match self {
-            Refusal::MaxConnections => 503,
-            Refusal::MaxConnectionsPerIp | Refusal::HandshakeRate => 429,
+            Refusal::MaxConnections | Refusal::Draining => 503,
+            Refusal::MaxConnectionsPerIp
+            | Refusal::HandshakeRate
+            | Refusal::MaxConnectionsPerUser => 429,
         }
     }
 
@@ -53,6 +66,8 @@ impl Refusal {
             Refusal::MaxConnections => "MAX_CONNECTIONS",
             Refusal::MaxConnectionsPerIp => "MAX_CONNECTIONS_PER_IP",
             Refusal::HandshakeRate => "HANDSHAKE_RATE",
+            Refusal::MaxConnectionsPerUser => "CONNECTION_LIMIT",
+            Refusal::Draining => "DRAINING",
         }
     }
 
@@ -61,6 +76,8 @@ impl Refusal {
             Refusal::MaxConnections => "the gateway is at its connection capacity; retry later",
             Refusal::MaxConnectionsPerIp => "too many connections from this address",
             Refusal::HandshakeRate => "too many handshakes from this address; slow down",
+            Refusal::MaxConnectionsPerUser => "too many connections for this user",
+            Refusal::Draining => "the gateway is restarting; reconnect shortly",
         }
     }
 }
@@ -74,6 +91,8 @@ struct IpEntry {
 #[derive(Debug)]
 pub struct Limits {
     settings: LimitSettings,
+    /// Refusals by reason, in `Refusal::ALL` order.
+    refused: [std::sync::atomic::AtomicU64; 4],
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
     per_user: Mutex<HashMap<Arc<str>, usize>>,
@@ -83,6 +102,7 @@ impl Limits {
     pub fn new(settings: LimitSettings) -> Limits {
         Limits {
             settings,
+            refused: Default::default(),
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
@@ -94,7 +114,21 @@ impl Limits {
     }
 
     /// Admits a new session from `ip`, counting it, or says why not.
+    pub fn refusals(&self) -> [(Refusal, u64); 4] {
+        std::array::from_fn(|i| (Refusal::ALL[i], self.refused[i].load(Ordering::Relaxed)))
+    }
+
+    fn count(&self, r: Refusal) -> Refusal {
+        let i = Refusal::ALL.iter().position(|x| *x == r).unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
+        self.admit_uncounted(ip, now_ms).map_err(|r| self.count(r))
+    }
+
+    fn admit_uncounted(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
         let s = &self.settings;
         let mut per_ip = self.per_ip.lock();
         let entry = per_ip.entry(ip).or_insert_with(|| IpEntry {
@@ -136,6 +170,7 @@ impl Limits {
         let mut per_user = self.per_user.lock();
         let n = per_user.entry(user.clone()).or_insert(0);
         if *n >= self.settings.max_connections_per_user {
+            self.count(Refusal::MaxConnectionsPerUser);
             return false;
         }
         *n += 1;

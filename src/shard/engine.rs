@@ -27,6 +27,10 @@ impl Shard {
         ip: IpAddr,
         handshake_token: Option<Box<str>>,
     ) -> Result<usize, Refusal> {
+        if self.drain_deadline.is_some() {
+            self.counters.handshakes_refused += 1;
+            return Err(Refusal::Draining);
+        }
         self.shared
             .limits
             .admit(ip, unix_ms())
@@ -249,6 +253,7 @@ impl Shard {
                 Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
                 Output::AuthFailed(reason) => {
                     self.counters.auth_failures += 1;
+                    *self.shared.auth_failures.lock().entry(reason).or_insert(0) += 1;
                     tracing::debug!(shard = self.id, reason, "token refused");
                 }
                 Output::Close(reason) => self.protocol_error(s, reason),

@@ -20,6 +20,8 @@ pub struct Broadcast {
     pub retain: bool,
     /// For order book rooms: the view subscribe snapshots are made from.
     pub book: Option<Arc<BookView>>,
+    /// When ingest handed it over, for the fan-out latency histogram.
+    pub created: std::time::Instant,
 }
 
 pub enum ShardMsg {
@@ -30,6 +32,12 @@ pub enum ShardMsg {
         buffered: BytesMut,
     },
     Shutdown,
+    /// Graceful drain: tell every client `server.shutdown`, write what is queued, then close
+    /// everything by `deadline`.
+    Drain {
+        reconnect_after_ms: u64,
+        deadline: std::time::Instant,
+    },
 }
 
 #[derive(Clone)]
@@ -71,6 +79,15 @@ impl Fanout {
     pub fn shutdown(&self) {
         for s in self.shards.iter() {
             s.send(ShardMsg::Shutdown);
+        }
+    }
+
+    pub fn drain(&self, reconnect_after_ms: u64, deadline: std::time::Instant) {
+        for s in self.shards.iter() {
+            s.send(ShardMsg::Drain {
+                reconnect_after_ms,
+                deadline,
+            });
         }
     }
 }

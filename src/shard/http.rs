@@ -136,7 +136,10 @@ impl Shard {
             }
             Endpoint::Ready => {
                 self.conns[c].requests += 1;
-                if self.shared.ready.load(Ordering::Relaxed) && !self.shutting_down {
+                if self.shared.ready.load(Ordering::Relaxed)
+                    && !self.shutting_down
+                    && self.drain_deadline.is_none()
+                {
                     self.respond(
                         c,
                         response::json(200, &[], keep, "{\"status\":\"ready\"}"),

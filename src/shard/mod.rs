@@ -15,7 +15,8 @@ mod timers;
 mod ws;
 
 pub use handle::{Broadcast, Fanout, ShardHandle, ShardMsg};
-pub use stats::{Counters, ShardStats};
+pub use rooms::ROOM_KINDS;
+pub use stats::{Counters, Latency, ShardStats, LATENCY_BUCKETS};
 
 use crate::codec::WireMessage;
 use crate::limits::{LimitSettings, Limits};
@@ -74,6 +75,10 @@ pub struct ServerSettings {
 pub struct Shared {
     pub ready: AtomicBool,
     pub limits: Limits,
+    /// Refused tokens by reason (`auth::TokenError::reason`).
+    pub auth_failures: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Set when draining: shards refuse new sessions.
+    pub draining: AtomicBool,
 }
 
 impl Shared {
@@ -81,6 +86,8 @@ impl Shared {
         Shared {
             ready: AtomicBool::new(false),
             limits: Limits::new(limits),
+            auth_failures: Default::default(),
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -137,8 +144,14 @@ pub struct Shard {
     dirty_sessions: Vec<usize>,
     next_generation: u64,
     now: Instant,
+    latency: Latency,
+    /// Oldest publish handed over in this loop turn, not yet written.
+    turn_publish: Option<Instant>,
+    last_gauges: Instant,
     scratch: Box<[u8]>,
     shutting_down: bool,
+    /// Set while draining: the instant by which everything is closed.
+    drain_deadline: Option<Instant>,
 }
 
 /// Binds `addr` with `SO_REUSEPORT` so every shard can own a listener on the same port.
@@ -216,8 +229,12 @@ impl Reactor {
                 dirty_sessions: Vec::new(),
                 next_generation: 1,
                 now: Instant::now(),
+                latency: Latency::default(),
+                turn_publish: None,
+                last_gauges: Instant::now(),
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 shutting_down: false,
+                drain_deadline: None,
             };
             shard
                 .poll
@@ -252,6 +269,15 @@ impl Reactor {
             let _ = t.join();
         }
     }
+
+    /// Drains every shard (see `ShardMsg::Drain`) and waits for them to end.
+    pub fn drain(self, reconnect_after_ms: u64, timeout: Duration) {
+        self.fanout()
+            .drain(reconnect_after_ms, Instant::now() + timeout);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn unix_ms() -> u64 {
@@ -268,6 +294,9 @@ impl Shard {
             let timeout = self
                 .timers
                 .next_deadline()
+                .or(self
+                    .drain_deadline
+                    .map(|d| d.min(Instant::now() + Duration::from_millis(50))))
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -292,7 +321,13 @@ impl Shard {
             }
             self.fire_timers();
             self.flush();
+            if let Some(created) = self.turn_publish.take() {
+                self.latency.record(created.elapsed());
+            }
             self.publish_stats();
+            if self.drain_deadline.is_some() {
+                self.drain_step();
+            }
             if self.shutting_down {
                 return;
             }
@@ -370,6 +405,10 @@ impl Shard {
                     self.add_conn(TcpStream::from_std(stream), buffered);
                 }
                 Ok(ShardMsg::Shutdown) => self.shutdown(),
+                Ok(ShardMsg::Drain {
+                    reconnect_after_ms,
+                    deadline,
+                }) => self.start_drain(reconnect_after_ms, deadline),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             }
         }
@@ -383,6 +422,12 @@ impl Shard {
             self.settings.outbound_soft_limit,
             self.settings.outbound_hard_limit,
         );
+        if let Some(first) = batch.first() {
+            self.turn_publish = Some(
+                self.turn_publish
+                    .map_or(first.created, |t| t.min(first.created)),
+            );
+        }
         for b in batch {
             self.counters.broadcasts_received += 1;
             if b.retain {
@@ -638,6 +683,58 @@ impl Shard {
         self.counters.subscriptions = self.rooms.subscription_count() as u64;
         self.counters.rooms = self.rooms.room_count() as u64;
         self.stats.store(&self.counters);
+        // Gauges that need a walk over every connection are refreshed twice a second.
+        if self.now.duration_since(self.last_gauges) >= Duration::from_millis(500) {
+            self.last_gauges = self.now;
+            let outbound: usize = self.conns.iter().map(|(_, c)| c.out.bytes()).sum::<usize>()
+                + self
+                    .sessions
+                    .iter()
+                    .map(|(_, s)| s.queue.bytes())
+                    .sum::<usize>();
+            self.stats.gauges.store(
+                self.rooms.subscriptions_by_kind(),
+                outbound as u64,
+                &self.latency,
+            );
+        }
+    }
+
+    /// Stops taking connections and tells every client to go: `server.shutdown` on `/ws`.
+    fn start_drain(&mut self, reconnect_after_ms: u64, deadline: Instant) {
+        self.drain_deadline = Some(deadline);
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let notice = WireMessage::text(|b| {
+            b.extend_from_slice(b"42/ws,[\"server.shutdown\",{\"reconnectAfterMs\":");
+            b.extend_from_slice(itoa::Buffer::new().format(reconnect_after_ms).as_bytes());
+            b.extend_from_slice(b"}]");
+        });
+        let keys: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.sockets
+                    .sockets
+                    .iter()
+                    .any(|n| &*n.namespace == crate::gateway::envelope::GATEWAY_NAMESPACE)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for s in keys {
+            self.send_wire(s, &notice);
+        }
+    }
+
+    /// While draining: close everything once every queue is written, or at the deadline.
+    fn drain_step(&mut self) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        let drained = self.conns.iter().all(|(_, c)| c.out.is_empty())
+            && self.sessions.iter().all(|(_, s)| s.queue.is_empty());
+        if drained || Instant::now() >= deadline {
+            self.shutdown();
+        }
     }
 
     fn shutdown(&mut self) {

@@ -17,10 +17,23 @@ pub struct Rooms {
     rooms: HashMap<Arc<str>, Room>,
     next_id: u64,
     subscriptions: usize,
+    by_kind: [usize; ROOM_KINDS.len()],
+}
+
+/// Room kinds by name prefix, for subscription counts by channel type.
+pub const ROOM_KINDS: [&str; 6] = ["ticker", "orderbook", "trades", "klines", "user", "other"];
+
+fn kind_of(room: &str) -> usize {
+    let prefix = room.split(':').next().unwrap_or("");
+    ROOM_KINDS[..5]
+        .iter()
+        .position(|k| *k == prefix)
+        .unwrap_or(5)
 }
 
 impl Rooms {
     pub fn join(&mut self, room: Arc<str>, session: usize) {
+        let room_name = room.clone();
         let next_id = &mut self.next_id;
         let entry = self.rooms.entry(room).or_insert_with(|| {
             *next_id += 1;
@@ -31,6 +44,7 @@ impl Rooms {
         });
         if entry.members.insert(session) {
             self.subscriptions += 1;
+            self.by_kind[kind_of(&room_name)] += 1;
         }
     }
 
@@ -38,6 +52,7 @@ impl Rooms {
         if let Some(r) = self.rooms.get_mut(room) {
             if r.members.swap_remove(&session) {
                 self.subscriptions -= 1;
+                self.by_kind[kind_of(room)] -= 1;
             }
             if r.members.is_empty() {
                 self.rooms.remove(room);
@@ -55,6 +70,11 @@ impl Rooms {
 
     pub fn subscription_count(&self) -> usize {
         self.subscriptions
+    }
+
+    /// Subscriptions per kind, in `ROOM_KINDS` order.
+    pub fn subscriptions_by_kind(&self) -> [usize; ROOM_KINDS.len()] {
+        self.by_kind
     }
 }
 

@@ -24,6 +24,7 @@ pub struct Counters {
 
 #[derive(Debug, Default)]
 pub struct ShardStats {
+    pub gauges: ShardGauges,
     websocket_connections: AtomicU64,
     polling_sessions: AtomicU64,
     tcp_connections: AtomicU64,
@@ -79,5 +80,78 @@ impl ShardStats {
     pub fn load(&self) -> Counters {
         macro_rules! load { ($($f:ident),*) => { Counters { $( $f: self.$f.load(Relaxed), )* } } }
         fields!(load)
+    }
+}
+
+/// Upper bounds (seconds) of the fan-out latency buckets: from ingest to the end of the loop
+/// turn that wrote the publish to every local member.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A shard-local histogram; published like the counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn record(&mut self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum_ns += d.as_nanos() as u64;
+        self.count += 1;
+    }
+
+    pub fn add(&mut self, other: &Latency) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+        self.count += other.count;
+    }
+}
+
+/// Gauges and the histogram a shard publishes beside its counters.
+#[derive(Debug, Default)]
+pub struct ShardGauges {
+    subscriptions_by_kind: [AtomicU64; 6],
+    outbound_queue_bytes: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_ns: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+impl ShardGauges {
+    pub fn store(&self, by_kind: [usize; 6], outbound: u64, latency: &Latency) {
+        for (a, v) in self.subscriptions_by_kind.iter().zip(by_kind) {
+            a.store(v as u64, Relaxed);
+        }
+        self.outbound_queue_bytes.store(outbound, Relaxed);
+        for (a, v) in self.latency_buckets.iter().zip(latency.buckets) {
+            a.store(v, Relaxed);
+        }
+        self.latency_sum_ns.store(latency.sum_ns, Relaxed);
+        self.latency_count.store(latency.count, Relaxed);
+    }
+
+    pub fn subscriptions_by_kind(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.subscriptions_by_kind[i].load(Relaxed))
+    }
+
+    pub fn outbound_queue_bytes(&self) -> u64 {
+        self.outbound_queue_bytes.load(Relaxed)
+    }
+
+    pub fn latency(&self) -> Latency {
+        Latency {
+            buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed)),
+            sum_ns: self.latency_sum_ns.load(Relaxed),
+            count: self.latency_count.load(Relaxed),
+        }
     }
 }

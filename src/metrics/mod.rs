@@ -1,0 +1,280 @@
+//! `GET /metrics`: the Prometheus text exposition, through `prometheus-client`. Everything is
+//! read at scrape time from the figures shards publish once per loop turn, so counting adds no
+//! shared write per delivered message.
+
+mod process;
+
+use crate::ingest::Ingest;
+use crate::shard::{Counters, Latency, ShardStats, Shared, LATENCY_BUCKETS, ROOM_KINDS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt::Error;
+use std::sync::Arc;
+
+struct GatewayCollector {
+    stats: Vec<Arc<ShardStats>>,
+    shared: Arc<Shared>,
+    ingest: Arc<Ingest>,
+}
+
+impl std::fmt::Debug for GatewayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayCollector")
+            .field("shards", &self.stats.len())
+            .finish()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, M)>,
+) -> Result<(), Error> {
+    let Some(first) = series.first() else {
+        return Ok(());
+    };
+    let mut f = enc.encode_descriptor(name, help, None, first.1.metric_type())?;
+    for (labels, metric) in &series {
+        if labels.is_empty() {
+            metric.encode(f)?;
+            return Ok(());
+        }
+        metric.encode(f.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn per_shard<M: EncodeMetric>(
+    counters: &[Counters],
+    f: impl Fn(&Counters) -> M,
+) -> Vec<(Labels, M)> {
+    counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (vec![("shard", i.to_string())], f(c)))
+        .collect()
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
+        let counters: Vec<Counters> = self.stats.iter().map(|s| s.load()).collect();
+        let mut connections = Vec::new();
+        for (i, c) in counters.iter().enumerate() {
+            connections.push((
+                vec![("shard", i.to_string()), ("transport", "websocket".into())],
+                ConstGauge::new(c.websocket_connections as i64),
+            ));
+            connections.push((
+                vec![("shard", i.to_string()), ("transport", "polling".into())],
+                ConstGauge::new(c.polling_sessions as i64),
+            ));
+        }
+        family(
+            &mut enc,
+            "gateway_connections",
+            "Open sessions by shard and transport",
+            connections,
+        )?;
+        family(
+            &mut enc,
+            "gateway_tcp_connections",
+            "Open TCP connections by shard",
+            per_shard(&counters, |c| ConstGauge::new(c.tcp_connections as i64)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_handshakes",
+            "Sessions opened by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.handshakes)),
+        )?;
+        let refused = self
+            .shared
+            .limits
+            .refusals()
+            .into_iter()
+            .map(|(r, n)| {
+                (
+                    vec![("reason", r.reason().to_owned())],
+                    ConstCounter::new(n),
+                )
+            })
+            .collect();
+        family(
+            &mut enc,
+            "gateway_handshakes_refused",
+            "Handshakes and connects refused by a cap, by reason",
+            refused,
+        )?;
+        let auth: Vec<_> = self
+            .shared
+            .auth_failures
+            .lock()
+            .iter()
+            .map(|(r, n)| (vec![("reason", (*r).to_owned())], ConstCounter::new(*n)))
+            .collect();
+        family(
+            &mut enc,
+            "gateway_auth_failures",
+            "Refused tokens by reason",
+            auth,
+        )?;
+
+        let mut by_kind = [0u64; 6];
+        let mut outbound = 0u64;
+        let mut latency = Latency::default();
+        for s in &self.stats {
+            for (a, v) in by_kind.iter_mut().zip(s.gauges.subscriptions_by_kind()) {
+                *a += v;
+            }
+            outbound += s.gauges.outbound_queue_bytes();
+            latency.add(&s.gauges.latency());
+        }
+        let subs = ROOM_KINDS
+            .iter()
+            .zip(by_kind)
+            .map(|(k, v)| {
+                (
+                    vec![("channel", (*k).to_owned())],
+                    ConstGauge::new(v as i64),
+                )
+            })
+            .collect();
+        family(
+            &mut enc,
+            "gateway_subscriptions",
+            "Room memberships by channel type",
+            subs,
+        )?;
+        family(
+            &mut enc,
+            "gateway_messages_out",
+            "Messages queued to clients by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.messages_out)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_bytes_out",
+            "Bytes written to clients by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.bytes_out)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_write_calls",
+            "writev calls by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.write_calls)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_slow_consumer_drops",
+            "Throttled or book updates dropped for slow clients, by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.slow_consumer_drops)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_slow_consumer_disconnects",
+            "Clients disconnected past the outbound hard limit, by shard",
+            per_shard(&counters, |c| {
+                ConstCounter::new(c.slow_consumer_disconnects)
+            }),
+        )?;
+        family(
+            &mut enc,
+            "gateway_protocol_errors",
+            "Connections closed for protocol errors, by shard",
+            per_shard(&counters, |c| ConstCounter::new(c.protocol_errors)),
+        )?;
+        family(
+            &mut enc,
+            "gateway_outbound_queue_bytes",
+            "Bytes queued for clients, all shards",
+            vec![(Labels::new(), ConstGauge::new(outbound as i64))],
+        )?;
+
+        let events = self
+            .ingest
+            .events_by_type()
+            .into_iter()
+            .map(|(t, n)| (vec![("type", t)], ConstCounter::new(n)))
+            .collect();
+        family(
+            &mut enc,
+            "gateway_events_ingested",
+            "Events accepted by ingest, by type",
+            events,
+        )?;
+        let m = self.ingest.market_counters();
+        family(
+            &mut enc,
+            "gateway_throttled_updates",
+            "Ticker and kline updates held back by throttling",
+            vec![(Labels::new(), ConstCounter::new(m.throttled))],
+        )?;
+        family(
+            &mut enc,
+            "gateway_conflated_updates",
+            "Order book deltas merged by conflation",
+            vec![(Labels::new(), ConstCounter::new(m.conflated))],
+        )?;
+        family(
+            &mut enc,
+            "gateway_orderbook_resyncs",
+            "Order book snapshots sent for a reset or a gap",
+            vec![(Labels::new(), ConstCounter::new(m.resyncs))],
+        )?;
+        family(
+            &mut enc,
+            "gateway_broadcasts_encoded",
+            "Envelopes encoded (one per publish, whatever the subscribers)",
+            vec![(Labels::new(), ConstCounter::new(self.ingest.encodes()))],
+        )?;
+
+        let mut f = enc.encode_descriptor(
+            "gateway_fanout_latency_seconds",
+            "From ingest to the end of the loop turn that wrote a publish to every local member, per shard",
+            None,
+            MetricType::Histogram,
+        )?;
+        // Per-bucket counts; the encoder makes them cumulative.
+        let within: u64 = latency.buckets.iter().sum();
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .zip(latency.buckets)
+            .chain(std::iter::once((f64::MAX, latency.count - within)))
+            .collect();
+        f.encode_histogram::<Labels>(latency.sum_ns as f64 / 1e9, latency.count, &buckets, None)?;
+
+        process::encode(&mut enc)
+    }
+}
+
+/// The registry served at `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(stats: Vec<Arc<ShardStats>>, shared: Arc<Shared>, ingest: Arc<Ingest>) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(GatewayCollector {
+            stats,
+            shared,
+            ingest,
+        }));
+        Metrics { registry }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
