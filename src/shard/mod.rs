@@ -45,6 +45,7 @@ use timers::{Timer, TimerKind, Timers};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const READ_CHUNK: usize = 16 * 1024;
+const GAUGE_REFRESH: Duration = Duration::from_millis(500);
 
 /// Settings every shard reads; fixed at start-up.
 #[derive(Debug, Clone)]
@@ -148,6 +149,7 @@ pub struct Shard {
     /// Oldest publish handed over in this loop turn, not yet written.
     turn_publish: Option<Instant>,
     last_gauges: Instant,
+    outbound_bytes: u64,
     scratch: Box<[u8]>,
     shutting_down: bool,
     /// Set while draining: the instant by which everything is closed.
@@ -232,6 +234,7 @@ impl Reactor {
                 latency: Latency::default(),
                 turn_publish: None,
                 last_gauges: Instant::now(),
+                outbound_bytes: 0,
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 shutting_down: false,
                 drain_deadline: None,
@@ -297,8 +300,10 @@ impl Shard {
                 .or(self
                     .drain_deadline
                     .map(|d| d.min(Instant::now() + Duration::from_millis(50))))
-                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
+                // Wake at least this often so published gauges stay fresh on an idle shard.
+                .map_or(GAUGE_REFRESH, |t| t.min(GAUGE_REFRESH));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
                     return;
@@ -683,27 +688,27 @@ impl Shard {
         self.counters.subscriptions = self.rooms.subscription_count() as u64;
         self.counters.rooms = self.rooms.room_count() as u64;
         self.stats.store(&self.counters);
-        // Gauges that need a walk over every connection are refreshed twice a second.
-        if self.now.duration_since(self.last_gauges) >= Duration::from_millis(500) {
+        // The outbound total needs a walk over every connection: twice a second at most.
+        if self.now.duration_since(self.last_gauges) >= GAUGE_REFRESH {
             self.last_gauges = self.now;
-            let outbound: usize = self.conns.iter().map(|(_, c)| c.out.bytes()).sum::<usize>()
+            self.outbound_bytes = (self.conns.iter().map(|(_, c)| c.out.bytes()).sum::<usize>()
                 + self
                     .sessions
                     .iter()
                     .map(|(_, s)| s.queue.bytes())
-                    .sum::<usize>();
-            self.stats.gauges.store(
-                self.rooms.subscriptions_by_kind(),
-                outbound as u64,
-                &self.latency,
-            );
+                    .sum::<usize>()) as u64;
         }
+        self.stats.gauges.store(
+            self.rooms.subscriptions_by_kind(),
+            self.outbound_bytes,
+            &self.latency,
+        );
     }
 
-    /// Stops taking connections and tells every client to go: `server.shutdown` on `/ws`.
+    /// Tells every client to go (`server.shutdown` on `/ws`). Connections are still accepted,
+    /// so load balancers see `/ready` answer 503, but new sessions are refused.
     fn start_drain(&mut self, reconnect_after_ms: u64, deadline: Instant) {
         self.drain_deadline = Some(deadline);
-        let _ = self.poll.registry().deregister(&mut self.listener);
         let notice = WireMessage::text(|b| {
             b.extend_from_slice(b"42/ws,[\"server.shutdown\",{\"reconnectAfterMs\":");
             b.extend_from_slice(itoa::Buffer::new().format(reconnect_after_ms).as_bytes());
