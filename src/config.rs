@@ -1,15 +1,29 @@
-//! Command-line and environment configuration (every flag is also a `GATEWAY_*` variable).
+//! Configuration: a TOML file (`--config`), `GATEWAY_*` environment variables and flags, in
+//! rising precedence, into one typed struct.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use thiserror::Error;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     name = "maven-gateway",
     version,
-    about = "Socket.IO v4 compatible real-time market-data gateway"
+    about = "Socket.IO v4 compatible real-time market-data gateway",
+    args_override_self = true
 )]
 pub struct Config {
+    /// TOML file with any of the settings below (keys as the flags, without `--`).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long, default_value_t = false)]
+    #[serde(skip)]
+    pub print_config: bool,
+
     /// Public listener: Socket.IO, /health, /ready.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
@@ -31,7 +45,8 @@ pub struct Config {
     pub demo: bool,
 
     /// Bearer token required on POST /internal/events (none: no check).
-    #[arg(long, env = "GATEWAY_INGEST_TOKEN")]
+    #[arg(long, env = "GATEWAY_INGEST_TOKEN", hide_env_values = true)]
+    #[serde(serialize_with = "redact")]
     pub ingest_token: Option<String>,
 
     /// Engine.IO heartbeat: server ping interval in milliseconds.
@@ -99,6 +114,7 @@ pub struct Config {
         hide_env_values = true,
         conflicts_with = "jwt_public_key"
     )]
+    #[serde(serialize_with = "redact")]
     pub jwt_secret: Option<String>,
 
     /// RS256 or ES256 public key (PEM file) for client JWTs (enables private channels).
@@ -177,7 +193,65 @@ pub enum LogFormat {
     Json,
 }
 
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config file {path}: unknown key '{key}'")]
+    UnknownKey { path: String, key: String },
+    #[error("config file {path}: key '{key}' {message}")]
+    BadValue {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Args(String),
+}
+
 impl Config {
+    /// Reads flags and the environment, then the file named by `--config`, which fills only
+    /// what neither of them set.
+    pub fn load(args: impl IntoIterator<Item = OsString>) -> Result<Config, clap::Error> {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let first = Config::try_parse_from(&args)?;
+        let Some(path) = first.config.clone() else {
+            return Ok(first);
+        };
+        let from_file = match file_args(&path) {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(Config::command().error(clap::error::ErrorKind::ValueValidation, e))
+            }
+        };
+        // File settings go first on the command line: real flags later override them.
+        let mut merged = vec![args
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "maven-gateway".into())];
+        merged.extend(from_file);
+        merged.extend(args.into_iter().skip(1));
+        let matches = Config::command().try_get_matches_from(merged)?;
+        Config::from_arg_matches(&matches)
+    }
+
+    /// The effective configuration, as a TOML file would say it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
     pub fn shard_count(&self) -> usize {
         if self.shards == 0 {
             std::thread::available_parallelism()
@@ -186,5 +260,129 @@ impl Config {
         } else {
             self.shards
         }
+    }
+}
+
+/// Turns a TOML file into flags, skipping keys whose `GATEWAY_*` variable is set (the
+/// environment outranks the file).
+fn file_args(path: &std::path::Path) -> Result<Vec<OsString>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: shown.clone(),
+            message: e.message().to_owned(),
+        })?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let Some(arg) = command.get_arguments().find(|a| a.get_id() == id.as_str()) else {
+            return Err(ConfigError::UnknownKey { path: shown, key });
+        };
+        if matches!(id.as_str(), "config" | "print_config") {
+            return Err(ConfigError::UnknownKey { path: shown, key });
+        }
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
+            continue;
+        }
+        let flag = format!("--{}", id.replace('_', "-"));
+        let bad = |message: &str| ConfigError::BadValue {
+            path: shown.clone(),
+            key: key.clone(),
+            message: message.to_owned(),
+        };
+        let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        match value {
+            toml::Value::Boolean(b) if is_switch => {
+                if b {
+                    out.push(flag.into());
+                }
+            }
+            _ if is_switch => return Err(bad("must be true or false")),
+            toml::Value::String(s) => out.push(format!("{flag}={s}").into()),
+            toml::Value::Integer(i) => out.push(format!("{flag}={i}").into()),
+            toml::Value::Float(f) => out.push(format!("{flag}={f}").into()),
+            toml::Value::Array(items) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        _ => return Err(bad("must be a list of strings")),
+                    }
+                }
+                if !parts.is_empty() {
+                    out.push(format!("{flag}={}", parts.join(",")).into());
+                }
+            }
+            _ => return Err(bad("has a type this setting does not take")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(file: &str, args: &[&str]) -> Result<Config, clap::Error> {
+        let dir =
+            std::env::temp_dir().join(format!("gw-config-{}-{}", std::process::id(), file.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<OsString> = vec!["maven-gateway".into(), "--config".into(), path.into()];
+        argv.extend(args.iter().map(OsString::from));
+        Config::load(argv)
+    }
+
+    #[test]
+    fn file_fills_what_flags_do_not_set() {
+        let c = load_with("shards = 3\ndemo = true\ncors-origin = [\"http://a\", \"http://b\"]\nticker_throttle_ms = 250\n", &["--shards", "5"]).unwrap();
+        assert_eq!(c.shards, 5, "the flag wins over the file");
+        assert!(c.demo);
+        assert_eq!(c.cors_origin, vec!["http://a", "http://b"]);
+        assert_eq!(c.ticker_throttle_ms, 250);
+        assert!(c.to_toml().contains("ticker_throttle_ms = 250"));
+    }
+
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let example = include_str!("../gateway.example.toml");
+        let from_file = load_with(example, &[]).unwrap();
+        let defaults = Config::try_parse_from(["maven-gateway"]).unwrap();
+        assert_eq!(from_file.to_toml(), defaults.to_toml());
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "config" | "print_config" | "help" | "version") {
+                continue;
+            }
+            let key = id.replace('_', "-");
+            assert!(
+                example.contains(&format!("{key} =")),
+                "gateway.example.toml documents '{key}'"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let e = load_with("shardz = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key 'shardz'"), "{e}");
+        let e = load_with("shards = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--shards"), "{e}");
+        let e = load_with("demo = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("'demo' must be true or false"), "{e}");
+        let secret = load_with("jwt-secret = \"s\"\n", &[]).unwrap();
+        assert!(secret.to_toml().contains("jwt_secret = \"(set)\""));
     }
 }

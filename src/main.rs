@@ -1,4 +1,3 @@
-use clap::Parser;
 use maven_gateway::config::{Config, LogFormat};
 use maven_gateway::server::Gateway;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -6,7 +5,15 @@ use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let config = Config::parse();
+    let config = Config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if config.print_config {
+        print!("{}", config.to_toml());
+        return;
+    }
+    if let Err(e) = maven_gateway::server::settings_from(&config) {
+        eprintln!("maven-gateway: {e}");
+        std::process::exit(2);
+    }
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
