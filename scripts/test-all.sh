@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# System packages the tests need: Chromium for the browser test.
+if ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+
 step "format and lint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
@@ -27,6 +34,9 @@ tests/interop/node/run.sh || status=1
 
 step "python-socketio interop and robustness tests"
 tests/interop/python/run.sh || status=1
+
+step "demo page in headless Chromium"
+ARTIFACTS_DIR="$PWD/target/test-artifacts" tests/browser/run.sh || status=1
 
 if [ "$status" -ne 0 ]; then
   echo "some interop tests failed" >&2

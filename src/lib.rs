@@ -1,6 +1,7 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod demo_page;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

@@ -80,6 +80,7 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         max_payload: config.max_payload,
         trust_proxy: config.trust_proxy,
+        demo_page: config.demo,
         outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),
         outbound_hard_limit: config.outbound_hard_limit,

@@ -102,7 +102,7 @@ impl DemoMarket {
         for i in 0..self.symbols.len() {
             let rng = &mut self.rng;
             let s = &mut self.symbols[i];
-            let step: f64 = rng.random_range(-1.0..1.0) * s.mid * 0.0004;
+            let step: f64 = rng.random_range(-1.0..1.0) * s.mid * 0.00006;
             s.mid = (s.mid + step).max(s.tick_size * 100.0);
             s.high24h = s.high24h.max(s.mid);
             s.low24h = s.low24h.min(s.mid);
@@ -124,7 +124,10 @@ fn fmt(v: f64, decimals: usize) -> String {
 }
 
 fn book_step(rng: &mut StdRng, s: &mut SymbolSim, out: &mut Vec<Value>) {
-    let mid_ticks = (s.mid / s.tick_size).round() as i64;
+    // Levels sit `spacing` ticks apart, so the book spans a realistic price range around the
+    // mid and survives the random walk.
+    let spacing = ((s.mid * 0.00002 / s.tick_size).round() as i64).max(1);
+    let mid_ticks = (s.mid / s.tick_size / spacing as f64).round() as i64 * spacing;
     let first_update = s.update_id + 1;
     let mut bid_changes = BTreeMap::new();
     let mut ask_changes = BTreeMap::new();
@@ -133,7 +136,7 @@ fn book_step(rng: &mut StdRng, s: &mut SymbolSim, out: &mut Vec<Value>) {
         .bids
         .keys()
         .copied()
-        .filter(|&p| p >= mid_ticks || p < mid_ticks - LEVELS * 3)
+        .filter(|&p| p >= mid_ticks || p < mid_ticks - LEVELS * 3 * spacing)
         .collect();
     for p in stale_bids {
         s.bids.remove(&p);
@@ -143,16 +146,16 @@ fn book_step(rng: &mut StdRng, s: &mut SymbolSim, out: &mut Vec<Value>) {
         .asks
         .keys()
         .copied()
-        .filter(|&p| p <= mid_ticks || p > mid_ticks + LEVELS * 3)
+        .filter(|&p| p <= mid_ticks || p > mid_ticks + LEVELS * 3 * spacing)
         .collect();
     for p in stale_asks {
         s.asks.remove(&p);
         ask_changes.insert(p, 0.0);
     }
-    let touches = if s.snapshot_sent { 4 } else { LEVELS * 2 };
+    let touches = if s.snapshot_sent { 6 } else { LEVELS * 3 };
     for _ in 0..touches {
-        let bid = mid_ticks - rng.random_range(1..=LEVELS * 2);
-        let ask = mid_ticks + rng.random_range(1..=LEVELS * 2);
+        let bid = mid_ticks - rng.random_range(1..=LEVELS * 2) * spacing;
+        let ask = mid_ticks + rng.random_range(1..=LEVELS * 2) * spacing;
         for (book, changes, p) in [
             (&mut s.bids, &mut bid_changes, bid),
             (&mut s.asks, &mut ask_changes, ask),

@@ -19,6 +19,7 @@ const MAX_PACKETS_PER_POLL: usize = 16;
 
 enum Endpoint {
     Engine { echo: bool },
+    Demo(&'static str, &'static [u8]),
     Health,
     Ready,
     NotFound,
@@ -105,6 +106,13 @@ impl Shard {
             Endpoint::Engine { echo: false }
         } else if self.settings.echo_path.as_deref().map(trimmed) == Some(p.clone()) {
             Endpoint::Engine { echo: true }
+        } else if let Some((ctype, body)) = self
+            .settings
+            .demo_page
+            .then(|| crate::demo_page::asset(path))
+            .flatten()
+        {
+            Endpoint::Demo(ctype, body)
         } else if p == "/health" {
             Endpoint::Health
         } else if p == "/ready" {
@@ -152,6 +160,10 @@ impl Shard {
                         keep,
                     )
                 }
+            }
+            Endpoint::Demo(ctype, body) => {
+                self.conns[c].requests += 1;
+                self.respond(c, response::build(200, ctype, &[], keep, body), keep)
             }
             Endpoint::NotFound => {
                 self.conns[c].requests += 1;

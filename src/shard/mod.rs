@@ -63,6 +63,8 @@ pub struct ServerSettings {
     pub cors_origins: Vec<String>,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_proxy: bool,
+    /// Serve the demo trading view at `/`.
+    pub demo_page: bool,
     /// Outbound bytes queued for one connection past which the slow-consumer policy applies.
     pub outbound_soft_limit: usize,
     /// Outbound bytes queued for one connection past which it is disconnected.
