@@ -40,6 +40,7 @@ fn main() {
         max_payload: 1_000_000,
         cors_origins: vec!["*".into()],
         trust_proxy: false,
+        demo_page: false,
         outbound_soft_limit: 64 * 1024 * 1024,
         outbound_hard_limit: 64 * 1024 * 1024,
         app: App::Conformance,
