@@ -98,15 +98,21 @@ impl Authenticator {
         let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.required_spec_claims = HashSet::new();
+        // A configured issuer or audience must be present, not just right when present.
+        let mut required = HashSet::new();
         validation.leeway = 0;
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
+            required.insert("iss".to_owned());
         }
         match audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
+        validation.required_spec_claims = required;
         Ok(Authenticator {
             key,
             validation,
@@ -224,6 +230,11 @@ mod tests {
         let wrong_iss = json!({"sub":"u-1","exp":1000,"iss":"evil"});
         assert!(matches!(
             a.verify(&hs(wrong_iss, "s3cret", Algorithm::HS256), 900),
+            Err(TokenError::Invalid(_))
+        ));
+        let no_iss = json!({"sub":"u-1","exp":1000});
+        assert!(matches!(
+            a.verify(&hs(no_iss, "s3cret", Algorithm::HS256), 900),
             Err(TokenError::Invalid(_))
         ));
         let no_exp = json!({"sub":"u-1","iss":"exchange"});
