@@ -167,6 +167,22 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
 
+    /// Cluster mode: events flow through a Redis Stream shared by every instance.
+    #[arg(long, env = "GATEWAY_REDIS")]
+    pub redis: Option<String>,
+
+    /// The Redis Stream events flow through.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_STREAM_KEY",
+        default_value = "gateway:events"
+    )]
+    pub redis_stream_key: String,
+
+    /// Approximate length the stream is trimmed to (`XADD MAXLEN ~`).
+    #[arg(long, env = "GATEWAY_REDIS_STREAM_MAXLEN", default_value_t = 1_000_000)]
+    pub redis_stream_maxlen: usize,
+
     /// On SIGTERM: how long to let clients receive what is queued before closing, in ms.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,

@@ -1,4 +1,5 @@
 pub mod auth;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod demo_page;

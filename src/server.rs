@@ -1,6 +1,7 @@
 //! Wiring: starts the reactor, the internal listener and the demo feed, and stops them.
 
 use crate::auth::{Authenticator, KeySource};
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::gateway::GatewaySettings;
 use crate::ingest::demo::DemoMarket;
@@ -158,14 +159,32 @@ impl Gateway {
                 source,
             })?;
         let internal_addr = listener.local_addr().map_err(StartError::Runtime)?;
+        let stop_demo = Arc::new(AtomicBool::new(false));
+        let cluster = match &config.redis {
+            None => None,
+            Some(url) => {
+                shared.upstream_ok.store(false, Ordering::Relaxed);
+                let c = Cluster::new(
+                    ClusterSettings {
+                        url: url.clone(),
+                        stream_key: config.redis_stream_key.clone(),
+                        max_len: config.redis_stream_maxlen,
+                    },
+                    shared.upstream_ok.clone(),
+                )
+                .map_err(|e| StartError::Config(format!("--redis: {e}")))?;
+                runtime.spawn(c.clone().follow(ingest.clone(), stop_demo.clone()));
+                Some(c)
+            }
+        };
         let state = Arc::new(InternalState {
             ingest: ingest.clone(),
             token: config.ingest_token.clone(),
             stats: reactor.stats.clone(),
             metrics: Metrics::new(reactor.stats.clone(), shared.clone(), ingest.clone()),
+            cluster: cluster.clone(),
         });
         runtime.spawn(server::serve(listener, state));
-        let stop_demo = Arc::new(AtomicBool::new(false));
         let timers = {
             let ingest = ingest.clone();
             let stop = stop_demo.clone();
@@ -177,9 +196,13 @@ impl Gateway {
         let demo = config.demo.then(|| {
             let ingest = ingest.clone();
             let stop = stop_demo.clone();
+            let sink = match &cluster {
+                None => DemoSink::Local,
+                Some(c) => DemoSink::Cluster(c.clone(), runtime.handle().clone()),
+            };
             std::thread::Builder::new()
                 .name("demo-feed".into())
-                .spawn(move || run_demo(&ingest, &stop))
+                .spawn(move || run_demo(&ingest, &sink, &stop))
                 .expect("spawning the demo thread")
         });
         shared.ready.store(true, Ordering::Relaxed);
@@ -222,12 +245,29 @@ impl Gateway {
     }
 }
 
-fn run_demo(ingest: &Ingest, stop: &AtomicBool) {
+/// Where the demo feed's events go: straight in, or through the cluster stream like any
+/// backend's (so every instance shows the same market).
+enum DemoSink {
+    Local,
+    Cluster(Arc<Cluster>, tokio::runtime::Handle),
+}
+
+fn run_demo(ingest: &Ingest, sink: &DemoSink, stop: &AtomicBool) {
     let mut market = DemoMarket::new(unix_ms());
     while !stop.load(Ordering::Relaxed) {
         let events = market.tick(unix_ms());
-        if let Err(e) = ingest.submit(events) {
-            tracing::error!(error = %e, "demo feed produced an invalid event");
+        match sink {
+            DemoSink::Local => {
+                if let Err(e) = ingest.submit(events) {
+                    tracing::error!(error = %e, "demo feed produced an invalid event");
+                }
+            }
+            DemoSink::Cluster(cluster, rt) => {
+                let json: Vec<String> = events.iter().map(serde_json::Value::to_string).collect();
+                if let Err(e) = rt.block_on(cluster.append(&json)) {
+                    tracing::warn!(error = %e, "demo feed could not append to the stream");
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -81,14 +81,68 @@ impl Ingest {
     /// Validates every event first, then applies and publishes the batch; returns how many
     /// were accepted.
     pub fn submit(&self, events: Vec<Value>) -> Result<usize, IngestError> {
-        let n = events.len();
-        let typed = events
+        let typed = Self::parse_all(events)?;
+        self.apply_checked(typed)
+    }
+
+    fn parse_all(events: Vec<Value>) -> Result<Vec<route::IngestEvent>, IngestError> {
+        events
             .into_iter()
             .enumerate()
             .map(|(index, ev)| {
                 route::parse_event(ev).map_err(|message| IngestError::BadEvent { index, message })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// Checks a batch without applying it (cluster mode appends it to the stream instead):
+    /// every event's own fields, and order book ids against the local replica. Returns each
+    /// event's JSON, compact, as the stream carries it.
+    pub fn check_body(&self, body: &[u8]) -> Result<Vec<String>, IngestError> {
+        let events = parse::parse_body(body)?;
+        let json: Vec<String> = events.iter().map(Value::to_string).collect();
+        let typed = Self::parse_all(events)?;
+        self.market
+            .lock()
+            .validate(&typed)
+            .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
+        Ok(json)
+    }
+
+    /// Applies events read back from the cluster stream, in stream order. The stream is the
+    /// authority on order, so an event that no longer fits (say, book ids another instance
+    /// validated against an older replica) is skipped and counted, never fatal.
+    pub fn apply_stream(&self, events: Vec<Value>) -> usize {
+        let mut skipped = 0;
+        let mut typed = Vec::with_capacity(events.len());
+        for ev in events {
+            match route::parse_event(ev) {
+                Ok(t) => typed.push(t),
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!(error = %e, "skipping an invalid event from the stream");
+                }
+            }
+        }
+        let mut good = Vec::with_capacity(typed.len());
+        {
+            let market = self.market.lock();
+            for ev in typed {
+                match market.validate(std::slice::from_ref(&ev)) {
+                    Ok(()) => good.push(ev),
+                    Err((_, e)) => {
+                        skipped += 1;
+                        tracing::warn!(error = %e, "skipping an out-of-order event from the stream");
+                    }
+                }
+            }
+        }
+        let _ = self.apply_checked(good);
+        skipped
+    }
+
+    fn apply_checked(&self, typed: Vec<route::IngestEvent>) -> Result<usize, IngestError> {
+        let n = typed.len();
         let now = unix_ms();
         let mut out = Vec::with_capacity(n * 2);
         {

@@ -21,6 +21,8 @@ pub struct InternalState {
     pub token: Option<String>,
     pub stats: Vec<Arc<ShardStats>>,
     pub metrics: crate::metrics::Metrics,
+    /// Cluster mode: ingest appends here instead of applying locally.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 type Body = Full<Bytes>;
@@ -115,7 +117,22 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
             )
         }
     };
-    match state.ingest.submit_body(&body) {
+    let result = match &state.cluster {
+        None => state.ingest.submit_body(&body),
+        Some(cluster) => match state.ingest.check_body(&body) {
+            Ok(events) => match cluster.append(&events).await {
+                Ok(()) => Ok(events.len()),
+                Err(e) => {
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"error": "UNAVAILABLE", "message": format!("{e}; nothing was accepted, retry")}),
+                    )
+                }
+            },
+            Err(e) => Err(e),
+        },
+    };
+    match result {
         Ok(n) => json_response(StatusCode::ACCEPTED, json!({"accepted": n})),
         Err(IngestError::BadEvent { index, message }) => json_response(
             StatusCode::BAD_REQUEST,

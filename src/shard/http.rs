@@ -145,6 +145,7 @@ impl Shard {
             Endpoint::Ready => {
                 self.conns[c].requests += 1;
                 if self.shared.ready.load(Ordering::Relaxed)
+                    && self.shared.upstream_ok.load(Ordering::Relaxed)
                     && !self.shutting_down
                     && self.drain_deadline.is_none()
                 {

@@ -82,6 +82,8 @@ pub struct Shared {
     pub auth_failures: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Set when draining: shards refuse new sessions.
     pub draining: AtomicBool,
+    /// False while the cluster stream is unreachable (always true standalone).
+    pub upstream_ok: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
             limits: Limits::new(limits),
             auth_failures: Default::default(),
             draining: AtomicBool::new(false),
+            upstream_ok: Arc::new(AtomicBool::new(true)),
         }
     }
 }
