@@ -1,9 +1,9 @@
 //! Ingest bodies: one JSON object, a JSON array, or NDJSON.
 //!
-//! Into the order-preserving `serde_json::Value` the gateway passes through, simd-json measured
-//! faster on a whole body (a JSON array) and serde_json on short NDJSON lines, where
-//! simd-json's per-call setup dominates (`cargo bench --bench ingest`); each is used where it
-//! wins.
+//! Parsed with serde_json. Into the order-preserving `serde_json::Value` the gateway passes
+//! through, simd-json's serde path was no faster on whole arrays (within noise, either way over
+//! repeated runs) and clearly slower on short NDJSON lines, where its per-call setup dominates
+//! (`cargo bench --bench ingest` keeps the comparison).
 
 use serde_json::Value;
 use thiserror::Error;
@@ -57,7 +57,7 @@ fn parse_one(bytes: &[u8]) -> Result<Value, String> {
     serde_json::from_slice::<Value>(bytes).map_err(|e| e.to_string())
 }
 
-/// The same through simd-json, for whole bodies.
+/// The same through simd-json, for the comparison bench.
 pub fn parse_one_simd(bytes: &[u8]) -> Result<Value, String> {
     if nesting_depth(bytes) > MAX_DEPTH {
         return Err(format!("nesting deeper than {MAX_DEPTH} levels"));
@@ -73,7 +73,7 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
     }
-    let whole = |bytes: &[u8]| match parse_one_simd(bytes) {
+    let whole = |bytes: &[u8]| match parse_one(bytes) {
         Ok(Value::Array(events)) => Ok(events),
         Ok(v) => Ok(vec![v]),
         Err(message) => Err(ParseError::BadJson {
