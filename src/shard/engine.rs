@@ -12,7 +12,7 @@ use crate::limits::Refusal;
 use crate::market::Payload;
 use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
 use crate::session::sid::new_sid;
-use crate::sockets::{Ctx, Output, SocketLayer};
+use crate::sockets::{App, Ctx, Output, SocketLayer};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::net::IpAddr;
@@ -171,35 +171,17 @@ impl Shard {
                     return self.send_engine(s, &Packet::Message(text));
                 }
                 let text = String::from_utf8_lossy(&text);
-                let mut out = Vec::new();
-                let app = self.settings.app.clone();
-                let limits = &self.shared.limits;
-                let mut admit = |u: &Arc<str>| limits.admit_user(u);
-                let session = &mut self.sessions[s];
-                let mut ctx = Ctx {
-                    now_ms: unix_ms(),
-                    handshake_token: session.handshake_token.as_deref(),
-                    admit_user: &mut admit,
-                };
-                session.sockets.on_text(&app, &text, &mut ctx, &mut out);
-                self.apply_outputs(s, out);
+                self.to_sockets(s, |layer, app, ctx, out| {
+                    layer.on_text(app, &text, ctx, out)
+                });
             }
             Packet::Binary(data) => {
                 if self.sessions[s].echo {
                     return self.send_engine(s, &Packet::Binary(data));
                 }
-                let mut out = Vec::new();
-                let app = self.settings.app.clone();
-                let limits = &self.shared.limits;
-                let mut admit = |u: &Arc<str>| limits.admit_user(u);
-                let session = &mut self.sessions[s];
-                let mut ctx = Ctx {
-                    now_ms: unix_ms(),
-                    handshake_token: session.handshake_token.as_deref(),
-                    admit_user: &mut admit,
-                };
-                session.sockets.on_binary(&app, data, &mut ctx, &mut out);
-                self.apply_outputs(s, out);
+                self.to_sockets(s, |layer, app, ctx, out| {
+                    layer.on_binary(app, data, ctx, out)
+                });
             }
             Packet::Close => {
                 // The reference server releases a parked poll with a noop on a client close.
@@ -215,6 +197,27 @@ impl Shard {
             Packet::Noop => {}
             Packet::Open(_) => self.protocol_error(s, "open packet from a client"),
         }
+    }
+
+    /// Runs one input through the session's Socket.IO layer, lending it the time, the
+    /// handshake token and the per-user cap, then applies what it asks for.
+    fn to_sockets(
+        &mut self,
+        s: usize,
+        input: impl FnOnce(&mut SocketLayer, &App, &mut Ctx<'_>, &mut Vec<Output>),
+    ) {
+        let mut out = Vec::new();
+        let app = self.settings.app.clone();
+        let limits = &self.shared.limits;
+        let mut admit = |u: &Arc<str>| limits.admit_user(u);
+        let session = &mut self.sessions[s];
+        let mut ctx = Ctx {
+            now_ms: unix_ms(),
+            handshake_token: session.handshake_token.as_deref(),
+            admit_user: &mut admit,
+        };
+        input(&mut session.sockets, &app, &mut ctx, &mut out);
+        self.apply_outputs(s, out);
     }
 
     fn protocol_error(&mut self, s: usize, reason: &'static str) {
