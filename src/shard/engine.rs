@@ -171,7 +171,7 @@ impl Shard {
                     return self.send_engine(s, &Packet::Message(text));
                 }
                 let text = String::from_utf8_lossy(&text);
-                self.to_sockets(s, |layer, app, ctx, out| {
+                self.feed_sockets(s, |layer, app, ctx, out| {
                     layer.on_text(app, &text, ctx, out)
                 });
             }
@@ -179,7 +179,7 @@ impl Shard {
                 if self.sessions[s].echo {
                     return self.send_engine(s, &Packet::Binary(data));
                 }
-                self.to_sockets(s, |layer, app, ctx, out| {
+                self.feed_sockets(s, |layer, app, ctx, out| {
                     layer.on_binary(app, data, ctx, out)
                 });
             }
@@ -201,7 +201,7 @@ impl Shard {
 
     /// Runs one input through the session's Socket.IO layer, lending it the time, the
     /// handshake token and the per-user cap, then applies what it asks for.
-    fn to_sockets(
+    fn feed_sockets(
         &mut self,
         s: usize,
         input: impl FnOnce(&mut SocketLayer, &App, &mut Ctx<'_>, &mut Vec<Output>),
