@@ -8,11 +8,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# System packages the tests need: Chromium for the browser test.
-if ! command -v chromium >/dev/null 2>&1; then
-  step "installing chromium (apt)"
+# System packages the tests need: Chromium for the browser test, redis-server for the cluster
+# tests (each test starts its own on a free port; nothing is left running).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
+  step "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The package starts a server on the default port; the tests start their own.
+  (service redis-server stop || pkill -x redis-server) >/dev/null 2>&1 || true
 fi
 
 step "format and lint"
@@ -32,7 +38,7 @@ status=0
 step "Node socket.io-client interop and protocol conformance tests"
 tests/interop/node/run.sh || status=1
 
-step "python-socketio interop and robustness tests"
+step "python-socketio interop, robustness, market data, auth, operations and cluster tests"
 tests/interop/python/run.sh || status=1
 
 step "demo page in headless Chromium"

@@ -144,23 +144,18 @@ impl Shard {
             }
             Endpoint::Ready => {
                 self.conns[c].requests += 1;
-                if self.shared.ready.load(Ordering::Relaxed)
-                    && self.shared.upstream_ok.load(Ordering::Relaxed)
-                    && !self.shutting_down
-                    && self.drain_deadline.is_none()
-                {
-                    self.respond(
-                        c,
-                        response::json(200, &[], keep, "{\"status\":\"ready\"}"),
-                        keep,
-                    )
+                let status = if self.shutting_down || self.drain_deadline.is_some() {
+                    "draining"
+                } else if !self.shared.ready.load(Ordering::Relaxed) {
+                    "starting"
+                } else if !self.shared.upstream_ok.load(Ordering::Relaxed) {
+                    "upstream_unavailable"
                 } else {
-                    self.respond(
-                        c,
-                        response::json(503, &[], keep, "{\"status\":\"starting\"}"),
-                        keep,
-                    )
-                }
+                    "ready"
+                };
+                let code = if status == "ready" { 200 } else { 503 };
+                let body = format!("{{\"status\":\"{status}\"}}");
+                self.respond(c, response::json(code, &[], keep, &body), keep)
             }
             Endpoint::Demo(ctype, body) => {
                 self.conns[c].requests += 1;

@@ -314,3 +314,112 @@ def check_alive(gw, timeout=5.0):
         assert_envelope(msg, f"trades:{sym}", data)
     finally:
         sio.disconnect()
+
+
+# ---- redis-server for the cluster tests ----------------------------------------------------------
+
+
+def redis_server_bin():
+    return os.environ.get("REDIS_SERVER_BIN") or "redis-server"
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 (AOF with fsync always, no RDB) that can be stopped
+    and restarted on the same port and data directory."""
+
+    def __init__(self, data_dir, log_dir=None, name="redis"):
+        self.dir = Path(data_dir)
+        self.log_dir = Path(log_dir) if log_dir else self.dir
+        self.name = name
+        self.port = None
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout=10.0):
+        """Start (the first time on a free port, afterwards on the same port and dir)."""
+        if self.alive():
+            return self
+        if self.port is None:
+            self.port = free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.starts += 1
+            log = open(self.log_dir / f"{self.name}-{self.port}.log", "ab")
+            self.proc = subprocess.Popen(
+                [redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                 "--dir", str(self.dir), "--daemonize", "no"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            log.close()
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break  # e.g. the port is briefly still held: try again
+                if self.ping():
+                    return self
+                time.sleep(0.02)
+            if self.proc.poll() is None:
+                self.kill()
+                raise RuntimeError(f"redis-server not answering on {self.port}:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.1)
+
+    def ping(self, timeout=0.5):
+        """True when the server answers PING with PONG (not while it is still loading)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def cli(self, *args, check=True, timeout=10.0):
+        """redis-cli -p PORT ARGS...; returns stdout (str)."""
+        r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port),
+                            *[str(a) for a in args]],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and (r.returncode != 0 or r.stdout.startswith("(error)")
+                      or r.stdout.startswith("ERR")):
+            raise AssertionError(f"redis-cli {args!r}: rc={r.returncode} "
+                                 f"out={r.stdout!r} err={r.stderr!r}")
+        return r.stdout
+
+    def stop(self, how="shutdown", timeout=10.0):
+        """Stop with `redis-cli shutdown` (or SIGTERM: how="sigterm"); returns the exit code."""
+        if not self.alive():
+            return None if self.proc is None else self.proc.returncode
+        if how == "shutdown":
+            subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "shutdown"],
+                           capture_output=True, timeout=timeout)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return self.proc.returncode
+
+    def restart(self, how="shutdown"):
+        self.stop(how)
+        return self.start()
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n=30):
+        try:
+            text = (self.log_dir / f"{self.name}-{self.port}.log").read_text(errors="replace")
+            return "\n".join(text.splitlines()[-n:])
+        except OSError:
+            return "<no log>"
