@@ -1,0 +1,293 @@
+use crate::plan::Transport;
+use crate::publish::BodyFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Capacity-planning load harness for Socket.IO v4 servers: how many users can this box
+/// serve, at what latency? Loopback targets only (127.0.0.0/8).
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Ramp N connections at a chosen rate, hold them, check every one is still alive.
+    Connect(ConnectArgs),
+    /// N subscribers over K rooms; publishes at rate R through the publish hook.
+    Fanout(FanoutArgs),
+    /// Bots (WebSocket, order books + trades), browsers (polling then upgrade, ticker:all +
+    /// klines) and authenticated users (private channels).
+    Mixed(MixedArgs),
+    /// Step the load up until an SLO (p99 latency, loss) breaks; report the largest load
+    /// that held.
+    Capacity(CapacityArgs),
+    /// Internal: a worker process (started by the coordinator).
+    #[command(name = "__worker", hide = true)]
+    Worker,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct Common {
+    /// Socket.IO server to load, host:port on 127.0.0.0/8.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Spawn maven-gateway from this binary (free ports, --shards, --log warn).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Spawn any server with `sh -c`; `{port}` and `{ingest_port}` are replaced (also given
+    /// as $PORT and $INGEST_PORT). Its publish endpoint defaults to
+    /// http://127.0.0.1:{ingest_port}/internal/events.
+    #[arg(long)]
+    pub server_cmd: Option<String>,
+    /// Extra argument for --server-bin (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Keep a spawned gateway's per-address connection limits (by default loadtest lifts
+    /// --max-connections, --max-connections-per-ip and --handshake-rate-per-ip through
+    /// GATEWAY_* variables, since all its clients come from a few loopback addresses).
+    #[arg(long)]
+    pub keep_server_limits: bool,
+    /// Reactor shards for a spawned maven-gateway.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// Process to measure (CPU, RSS from /proc); set automatically for a spawned server.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Engine.IO path.
+    #[arg(long, default_value = "/socket.io/")]
+    pub path: String,
+    /// Socket.IO namespace.
+    #[arg(long, default_value = "/ws")]
+    pub namespace: String,
+    /// Gateway-style ingest, e.g. http://127.0.0.1:9100 (POST /internal/events, NDJSON).
+    #[arg(long)]
+    pub ingest: Option<String>,
+    /// Publish hook: POST rendered events to this URL.
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Body template per event for --publish-url / --publish-cmd. Placeholders: {room}
+    /// {event} {symbol} {interval} {user} {type} {data} (JSON) {ingest} (gateway JSON).
+    #[arg(long)]
+    pub publish_body: Option<String>,
+    /// How templated bodies are batched into requests.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub publish_format: BodyFormat,
+    /// Publish hook: a command (sh -c) that gets one rendered event per line on stdin.
+    #[arg(long)]
+    pub publish_cmd: Option<String>,
+    /// Bearer token for the ingest API.
+    #[arg(long)]
+    pub ingest_token: Option<String>,
+    /// Server counters (GET, JSON with total.messages_out), e.g. the gateway's /stats.
+    #[arg(long)]
+    pub stats_url: Option<String>,
+    /// Worker processes (default: enough for 15,000 connections each, at least 2).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Spread connections over this many source addresses 127.0.0.1..N.
+    #[arg(long, default_value_t = 4)]
+    pub source_addrs: usize,
+    /// Per-client budget to connect and subscribe.
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+    /// Seconds to wait after publishing stops for in-flight messages.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain_secs: f64,
+    /// Subscribe without acks (wait for `subscribed` events instead).
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Origin header for polling requests.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Where reports (and a spawned server's log) go.
+    #[arg(long, default_value = "reports")]
+    pub out_dir: String,
+    /// JSON report path (default: OUT_DIR/SCENARIO-LABEL-TIME.json).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// HTML report path (default: beside the JSON).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Skip the HTML report.
+    #[arg(long)]
+    pub no_html: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Name of the server in reports (default: the binary's name).
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers.
+    #[arg(long, default_value_t = 500)]
+    pub clients: u64,
+    /// Rooms (trades:LT0000..); client i joins room i % rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Publishes per second (all rooms together, round-robin).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Publishing time, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// New connections per second during the ramp.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp_rate: f64,
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
+    /// Extra bytes of padding in each event's data.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u64,
+    /// New connections per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp_rate: f64,
+    /// Seconds to hold every connection after the ramp.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
+    /// Probe broadcasts per second to every client during the hold (0: none); a final probe
+    /// at the end must reach every client for it to count as alive. Needs a publish hook;
+    /// without one, alive means still connected.
+    #[arg(long, default_value_t = 1.0)]
+    pub probe_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Vary {
+    /// Add subscribers each step (publish rate fixed).
+    Clients,
+    /// Raise the publish rate each step (subscribers fixed).
+    Rate,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, value_enum, default_value = "clients")]
+    pub vary: Vary,
+    /// First step's load (clients, or publishes/s).
+    #[arg(long, default_value_t = 1000.0)]
+    pub start: f64,
+    /// Added each step.
+    #[arg(long, default_value_t = 1000.0)]
+    pub step: f64,
+    /// Largest load to try.
+    #[arg(long, default_value_t = 20000.0)]
+    pub max: f64,
+    /// Fixed publish rate (vary=clients).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Fixed clients (vary=rate).
+    #[arg(long, default_value_t = 2000)]
+    pub clients: u64,
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Measured seconds per step (after warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub step_secs: f64,
+    /// Seconds after a step's load is reached before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    /// SLO: p99 publish→receive latency, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub slo_p99_ms: f64,
+    /// SLO: largest fraction of messages lost (sequence gaps) and clients dropped.
+    #[arg(long, default_value_t = 0.0)]
+    pub slo_loss: f64,
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: usize,
+    /// Time budget for the whole run, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_secs: f64,
+    #[arg(long, default_value_t = 5000.0)]
+    pub ramp_rate: f64,
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub transport: Transport,
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Symbols LT0000.. with order books, trades, tickers and klines.
+    #[arg(long, default_value_t = 20)]
+    pub symbols: usize,
+    /// WebSocket-only bots: order book + trades on --bot-symbols symbols each.
+    #[arg(long, default_value_t = 200)]
+    pub bots: u64,
+    #[arg(long, default_value_t = 3)]
+    pub bot_symbols: usize,
+    /// Browser-like clients: polling then upgrade, ticker:all + klines on one symbol.
+    #[arg(long, default_value_t = 300)]
+    pub browsers: u64,
+    #[arg(long, default_value = "1m")]
+    pub kline_interval: String,
+    /// Authenticated users on private channels (skipped, with a note, when the server
+    /// refuses `subscribe.private`).
+    #[arg(long, default_value_t = 100)]
+    pub private_users: u64,
+    /// HS256 secret for the users' JWTs (`sub` = lt-user-N).
+    #[arg(long, default_value = "loadtest-secret")]
+    pub jwt_secret: String,
+    /// Private channel to subscribe.
+    #[arg(long, default_value = "user.orders")]
+    pub private_channel: String,
+    /// Trades per second (all symbols).
+    #[arg(long, default_value_t = 100.0)]
+    pub trade_rate: f64,
+    /// Order book deltas per second (all symbols).
+    #[arg(long, default_value_t = 200.0)]
+    pub book_rate: f64,
+    /// Ticker updates per second (all symbols).
+    #[arg(long, default_value_t = 50.0)]
+    pub ticker_rate: f64,
+    /// Kline updates per second (all symbols).
+    #[arg(long, default_value_t = 20.0)]
+    pub kline_rate: f64,
+    /// Private events per second (all users).
+    #[arg(long, default_value_t = 20.0)]
+    pub private_rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp_rate: f64,
+}
+
+/// Hard bounds: a load harness must stop by itself.
+pub const MAX_CLIENTS: u64 = 200_000;
+pub const MAX_RATE: f64 = 1_000_000.0;
+pub const MAX_SECS: f64 = 3600.0;
+
+pub fn check_bounds(clients: u64, rate: f64, secs: f64) -> Result<(), String> {
+    if clients > MAX_CLIENTS {
+        return Err(format!("at most {MAX_CLIENTS} clients"));
+    }
+    if !(0.0..=MAX_RATE).contains(&rate) {
+        return Err(format!("rate must be within 0..{MAX_RATE}"));
+    }
+    if !(0.0..=MAX_SECS).contains(&secs) {
+        return Err(format!("durations must be within 0..{MAX_SECS} s"));
+    }
+    Ok(())
+}
