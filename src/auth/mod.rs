@@ -137,14 +137,14 @@ impl Authenticator {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(TokenError::MissingExpiry)?;
-        if now > exp + self.leeway {
+        if now > exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
         }
         if let Some(nbf) = claims.get("nbf") {
             let nbf = nbf
                 .as_u64()
                 .ok_or_else(|| TokenError::Invalid("'nbf' is not a number".into()))?;
-            if nbf > now + self.leeway {
+            if nbf > now.saturating_add(self.leeway) {
                 return Err(TokenError::NotYetValid);
             }
         }

@@ -69,7 +69,7 @@ impl GatewaySocket {
     /// When this socket next needs `on_tick`: the expiry notice, then the expiry itself.
     pub fn next_deadline(&self, settings: &GatewaySettings) -> Option<u64> {
         let id = self.identity.as_ref().filter(|_| !self.expired)?;
-        let exp = id.expires_at * 1000;
+        let exp = id.expires_at.saturating_mul(1000);
         Some(if self.notice_sent {
             exp
         } else {
@@ -83,7 +83,7 @@ impl GatewaySocket {
         let Some(id) = self.identity.as_ref().filter(|_| !self.expired) else {
             return fx;
         };
-        let exp = id.expires_at * 1000;
+        let exp = id.expires_at.saturating_mul(1000);
         if !self.notice_sent
             && now_ms >= exp.saturating_sub(settings.token_notice_ms)
             && now_ms < exp
@@ -332,7 +332,7 @@ fn refresh(
             "the token is for another user",
         ));
     }
-    let expires_at = fresh.expires_at * 1000;
+    let expires_at = fresh.expires_at.saturating_mul(1000);
     socket.identity = Some(fresh);
     socket.notice_sent = false;
     socket.expired = false;

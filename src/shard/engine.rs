@@ -354,7 +354,9 @@ impl Shard {
         if next.is_some() && next != session.socket_timer {
             session.socket_timer = next;
             let at_ms = next.unwrap_or(0);
-            let delay = std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()));
+            // Far-future tokens: wake within a day and re-arm, rather than overflow an Instant.
+            let delay =
+                std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()).min(86_400_000));
             let generation = session.generation;
             self.timers.schedule(
                 self.now + delay,
