@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need first.
 #   scripts/test-all.sh
-# Needs: cargo (stable), node + npm, python3. Installs npm and PyPI packages locally
-# (tests/interop/*), never system-wide.
+# Needs: cargo (stable and nightly), node + npm, python3, root for apt-get. Installs npm and
+# PyPI packages locally (tests/, demo/), cargo-fuzz when missing, and Debian's chromium and
+# redis-server when missing. FUZZ_SECONDS (default 30) bounds each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,14 +23,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 step "format and lint"
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build gateway and conformance example"
 cargo build --bins --examples
 
 step "Rust unit and integration tests"
 cargo test --quiet
+cargo test --quiet -p loadtest
 
 export GATEWAY_BIN="$PWD/target/debug/maven-gateway"
 export CONFORMANCE_BIN="$PWD/target/debug/examples/conformance"
@@ -44,7 +46,10 @@ tests/interop/python/run.sh || status=1
 step "demo page in headless Chromium"
 ARTIFACTS_DIR="$PWD/target/test-artifacts" tests/browser/run.sh || status=1
 
+step "fuzzing every codec target for ${FUZZ_SECONDS:-30} s each"
+scripts/fuzz.sh || status=1
+
 if [ "$status" -ne 0 ]; then
-  echo "some interop tests failed" >&2
+  echo "some tests failed" >&2
 fi
 exit "$status"

@@ -1,0 +1,43 @@
+//! Ingest bodies (`POST /internal/events`) from arbitrary bytes: parse_body, then parse_event
+//! on every value, and BookUpdate::parse on every value and every `data` field.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use maven_gateway::ingest::parse::parse_body;
+use maven_gateway::ingest::route::{parse_event, IngestEvent};
+use maven_gateway::market::book::{BookUpdate, OrderBook};
+
+fn book(update: BookUpdate) {
+    assert!(OrderBook::check(None, &update).is_ok());
+    let mut b = OrderBook::new("FUZZUSDT", 3);
+    let last = update.last_update_id();
+    b.apply(update);
+    assert_eq!(b.last_update_id(), Some(last));
+    let view = b.take_snapshot();
+    assert!(view.bids.len() <= 3 && view.asks.len() <= 3);
+    // Best first on each side.
+    assert!(view.bids.windows(2).all(|w| w[0].key > w[1].key));
+    assert!(view.asks.windows(2).all(|w| w[0].key < w[1].key));
+    let _ = view.snapshot_json("fuzz");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(values) = parse_body(data) else {
+        return;
+    };
+    for v in values {
+        if let Ok(u) = BookUpdate::parse(&v) {
+            book(u);
+        }
+        if let Some(d) = v.get("data") {
+            if let Ok(u) = BookUpdate::parse(d) {
+                book(u);
+            }
+        }
+        match parse_event(v) {
+            Ok(IngestEvent::Book { update, .. }) => book(update),
+            Ok(IngestEvent::Private { room, .. }) => assert!(room.starts_with("user:")),
+            Ok(_) | Err(_) => {}
+        }
+    }
+});
