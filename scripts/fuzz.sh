@@ -3,10 +3,13 @@
 #   scripts/fuzz.sh                              # every target, FUZZ_SECONDS (30) each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh socket_layer ws_frame
 # Needs nightly Rust (`cargo +nightly`); installs cargo-fuzz if it is missing. Builds every
-# target once, then runs each for FUZZ_SECONDS from a fresh corpus (fuzz/corpus/<target>,
-# seeded from the committed fuzz/seeds/<target>). Total time: targets x FUZZ_SECONDS + build.
+# target once, then runs each for FUZZ_SECONDS from a fresh corpus seeded from the committed
+# fuzz/seeds/<target> (fuzz/corpus/<run>/<target>, removed afterwards unless
+# FUZZ_KEEP_CORPUS=1; one directory per run, so runs in parallel do not disturb each other).
+# Total time: targets x FUZZ_SECONDS + build.
 # Exits non-zero if any target crashed, leaked, timed out or ran out of memory, after printing
-# each failing input's artifact path and bytes (hex). Reproduce one with
+# each failing input's artifact path and bytes (hex); the failing target's full log is kept in
+# fuzz/artifacts/logs/<run>/. Reproduce a failure with
 #   cargo +nightly fuzz run <target> <artifact path>
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,7 @@ seconds=${FUZZ_SECONDS:-30}
 rss_mb=${FUZZ_RSS_MB:-2048}
 toolchain=${FUZZ_TOOLCHAIN:-nightly}
 cargo_fuzz=(cargo "+$toolchain" fuzz)
+run_id=$(date +%Y%m%d-%H%M%S)-$$
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -44,13 +48,21 @@ dict_for() {
   esac
 }
 
-logs=fuzz/artifacts/logs
-mkdir -p "$logs"
+corpora=fuzz/corpus/$run_id
+logs=fuzz/artifacts/logs/$run_id
+cleanup() {
+  if [ "${FUZZ_KEEP_CORPUS:-0}" != 1 ]; then
+    rm -rf "$corpora"
+  fi
+  rmdir "$logs" 2>/dev/null
+}
+trap cleanup EXIT
+mkdir -p "$corpora" "$logs"
+
 failed=()
 for t in "${targets[@]}"; do
   step "fuzzing $t for ${seconds}s"
-  corpus=fuzz/corpus/$t
-  rm -rf "$corpus"
+  corpus=$corpora/$t
   mkdir -p "$corpus" "fuzz/artifacts/$t"
   if [ -d "fuzz/seeds/$t" ]; then
     cp fuzz/seeds/"$t"/* "$corpus"/
@@ -64,17 +76,19 @@ for t in "${targets[@]}"; do
   "${cargo_fuzz[@]}" run "$t" "$corpus" -- "${args[@]}" >"$log" 2>&1
   rc=$?
   # The closing statistics: executions, coverage, corpus.
-  grep -E '^(#[0-9]+[[:space:]]+DONE|Done [0-9]+ runs|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' "$log" || true
-  if [ "$rc" -ne 0 ]; then
-    failed+=("$t")
-    echo "FAILED: $t (exit $rc); full log: $log"
-    tail -n 60 "$log"
-    mapfile -t found < <(grep -oE 'Test unit written to [^ ]+' "$log" | awk '{print $5}' | grep -E '/(crash|leak|timeout|oom)-' | sort -u)
-    for f in "${found[@]}"; do
-      echo "artifact: $f ($(wc -c <"$f") bytes)"
-      echo "input (hex, first 4 KiB): $(head -c 4096 "$f" | od -An -v -tx1 | tr -d ' \n')"
-    done
+  grep -E '^(#[0-9]+[[:space:]]+DONE|Done [0-9]+ runs|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' "$log"
+  if [ "$rc" -eq 0 ]; then
+    rm -f "$log"
+    continue
   fi
+  failed+=("$t")
+  echo "FAILED: $t (exit $rc); full log: $log"
+  tail -n 60 "$log"
+  mapfile -t found < <(grep -oE 'Test unit written to [^ ]+' "$log" | awk '{print $5}' | grep -E '/(crash|leak|timeout|oom)-' | sort -u)
+  for f in "${found[@]}"; do
+    echo "artifact: $f ($(wc -c <"$f") bytes)"
+    echo "input (hex, first 4 KiB): $(head -c 4096 "$f" | od -An -v -tx1 | tr -d ' \n')"
+  done
 done
 
 step "fuzz summary"
