@@ -297,7 +297,9 @@ impl Shard {
         }
     }
 
-    fn answer_parked_get(&mut self, g: usize, body: &[u8]) {
+    /// Answers the GET parked on connection `g` with `body`; the connection goes back to
+    /// reading request heads.
+    pub(super) fn answer_parked_get(&mut self, g: usize, body: &[u8]) {
         let Some(conn) = self.conns.get_mut(g) else {
             return;
         };
@@ -308,12 +310,7 @@ impl Shard {
                 return;
             }
         };
-        let mut extra = Vec::new();
-        if let Some(o) = origin.as_deref() {
-            extra.push(("Access-Control-Allow-Origin", o));
-            extra.push(("Access-Control-Allow-Credentials", "true"));
-        }
-        let r = crate::http::response::build(200, "text/plain; charset=UTF-8", &extra, true, body);
+        let r = super::http::polling_response(200, body, origin.as_deref(), true);
         self.respond(g, r, true);
     }
 

@@ -451,15 +451,7 @@ impl Shard {
         let packets = session.queue.take_front(MAX_PACKETS_PER_POLL);
         let body = engineio::encode_payload(packets.iter().map(|b| &b[..]));
         session.transport = Transport::Polling { get: None };
-        let Some(conn) = self.conns.get_mut(c) else {
-            return;
-        };
-        let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
-            Role::Http(HttpState::PendingGet { origin, .. }) => origin,
-            _ => None,
-        };
-        let r = polling_response(200, &body, origin.as_deref(), true);
-        self.respond(c, r, true);
+        self.answer_parked_get(c, &body);
         if self.sessions.get(s).is_some_and(|x| x.queue.is_empty()) {
             self.pay_owed_snapshots(s);
         }
@@ -476,7 +468,12 @@ fn cors_headers(origin: Option<&str>) -> Vec<(&'static str, &str)> {
     }
 }
 
-fn polling_response(status: u16, body: &[u8], origin: Option<&str>, keep: bool) -> Bytes {
+pub(super) fn polling_response(
+    status: u16,
+    body: &[u8],
+    origin: Option<&str>,
+    keep: bool,
+) -> Bytes {
     let extra = cors_headers(origin);
     let mut out = BytesMut::with_capacity(200 + body.len());
     response::head(
