@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod limits;
 pub mod market;
 pub mod metrics;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod shard;

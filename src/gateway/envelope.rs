@@ -3,6 +3,7 @@
 
 use crate::codec::WireMessage;
 use crate::market::Payload;
+use crate::recovery::Offset;
 use bytes::BufMut;
 use serde_json::Value;
 
@@ -11,15 +12,32 @@ pub const GATEWAY_NAMESPACE: &str = "/ws";
 
 /// The envelope for a publish's payload.
 pub fn encode_payload(event: &str, room: &str, data: &Payload, timestamp_ms: u64) -> WireMessage {
+    encode_payload_at(event, room, data, timestamp_ms, None)
+}
+
+/// The envelope, followed by the event's recovery offset as a last argument when it has one
+/// (where socket.io clients look for it).
+pub fn encode_payload_at(
+    event: &str,
+    room: &str,
+    data: &Payload,
+    timestamp_ms: u64,
+    offset: Option<Offset>,
+) -> WireMessage {
     match data {
-        Payload::Value(v) => encode(event, room, v, timestamp_ms),
-        Payload::Json(j) => encode_with(event, room, timestamp_ms, |b| b.extend_from_slice(j)),
+        Payload::Value(v) => encode_with(event, room, timestamp_ms, offset, |b| {
+            // Serializing into a growable buffer cannot fail.
+            let _ = serde_json::to_writer(b.writer(), v);
+        }),
+        Payload::Json(j) => encode_with(event, room, timestamp_ms, offset, |b| {
+            b.extend_from_slice(j)
+        }),
     }
 }
 
 /// `42/ws,["<event>",{"channel":"<room>","data":<data>,"timestamp":<ts>}]` as one frame.
 pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireMessage {
-    encode_with(event, room, timestamp_ms, |b| {
+    encode_with(event, room, timestamp_ms, None, |b| {
         // Serializing into a growable buffer cannot fail.
         let _ = serde_json::to_writer(b.writer(), data);
     })
@@ -29,6 +47,7 @@ fn encode_with(
     event: &str,
     room: &str,
     timestamp_ms: u64,
+    offset: Option<Offset>,
     data: impl FnOnce(&mut bytes::BytesMut),
 ) -> WireMessage {
     WireMessage::text(|b| {
@@ -45,7 +64,16 @@ fn encode_with(
         w.get_mut().extend_from_slice(b",\"timestamp\":");
         w.get_mut()
             .extend_from_slice(itoa::Buffer::new().format(timestamp_ms).as_bytes());
-        w.get_mut().extend_from_slice(b"}]");
+        w.get_mut().extend_from_slice(b"}");
+        if let Some(o) = offset {
+            let b = w.get_mut();
+            b.extend_from_slice(b",\"");
+            b.extend_from_slice(itoa::Buffer::new().format(o.ms).as_bytes());
+            b.extend_from_slice(b"-");
+            b.extend_from_slice(itoa::Buffer::new().format(o.seq).as_bytes());
+            b.extend_from_slice(b"\"");
+        }
+        w.get_mut().extend_from_slice(b"]");
     })
 }
 
@@ -65,6 +93,18 @@ mod tests {
         assert_eq!(
             p.data.unwrap(),
             json!(["trade", {"channel":"trades:BTCUSDT","data":{"price":"1.5","q":2},"timestamp":42}])
+        );
+    }
+
+    #[test]
+    fn offset_is_the_last_argument() {
+        let data = Payload::Json(b"[1]".to_vec());
+        let m = encode_payload_at("trade", "t", &data, 7, Some(Offset::new(17, 3)));
+        let text = std::str::from_utf8(&m.polling()[1..]).unwrap().to_owned();
+        let (p, _) = Packet::decode(&text).unwrap();
+        assert_eq!(
+            p.data.unwrap(),
+            json!(["trade", {"channel":"t","data":[1],"timestamp":7}, "17-3"])
         );
     }
 }
