@@ -183,6 +183,27 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_REDIS_STREAM_MAXLEN", default_value_t = 1_000_000)]
     pub redis_stream_maxlen: usize,
 
+    /// Key prefix of socket.io's Redis emitter (`@socket.io/redis-emitter`): in cluster mode its
+    /// emits to `/ws` rooms are delivered; empty turns that off.
+    #[arg(long, env = "GATEWAY_REDIS_EMITTER_KEY", default_value = "socket.io")]
+    pub redis_emitter_key: String,
+
+    /// Connection state recovery: how long a disconnected `/ws` socket can come back and get
+    /// its rooms and every missed lossless event, in ms; 0 turns recovery off (no `pid`, no
+    /// offsets appended to events).
+    #[arg(
+        long,
+        alias = "recovery-window",
+        env = "GATEWAY_RECOVERY_WINDOW_MS",
+        default_value_t = 120_000
+    )]
+    pub recovery_window_ms: u64,
+
+    /// Most lossless events kept for recovery replays, whatever the window (memory bound:
+    /// roughly this many times the average frame size).
+    #[arg(long, env = "GATEWAY_RECOVERY_MAX_EVENTS", default_value_t = 500_000)]
+    pub recovery_max_events: usize,
+
     /// On SIGTERM: how long to let clients receive what is queued before closing, in ms.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,

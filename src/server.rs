@@ -1,7 +1,8 @@
 //! Wiring: starts the reactor, the internal listener and the demo feed, and stops them.
 
 use crate::auth::{Authenticator, KeySource};
-use crate::cluster::{Cluster, ClusterSettings};
+use crate::cluster::emitter;
+use crate::cluster::{sessions, Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::gateway::GatewaySettings;
 use crate::ingest::demo::DemoMarket;
@@ -10,6 +11,7 @@ use crate::ingest::Ingest;
 use crate::limits::LimitSettings;
 use crate::market::MarketSettings;
 use crate::metrics::Metrics;
+use crate::recovery::{Recovery, RecoverySettings};
 use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
 use crate::sockets::App;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +94,7 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             token_notice_ms: config.token_expiry_notice_secs * 1000,
             message_rate: config.max_messages_per_sec,
             message_burst: config.max_messages_per_sec * 2.0,
+            recovery: config.recovery_window_ms > 0,
         })),
     })
 }
@@ -121,13 +124,25 @@ fn authenticator(config: &Config) -> Result<Option<Authenticator>, StartError> {
 impl Gateway {
     pub fn start(config: &Config) -> Result<Gateway, StartError> {
         let settings = Arc::new(settings_from(config)?);
-        let shared = Arc::new(Shared::new(LimitSettings {
+        let mut shared = Shared::new(LimitSettings {
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
             max_connections_per_user: config.max_connections_per_user,
             handshakes_per_sec_per_ip: config.handshake_rate_per_ip,
             handshake_burst_per_ip: config.handshake_rate_per_ip * 2.0,
-        }));
+        });
+        let (store_tx, store_rx) = tokio::sync::mpsc::unbounded_channel();
+        let recovery_settings = RecoverySettings {
+            window_ms: config.recovery_window_ms,
+            max_events: config.recovery_max_events,
+        };
+        shared.recovery = (config.recovery_window_ms > 0).then(|| {
+            Arc::new(match config.redis {
+                None => Recovery::standalone(recovery_settings, unix_ms()),
+                Some(_) => Recovery::cluster(recovery_settings, store_tx),
+            })
+        });
+        let shared = Arc::new(shared);
         let reactor = Reactor::start(
             config.shard_count(),
             config.listen,
@@ -145,6 +160,7 @@ impl Gateway {
                 orderbook_depth: config.orderbook_depth,
                 orderbook_conflation_ms: config.orderbook_conflation_ms,
             },
+            shared.recovery.clone(),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -174,6 +190,23 @@ impl Gateway {
                 )
                 .map_err(|e| StartError::Config(format!("--redis: {e}")))?;
                 runtime.spawn(c.clone().follow(ingest.clone(), stop_demo.clone()));
+                if !config.redis_emitter_key.is_empty() {
+                    runtime.spawn(emitter::follow(
+                        c.client(),
+                        config.redis_emitter_key.clone(),
+                        reactor.fanout(),
+                        shared.emitter.clone(),
+                        stop_demo.clone(),
+                    ));
+                }
+                if shared.recovery.is_some() {
+                    runtime.spawn(sessions::serve(
+                        c.client(),
+                        c.session_prefix(),
+                        store_rx,
+                        reactor.fanout(),
+                    ));
+                }
                 Some(c)
             }
         };

@@ -8,6 +8,7 @@ use crate::gateway::api::{self, Effect};
 use crate::gateway::envelope::GATEWAY_NAMESPACE;
 use crate::gateway::{GatewaySettings, GatewaySocket};
 use crate::limits::bucket::TokenBucket;
+use crate::recovery::{Offset, Restored};
 use crate::session::sid::new_socket_id;
 use serde_json::{json, Value};
 use smallvec::SmallVec;
@@ -43,6 +44,12 @@ pub enum Output {
     AuthFailed(&'static str),
     /// The peer broke the protocol or the limits: close the session.
     Close(&'static str),
+    /// A `/ws` CONNECT presented a recovery session: look it up, then call
+    /// `SocketLayer::finish_connect` with what may be restored.
+    Restore {
+        pid: Box<str>,
+        offset: Option<Offset>,
+    },
 }
 
 /// What the driver lends the layer for one call: the time, the token the handshake carried
@@ -62,7 +69,16 @@ const ABUSE_FACTOR: f64 = 10.0;
 pub struct NsSocket {
     pub namespace: Box<str>,
     pub id: Box<str>,
+    /// The private session id offered for connection state recovery.
+    pub pid: Option<Box<str>>,
     pub gateway: Option<GatewaySocket>,
+}
+
+/// A CONNECT waiting for its recovery lookup.
+#[derive(Debug)]
+struct PendingConnect {
+    namespace: Box<str>,
+    identity: Option<Identity>,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +88,7 @@ pub struct SocketLayer {
     bucket: Option<TokenBucket>,
     refused_since: u64,
     refused: u32,
+    pending: Option<PendingConnect>,
 }
 
 impl SocketLayer {
@@ -92,7 +109,37 @@ impl SocketLayer {
         self.sockets
             .iter()
             .filter_map(|s| s.gateway.as_ref()?.identity.as_ref())
+            .chain(self.pending.iter().filter_map(|p| p.identity.as_ref()))
             .map(|i| &i.user_id)
+    }
+
+    /// The user a pending recovery authenticated as, if one is pending.
+    pub fn pending_user(&self) -> Option<Option<&str>> {
+        self.pending
+            .as_ref()
+            .map(|p| p.identity.as_ref().map(|i| &*i.user_id))
+    }
+
+    /// Completes a CONNECT that waited for `Output::Restore`: the restored socket when
+    /// `restored` is given, a new one otherwise.
+    pub fn finish_connect(
+        &mut self,
+        app: &App,
+        now_ms: u64,
+        restored: Option<&Restored>,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(p) = self.pending.take() {
+            self.open(
+                app,
+                p.namespace.into(),
+                p.identity,
+                None,
+                restored,
+                now_ms,
+                out,
+            );
+        }
     }
 
     /// When `on_tick` is next needed (token notices and expiries).
@@ -156,7 +203,14 @@ impl SocketLayer {
             .sockets
             .iter()
             .position(|s| *s.namespace == *packet.namespace);
+        let pending = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| *p.namespace == *packet.namespace);
         match (packet.kind, index) {
+            (Kind::Connect, None) if pending => {
+                out.push(Output::Close("second CONNECT for a namespace"))
+            }
             (Kind::Connect, None) => self.connect(app, packet, ctx, out),
             (Kind::Connect, Some(_)) => out.push(Output::Close("second CONNECT for a namespace")),
             (Kind::Disconnect, Some(i)) => {
@@ -269,25 +323,66 @@ impl SocketLayer {
                 }
             }
         }
-        let id = new_socket_id();
+        if let App::Gateway(settings) = app {
+            if settings.recovery && ns == GATEWAY_NAMESPACE {
+                if let Some((pid, offset)) = recovery_claim(packet.data.as_ref()) {
+                    self.pending = Some(PendingConnect {
+                        namespace: ns.into_boxed_str(),
+                        identity,
+                    });
+                    out.push(Output::Restore { pid, offset });
+                    return;
+                }
+            }
+        }
+        self.open(app, ns, identity, packet.data, None, ctx.now_ms, out);
+    }
+
+    /// Answers a CONNECT and creates the socket (new, or as `restored`).
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        app: &App,
+        ns: String,
+        identity: Option<Identity>,
+        auth: Option<Value>,
+        restored: Option<&Restored>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let offers_recovery =
+            matches!(app, App::Gateway(s) if s.recovery) && ns == GATEWAY_NAMESPACE;
+        let (id, pid) = match restored {
+            Some(r) => (r.sid.clone(), Some(r.pid.clone())),
+            None => (new_socket_id(), offers_recovery.then(new_socket_id)),
+        };
+        let mut answer = json!({ "sid": id });
+        if let Some(pid) = &pid {
+            answer["pid"] = json!(pid);
+        }
         out.push(Output::Send(Packet {
             kind: Kind::Connect,
             namespace: ns.clone(),
             id: None,
-            data: Some(json!({"sid": id})),
+            data: Some(answer),
             attachments: Vec::new(),
         }));
         let gateway = match app {
             App::Gateway(_) => {
                 if ns == GATEWAY_NAMESPACE {
-                    let hello = api::connected(&id, identity.as_ref(), ctx.now_ms);
+                    let hello = api::connected(&id, identity.as_ref(), now_ms);
                     out.push(Output::Send(Packet::event(&ns, hello, None)));
                 }
                 // Both namespaces keep the identity so its per-user count is released.
-                Some(GatewaySocket::new(identity))
+                let mut g = GatewaySocket::new(identity);
+                for (room, _) in restored.map_or(&[][..], |r| &r.rooms[..]) {
+                    g.rooms.insert(room.clone());
+                    out.push(Output::Join(room.clone()));
+                }
+                Some(g)
             }
             App::Conformance => {
-                let auth = packet.data.unwrap_or_else(|| json!({}));
+                let auth = auth.unwrap_or_else(|| json!({}));
                 out.push(Output::Send(Packet::event(
                     &ns,
                     json!(["auth", auth]),
@@ -299,6 +394,7 @@ impl SocketLayer {
         self.sockets.push(NsSocket {
             namespace: ns.into_boxed_str(),
             id: id.into_boxed_str(),
+            pid: pid.map(String::into_boxed_str),
             gateway,
         });
     }
@@ -371,6 +467,22 @@ impl SocketLayer {
             },
         }
     }
+}
+
+/// The `pid` and `offset` a reconnecting socket.io client sends in its CONNECT payload. A
+/// malformed claim is no claim: the client gets a new session.
+fn recovery_claim(auth: Option<&Value>) -> Option<(Box<str>, Option<Offset>)> {
+    let auth = auth?;
+    let pid = auth
+        .get("pid")?
+        .as_str()
+        .filter(|p| !p.is_empty() && p.len() <= 64)?;
+    let offset = match auth.get("offset") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(o)) => Some(Offset::parse(o)?),
+        Some(_) => return None,
+    };
+    Some((pid.into(), offset))
 }
 
 fn effect_output(ns: &str, fx: Effect) -> Output {

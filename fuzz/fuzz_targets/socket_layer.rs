@@ -16,7 +16,8 @@
 //!   `h`            no handshake token
 //!   `N`            the per-user connection cap flips between admitting and refusing
 //! Settings byte bits: 1 symbol allow-list, 2 max two subscriptions, 4 JWT auth (secret
-//! `fuzz-secret`, leeway 5 s, user claim `sub`), 8 one event per second (burst 2).
+//! `fuzz-secret`, leeway 5 s, user claim `sub`), 8 one event per second (burst 2), 16
+//! connection state recovery (a CONNECT `{"pid":"r…"}` finds a session, any other pid none).
 #![no_main]
 
 #[path = "../common/json.rs"]
@@ -30,6 +31,7 @@ use libfuzzer_sys::fuzz_target;
 use maven_gateway::auth::{Authenticator, KeySource};
 use maven_gateway::codec::socketio::{Kind, Packet};
 use maven_gateway::gateway::GatewaySettings;
+use maven_gateway::recovery::{Offset, Restored};
 use maven_gateway::sockets::{App, Ctx, Output, SocketLayer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -173,8 +175,11 @@ impl Session {
                 *self.admitted.entry(user).or_default() += 1;
             }
         }
-        for o in &out {
-            match o {
+        let mut i = 0;
+        while i < out.len() {
+            let o = out[i].clone();
+            i += 1;
+            match &o {
                 Output::Send(p) => check_sent(p),
                 Output::Join(r) => assert!(self.rooms.insert(r.clone()), "joined {r} twice"),
                 Output::Leave(r) => assert!(self.rooms.remove(r), "left {r} without joining"),
@@ -183,6 +188,20 @@ impl Session {
                     *n.unwrap_or_else(|| panic!("released {user} more often than admitted")) -= 1;
                 }
                 Output::AuthFailed(_) | Output::Close(_) => {}
+                // The driver's lookup: a pid starting with `r` finds a session with one room.
+                Output::Restore { pid, offset } => {
+                    let restored = pid.starts_with('r').then(|| Restored {
+                        sid: "restored-socket-id".into(),
+                        pid: pid.to_string(),
+                        rooms: vec![(Arc::from("trades:BTCUSDT"), Offset::ZERO)],
+                        replay: Vec::new(),
+                        skip_until: *offset,
+                    });
+                    let mut more = Vec::new();
+                    self.layer
+                        .finish_connect(app, self.now_ms, restored.as_ref(), &mut more);
+                    out.extend(more);
+                }
             }
         }
         let reported: HashSet<Arc<str>> = self.layer.rooms().cloned().collect();
@@ -231,6 +250,7 @@ fuzz_target!(|data: &[u8]| {
         settings.message_rate = 1.0;
         settings.message_burst = 2.0;
     }
+    settings.recovery = setting & 16 != 0;
     run(&App::Gateway(Arc::new(settings)), &steps);
     run(&App::Conformance, &steps);
     if setting != 0 {

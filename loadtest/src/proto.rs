@@ -151,11 +151,16 @@ pub fn split_payload(body: &str) -> impl Iterator<Item = &str> {
     body.split(RECORD_SEP).filter(|p| !p.is_empty())
 }
 
-/// The parts of an event the harness reads. Everything else in the payload is skipped.
+/// The parts of an event the harness reads. Everything else in the payload is skipped,
+/// including the recovery offset the gateway appends to lossless events.
 #[derive(Debug, Deserialize)]
 pub struct EventArgs<'a>(
     #[serde(borrow)] pub std::borrow::Cow<'a, str>,
     #[serde(borrow, default)] pub Option<&'a RawValue>,
+    // Only there so a third argument parses.
+    #[allow(dead_code)]
+    #[serde(default)]
+    pub Option<serde::de::IgnoredAny>,
 );
 
 #[derive(Debug, Deserialize, Default)]
@@ -225,8 +230,11 @@ mod tests {
     #[test]
     fn reads_markers() {
         let s = r#"["trade",{"channel":"trades:A","data":{"price":"1","lt_ts":5,"lt_seq":7,"lt_s":2,"x":[1,{"y":2}]},"timestamp":1}]"#;
-        let EventArgs(name, env) = serde_json::from_str(s).unwrap();
+        let EventArgs(name, env, _) = serde_json::from_str(s).unwrap();
         assert_eq!(name, "trade");
+        let with_offset = r#"["trade",{"data":{"lt_seq":1}},"1764000000000-3"]"#;
+        let EventArgs(_, e, _) = serde_json::from_str(with_offset).unwrap();
+        assert!(e.is_some());
         let env: Envelope = serde_json::from_str(env.unwrap().get()).unwrap();
         let m: Marker = serde_json::from_str(env.data.unwrap().get()).unwrap();
         assert_eq!((m.lt_ts, m.lt_seq, m.lt_s), (Some(5), Some(7), Some(2)));

@@ -992,7 +992,8 @@ impl Conn {
     }
 
     fn on_event(&mut self, json: &str, now: u64) {
-        let Ok(proto::EventArgs(name, arg)) = serde_json::from_str::<proto::EventArgs>(json) else {
+        let Ok(proto::EventArgs(name, arg, _)) = serde_json::from_str::<proto::EventArgs>(json)
+        else {
             return;
         };
         match name.as_ref() {

@@ -3,7 +3,11 @@
 //! last id and applies it locally, so throttling, book replicas and fan-out behave the same
 //! everywhere, and an outage loses nothing that reached the stream.
 
+pub mod emitter;
+pub mod sessions;
+
 use crate::ingest::Ingest;
+use crate::recovery::Offset;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::Value as RedisValue;
@@ -107,6 +111,9 @@ impl Cluster {
     /// after an outage it resumes from the last id it applied.
     pub async fn follow(self: Arc<Self>, ingest: Arc<Ingest>, stop: Arc<AtomicBool>) {
         let mut last_id = String::from("0-0");
+        // Set when reading from the start: the first entry read is where the replay log's
+        // knowledge begins (true when the stream restarted and the log must start over).
+        let mut from_start = Some(false);
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
             let mut conn = match self.client.get_multiplexed_async_connection().await {
@@ -125,6 +132,7 @@ impl Cluster {
                     "the stream restarted below our last id; reading it from the start"
                 );
                 last_id = reset;
+                from_start = Some(true);
             }
             self.set_healthy(true, "");
             backoff = Duration::from_millis(100);
@@ -149,9 +157,13 @@ impl Cluster {
                 for key in reply.keys {
                     let mut events = Vec::with_capacity(key.ids.len());
                     for entry in &key.ids {
+                        let id = Offset::parse(&entry.id).unwrap_or_default();
+                        if let Some(restarted) = from_start.take() {
+                            ingest.stream_read_from(id, restarted);
+                        }
                         match entry.map.get("event").map(redis_string) {
                             Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
-                                Ok(v) => events.push(v),
+                                Ok(v) => events.push((id, v)),
                                 Err(e) => {
                                     tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry that is not JSON")
                                 }
@@ -193,7 +205,16 @@ impl Cluster {
             .chunks(2)
             .find(|kv| redis_string(&kv[0]).as_deref() == Some("last-generated-id"))
             .and_then(|kv| redis_string(&kv[1]))?;
-        (parse_id(&newest) < parse_id(last_id)).then(|| "0-0".to_owned())
+        (Offset::parse(&newest) < Offset::parse(last_id)).then(|| "0-0".to_owned())
+    }
+
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
+    /// Where session records of this stream's gateways are kept.
+    pub fn session_prefix(&self) -> String {
+        format!("{}:session:", self.settings.stream_key)
     }
 
     fn set_healthy(&self, ok: bool, why: &str) {
@@ -214,22 +235,5 @@ fn redis_string(v: &RedisValue) -> Option<String> {
         RedisValue::BulkString(b) => String::from_utf8(b.clone()).ok(),
         RedisValue::SimpleString(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_order_numerically() {
-        assert!(parse_id("1700000000000-2") > parse_id("1700000000000-1"));
-        assert!(parse_id("999-5") < parse_id("1000-0"));
-        assert_eq!(parse_id("0-0"), (0, 0));
     }
 }

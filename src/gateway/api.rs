@@ -20,6 +20,8 @@ pub struct GatewaySettings {
     /// Client events per second per connection (token bucket), and the burst allowed.
     pub message_rate: f64,
     pub message_burst: f64,
+    /// Offer connection state recovery on `/ws` (a `pid` in the CONNECT answer).
+    pub recovery: bool,
 }
 
 impl Default for GatewaySettings {
@@ -30,6 +32,7 @@ impl Default for GatewaySettings {
             auth: None,
             token_notice_ms: 60_000,
             message_rate: 50.0,
+            recovery: false,
             message_burst: 100.0,
         }
     }

@@ -7,7 +7,8 @@ pub mod route;
 pub mod server;
 
 use crate::gateway::envelope;
-use crate::market::{Market, MarketCounters, MarketSettings, Publish};
+use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
+use crate::recovery::{LogEntry, Offset, Recovery};
 use crate::shard::{unix_ms, Broadcast, Fanout};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -34,12 +35,19 @@ pub struct Ingest {
     /// Envelopes encoded: one per publish, whatever the number of subscribers.
     encodes: AtomicU64,
     events: AtomicU64,
+    /// Offsets and the replay log, when connection state recovery is on.
+    recovery: Option<Arc<Recovery>>,
 }
 
 impl Ingest {
-    pub fn new(fanout: Fanout, settings: MarketSettings) -> Arc<Ingest> {
+    pub fn new(
+        fanout: Fanout,
+        settings: MarketSettings,
+        recovery: Option<Arc<Recovery>>,
+    ) -> Arc<Ingest> {
         Arc::new(Ingest {
             fanout,
+            recovery,
             market: Mutex::new(Market::new(settings)),
             by_type: Mutex::new(Default::default()),
             encodes: AtomicU64::new(0),
@@ -82,7 +90,7 @@ impl Ingest {
     /// were accepted.
     pub fn submit(&self, events: Vec<Value>) -> Result<usize, IngestError> {
         let typed = Self::parse_all(events)?;
-        self.apply_checked(typed)
+        self.apply_checked(typed.into_iter().map(|e| (e, None)).collect())
     }
 
     fn parse_all(events: Vec<Value>) -> Result<Vec<route::IngestEvent>, IngestError> {
@@ -112,12 +120,12 @@ impl Ingest {
     /// Applies events read back from the cluster stream, in stream order. The stream is the
     /// authority on order, so an event that no longer fits (say, book ids another instance
     /// validated against an older replica) is skipped and counted, never fatal.
-    pub fn apply_stream(&self, events: Vec<Value>) -> usize {
+    pub fn apply_stream(&self, events: Vec<(Offset, Value)>) -> usize {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
-        for ev in events {
+        for (id, ev) in events {
             match route::parse_event(ev) {
-                Ok(t) => typed.push(t),
+                Ok(t) => typed.push((t, Some(id))),
                 Err(e) => {
                     skipped += 1;
                     tracing::warn!(error = %e, "skipping an invalid event from the stream");
@@ -127,9 +135,9 @@ impl Ingest {
         let mut good = Vec::with_capacity(typed.len());
         {
             let market = self.market.lock();
-            for ev in typed {
+            for (ev, id) in typed {
                 match market.validate(std::slice::from_ref(&ev)) {
-                    Ok(()) => good.push(ev),
+                    Ok(()) => good.push((ev, id)),
                     Err((_, e)) => {
                         skipped += 1;
                         tracing::warn!(error = %e, "skipping an out-of-order event from the stream");
@@ -141,46 +149,101 @@ impl Ingest {
         skipped
     }
 
-    fn apply_checked(&self, typed: Vec<route::IngestEvent>) -> Result<usize, IngestError> {
+    /// Cluster mode: the stream is read from `first` on (at start, or after it restarted).
+    pub fn stream_read_from(&self, first: Offset, restarted: bool) {
+        if let Some(r) = &self.recovery {
+            let mut log = r.log();
+            if restarted {
+                log.reset();
+            }
+            log.cover_from(first);
+        }
+    }
+
+    /// Applies validated events; each may carry its stream id, which becomes the offset of
+    /// the lossless event it produces.
+    fn apply_checked(
+        &self,
+        typed: Vec<(route::IngestEvent, Option<Offset>)>,
+    ) -> Result<usize, IngestError> {
         let n = typed.len();
         let now = unix_ms();
         let mut out = Vec::with_capacity(n * 2);
+        let mut offsets = Vec::with_capacity(n * 2);
         {
             let mut market = self.market.lock();
+            let (events, ids): (Vec<_>, Vec<_>) = typed.into_iter().unzip();
             market
-                .validate(&typed)
+                .validate(&events)
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
             let mut by_type = self.by_type.lock();
-            for ev in typed {
+            for (ev, id) in events.into_iter().zip(ids) {
                 *by_type.entry(ev.kind().to_owned()).or_insert(0) += 1;
                 market.apply(ev, now, &mut out);
+                offsets.resize(out.len(), id);
             }
             drop(by_type);
             // Publish inside the lock so batches reach the shards in the order they were
             // applied; encoding is per publish, not per subscriber.
-            self.publish(out, now);
+            self.publish(out, offsets, now);
         }
         self.events.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
-    fn publish(&self, out: Vec<Publish>, now: u64) {
+    /// Encodes and hands a batch to the shards. With recovery on, each delivered lossless
+    /// event gets an offset (its stream id, else the next local one) and goes into the replay
+    /// log before any shard can deliver it.
+    fn publish(&self, out: Vec<Publish>, stream_ids: Vec<Option<Offset>>, now: u64) {
         if out.is_empty() {
             return;
         }
         let created = std::time::Instant::now();
+        let recovery = self.recovery.as_deref();
+        let local =
+            recovery.is_some_and(|r| matches!(r.store, crate::recovery::SessionStore::Memory(_)));
+        let mut logged = Vec::new();
         let batch: Vec<Broadcast> = out
             .into_iter()
-            .map(|p| Broadcast {
-                message: envelope::encode_payload(&p.event, &p.room, &p.data, now),
-                room: p.room,
-                class: p.class,
-                deliver: p.deliver,
-                retain: p.retain,
-                book: p.book,
-                created,
+            .zip(stream_ids.into_iter().chain(std::iter::repeat(None)))
+            .map(|(p, id)| {
+                let offset = match (recovery, p.class, p.deliver) {
+                    (Some(r), StreamClass::Lossless, true) => {
+                        if local {
+                            Some(r.next_local_offset())
+                        } else {
+                            id
+                        }
+                    }
+                    _ => None,
+                };
+                let message = envelope::encode_payload_at(&p.event, &p.room, &p.data, now, offset);
+                if let Some(offset) = offset {
+                    logged.push(LogEntry {
+                        offset,
+                        room: p.room.clone(),
+                        message: message.clone(),
+                        at_ms: now,
+                    });
+                }
+                Broadcast {
+                    message,
+                    room: p.room,
+                    class: p.class,
+                    deliver: p.deliver,
+                    retain: p.retain,
+                    book: p.book,
+                    created,
+                    offset,
+                }
             })
             .collect();
+        if let (Some(r), false) = (recovery, logged.is_empty()) {
+            let mut log = r.log();
+            for e in logged {
+                log.push(e);
+            }
+        }
         self.encodes.fetch_add(batch.len() as u64, Relaxed);
         self.fanout.publish(batch);
     }
@@ -193,7 +256,7 @@ impl Ingest {
                 let mut market = self.market.lock();
                 let mut out = Vec::new();
                 market.poll(now, &mut out);
-                self.publish(out, now);
+                self.publish(out, Vec::new(), now);
                 market
                     .next_deadline()
                     .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::fmt::Error;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 struct GatewayCollector {
@@ -233,6 +234,48 @@ impl Collector for GatewayCollector {
             "gateway_broadcasts_encoded",
             "Envelopes encoded (one per publish, whatever the subscribers)",
             vec![(Labels::new(), ConstCounter::new(self.ingest.encodes()))],
+        )?;
+
+        if let Some(r) = &self.shared.recovery {
+            let c = &r.counters;
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+            family(
+                &mut enc,
+                "gateway_recovery_attempts",
+                "Reconnections presenting a recovery session, by outcome (refused: unknown, expired, another user's, or older than the replay log)",
+                vec![
+                    (vec![("outcome", "recovered".into())], ConstCounter::new(load(&c.recovered))),
+                    (vec![("outcome", "refused".into())], ConstCounter::new(load(&c.refused))),
+                ],
+            )?;
+            family(
+                &mut enc,
+                "gateway_recovery_replayed_events",
+                "Missed lossless events sent to recovered sockets",
+                vec![(Labels::new(), ConstCounter::new(load(&c.replayed_events)))],
+            )?;
+            family(
+                &mut enc,
+                "gateway_recovery_log_events",
+                "Lossless events held for recovery replays",
+                vec![(Labels::new(), ConstGauge::new(r.log().len() as i64))],
+            )?;
+        }
+        let em = &self.shared.emitter;
+        family(
+            &mut enc,
+            "gateway_emitter_packets",
+            "socket.io Redis emitter packets, by outcome",
+            vec![
+                (
+                    vec![("outcome", "delivered".into())],
+                    ConstCounter::new(em.delivered.load(Relaxed)),
+                ),
+                (
+                    vec![("outcome", "refused".into())],
+                    ConstCounter::new(em.refused.load(Relaxed)),
+                ),
+            ],
         )?;
 
         let mut f = enc.encode_descriptor(

@@ -10,6 +10,7 @@ use crate::codec::WireMessage;
 use crate::gateway::envelope;
 use crate::limits::Refusal;
 use crate::market::Payload;
+use crate::recovery::Offset;
 use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
 use crate::session::sid::new_sid;
 use crate::sockets::{App, Ctx, Output, SocketLayer};
@@ -55,6 +56,8 @@ impl Shard {
             ip,
             handshake_token,
             socket_timer: None,
+            joined: Vec::new(),
+            skip_until: None,
         });
         self.sids.insert(sid.into_boxed_str(), s);
         if is_ws {
@@ -225,8 +228,10 @@ impl Shard {
         self.close_session(s, reason, true);
     }
 
-    fn apply_outputs(&mut self, s: usize, outputs: Vec<Output>) {
+    pub(super) fn apply_outputs(&mut self, s: usize, outputs: Vec<Output>) {
         let mut joined = Vec::new();
+        let tracks_rooms = self.shared.recovery.is_some();
+        let mut rooms_changed = false;
         for o in outputs {
             if !self.sessions.contains(s) {
                 return;
@@ -247,11 +252,28 @@ impl Shard {
                         });
                         joined.push(m.clone());
                     }
+                    if tracks_rooms {
+                        let at = self.last_offset.unwrap_or(Offset::ZERO);
+                        let session = &mut self.sessions[s];
+                        if !session.joined.iter().any(|(r, _)| *r == room) {
+                            session.joined.push((room.clone(), at));
+                        }
+                        rooms_changed = true;
+                    }
                     self.rooms.join(room, s);
                 }
                 Output::Leave(room) => {
+                    if tracks_rooms {
+                        self.sessions[s].joined.retain(|(r, _)| *r != room);
+                        rooms_changed = true;
+                    }
                     self.sessions[s].owed.retain(|r| *r != room);
                     self.rooms.leave(&room, s);
+                }
+                Output::Restore { pid, offset } => {
+                    // Completes later (possibly at once) through `finish_restore`.
+                    self.start_restore(s, pid, offset);
+                    rooms_changed = true;
                 }
                 Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
                 Output::AuthFailed(reason) => {
@@ -261,6 +283,12 @@ impl Shard {
                 }
                 Output::Close(reason) => self.protocol_error(s, reason),
             }
+        }
+        if !self.sessions.contains(s) {
+            return;
+        }
+        if rooms_changed {
+            self.persist(s, false);
         }
         self.arm_socket_timer(s);
         // A new subscriber gets the room's latest value right after its answer.
@@ -397,6 +425,12 @@ impl Shard {
     /// Ends a session: leaves its rooms, tells the client when `notify`, releases its
     /// connections and forgets its id.
     pub(super) fn close_session(&mut self, s: usize, reason: &str, notify: bool) {
+        if !self.sessions.contains(s) {
+            return;
+        }
+        if super::recovery::recoverable(reason) {
+            self.persist(s, true);
+        }
         let Some(session) = self.sessions.try_remove(s) else {
             return;
         };

@@ -4,6 +4,7 @@
 use crate::codec::WireMessage;
 use crate::market::book::BookView;
 use crate::market::StreamClass;
+use crate::recovery::{Offset, RestoreTicket, SessionRecord};
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Broadcast {
     pub book: Option<Arc<BookView>>,
     /// When ingest handed it over, for the fan-out latency histogram.
     pub created: std::time::Instant,
+    /// Its recovery offset (lossless events, with recovery on).
+    pub offset: Option<Offset>,
 }
 
 pub enum ShardMsg {
@@ -32,6 +35,13 @@ pub enum ShardMsg {
         buffered: BytesMut,
     },
     Shutdown,
+    /// A socket.io Redis emitter packet for rooms of `/ws`.
+    Emit(Arc<crate::cluster::emitter::Emit>),
+    /// The answer to a session lookup that had to go to Redis.
+    Restored {
+        ticket: RestoreTicket,
+        record: Option<SessionRecord>,
+    },
     /// Graceful drain: tell every client `server.shutdown`, write what is queued, then close
     /// everything by `deadline`.
     Drain {
@@ -80,6 +90,14 @@ impl Fanout {
         for s in self.shards.iter() {
             s.send(ShardMsg::Shutdown);
         }
+    }
+
+    pub(crate) fn each(&self, f: impl Fn(&ShardHandle)) {
+        self.shards.iter().for_each(f);
+    }
+
+    pub fn shard(&self, i: usize) -> Option<&ShardHandle> {
+        self.shards.get(i)
     }
 
     pub fn drain(&self, reconnect_after_ms: u64, deadline: std::time::Instant) {

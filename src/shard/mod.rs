@@ -5,10 +5,12 @@
 //! owner.
 
 mod conn;
+mod emit;
 mod engine;
 mod handle;
 mod http;
 pub mod outbound;
+mod recovery;
 mod rooms;
 mod stats;
 mod timers;
@@ -22,6 +24,7 @@ use crate::codec::WireMessage;
 use crate::limits::{LimitSettings, Limits};
 use crate::market::book::BookView;
 use crate::market::StreamClass;
+use crate::recovery::{Offset, Recovery};
 use crate::session::heartbeat::Heartbeat;
 use crate::sockets::{App, SocketLayer};
 use bytes::{Bytes, BytesMut};
@@ -84,6 +87,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// False while the cluster stream is unreachable (always true standalone).
     pub upstream_ok: Arc<AtomicBool>,
+    /// Connection state recovery, when on.
+    pub recovery: Option<Arc<Recovery>>,
+    /// Socket.io Redis emitter packets seen (cluster mode).
+    pub emitter: Arc<crate::cluster::emitter::EmitterCounters>,
 }
 
 impl Shared {
@@ -94,6 +101,8 @@ impl Shared {
             auth_failures: Default::default(),
             draining: AtomicBool::new(false),
             upstream_ok: Arc::new(AtomicBool::new(true)),
+            recovery: None,
+            emitter: Default::default(),
         }
     }
 }
@@ -125,6 +134,10 @@ struct Session {
     handshake_token: Option<Box<str>>,
     /// The socket-layer deadline a timer is armed for.
     socket_timer: Option<u64>,
+    /// With recovery on: each room and the offset this shard had delivered when it was joined.
+    joined: Vec<(Arc<str>, Offset)>,
+    /// A recovered client already has lossless events up to here (see `recovery::Restored`).
+    skip_until: Option<Offset>,
 }
 
 pub struct Shard {
@@ -159,6 +172,10 @@ pub struct Shard {
     shutting_down: bool,
     /// Set while draining: the instant by which everything is closed.
     drain_deadline: Option<Instant>,
+    /// The newest recovery offset this shard has delivered.
+    last_offset: Option<Offset>,
+    /// When live recovery records were last rewritten.
+    last_refresh: Instant,
 }
 
 /// Binds `addr` with `SO_REUSEPORT` so every shard can own a listener on the same port.
@@ -243,6 +260,8 @@ impl Reactor {
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 shutting_down: false,
                 drain_deadline: None,
+                last_offset: None,
+                last_refresh: Instant::now(),
             };
             shard
                 .poll
@@ -335,6 +354,7 @@ impl Shard {
                 self.latency.record(created.elapsed());
             }
             self.publish_stats();
+            self.refresh_records();
             if self.drain_deadline.is_some() {
                 self.drain_step();
             }
@@ -415,6 +435,8 @@ impl Shard {
                     self.add_conn(TcpStream::from_std(stream), buffered);
                 }
                 Ok(ShardMsg::Shutdown) => self.shutdown(),
+                Ok(ShardMsg::Restored { ticket, record }) => self.on_restored(ticket, record),
+                Ok(ShardMsg::Emit(emit)) => self.deliver_emit(&emit),
                 Ok(ShardMsg::Drain {
                     reconnect_after_ms,
                     deadline,
@@ -446,6 +468,9 @@ impl Shard {
             if let Some(view) = &b.book {
                 self.books.insert(b.room.clone(), (view.clone(), None));
             }
+            if b.offset.is_some() {
+                self.last_offset = b.offset.max(self.last_offset);
+            }
             if !b.deliver {
                 continue;
             }
@@ -459,6 +484,11 @@ impl Shard {
                 let Some(session) = self.sessions.get_mut(s) else {
                     continue;
                 };
+                if let (Some(skip), Some(offset)) = (session.skip_until, b.offset) {
+                    if offset <= skip {
+                        continue;
+                    }
+                }
                 let (queue, data) = match session.transport {
                     Transport::WebSocket(c) => {
                         let Some(conn) = self.conns.get_mut(c) else {

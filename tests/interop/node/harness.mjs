@@ -2,7 +2,9 @@
 // conformance example on free loopback ports, waits until they serve, and
 // always kills them again (SIGTERM on stop(), SIGKILL at process exit as a
 // last resort).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -316,3 +318,42 @@ export async function startConformance({ readyTimeoutMs = 20000 } = {}) {
     },
   };
 }
+
+// ---------------------------------------------------------------------------
+// redis-server (cluster-mode tests)
+// ---------------------------------------------------------------------------
+
+export const haveRedis = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).status === 0;
+
+/** A throwaway redis-server on a free port (no persistence). */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'recovery-redis-'));
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  });
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, HOST, () => {
+        c.write('PING\r\n');
+      });
+      c.on('data', (d) => {
+        c.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+      c.on('error', () => resolve(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error('redis-server did not start');
+    await sleep(50);
+  }
+  return {
+    url: `redis://${HOST}:${port}`,
+    stop: () => {
+      proc.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+

@@ -216,12 +216,19 @@ class Recorder:
     def __init__(self):
         self.events = []
         self.times = []  # time.monotonic() of each entry of self.events
+        self.offsets = []  # the recovery offset of each entry of self.events, or None
         self.cond = threading.Condition()
 
     def __call__(self, event, *args):
+        # With connection state recovery on (the default), lossless events (trades, private
+        # events) carry their offset as a last string argument after the payload.
+        offset = None
+        if len(args) == 2 and isinstance(args[0], dict) and isinstance(args[1], str):
+            args, offset = args[:1], args[1]
         with self.cond:
             self.events.append((event, args[0] if len(args) == 1 else (args or None)))
             self.times.append(time.monotonic())
+            self.offsets.append(offset)
             self.cond.notify_all()
 
     def timed(self, name):

@@ -228,6 +228,18 @@ def test_publish_on_one_instance_reaches_every_instance_once(cluster, redis, mad
     for who, rec in subs.items():
         assert seqs(rec, sym) == [1, 2], f"{who}: want each trade exactly once, got {rec.named('trade')}"
 
+    # Connection state recovery: each trade carries its stream id as a last argument (the
+    # offset), the same on every instance; a python-socketio handler receives it as a
+    # second argument.
+    tokens = set(redis.cli("XRANGE", STREAM, "-", "+").split())
+    as_id = lambda o: tuple(int(x) for x in o.split("-"))
+    for who, rec in subs.items():
+        with rec.cond:
+            offsets = [o for (e, d), o in zip(rec.events, rec.offsets)
+                       if e == "trade" and d["channel"] == room]
+        assert offsets[1] == xid, f"{who}: offsets {offsets}, stream id of trade 2 {xid}"
+        assert offsets[0] in tokens and as_id(offsets[0]) < as_id(offsets[1]), (who, offsets)
+
 
 # ---- 2. private events across instances ----------------------------------------------------------
 

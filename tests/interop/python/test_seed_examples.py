@@ -39,7 +39,9 @@ def test_seed_public_channels_example(demo_gateway, transports):
     socket = socketio.Client()
 
     def keep(event):
-        def handler(message):
+        # Trades carry their recovery offset as a second argument (socket.io's connection
+        # state recovery); a python handler takes it, or ignores it as here.
+        def handler(message, offset=None):
             with lock:
                 received.setdefault(event, message)
                 if len(received) == len(EXPECTED):

@@ -1,0 +1,46 @@
+//! Delivery of socket.io Redis emitter packets: to the union of the named rooms (each socket
+//! once, as socket.io does), or to every `/ws` socket, minus the `except` rooms.
+
+use super::Shard;
+use crate::cluster::emitter::Emit;
+use crate::gateway::envelope::GATEWAY_NAMESPACE;
+use std::collections::HashSet;
+
+impl Shard {
+    pub(super) fn deliver_emit(&mut self, emit: &Emit) {
+        let mut targets: Vec<usize> = if emit.rooms.is_empty() {
+            self.sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.sockets
+                        .sockets
+                        .iter()
+                        .any(|n| &*n.namespace == GATEWAY_NAMESPACE)
+                })
+                .map(|(k, _)| k)
+                .collect()
+        } else {
+            emit.rooms
+                .iter()
+                .filter_map(|r| self.rooms.get(r))
+                .flat_map(|r| r.members.iter().copied())
+                .collect()
+        };
+        targets.sort_unstable();
+        targets.dedup();
+        if !emit.except.is_empty() {
+            let excluded: HashSet<usize> = emit
+                .except
+                .iter()
+                .filter_map(|r| self.rooms.get(r))
+                .flat_map(|r| r.members.iter().copied())
+                .collect();
+            targets.retain(|s| !excluded.contains(s));
+        }
+        for s in targets {
+            if self.sessions.contains(s) {
+                self.send_wire(s, &emit.message);
+            }
+        }
+    }
+}
