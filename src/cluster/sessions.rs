@@ -18,10 +18,16 @@ pub async fn serve(
     shards: Fanout,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
+    // Warn once per outage, not once per batch.
+    let mut warned = false;
     let mut ops = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut ops, MAX_PIPELINE).await > 0 {
         if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
+            // Bounded: a CONNECT waiting for its lookup must not wait on a dead network.
+            conn = tokio::time::timeout(LOOKUP_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         // Saves first: a record saved at a close may be asked for by the same client's
         // reconnection in the same batch.
@@ -44,21 +50,36 @@ pub async fn serve(
             }
         }
         if save_count > 0 {
-            if let Some(c) = conn.as_mut() {
-                if let Err(e) = saves.query_async::<()>(c).await {
-                    tracing::warn!(error = %e, records = save_count, "cannot save session records");
-                    conn = None;
+            let saved = match conn.as_mut() {
+                Some(c) => {
+                    match tokio::time::timeout(LOOKUP_TIMEOUT, saves.query_async::<()>(c)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("timed out".to_owned()),
+                    }
                 }
-            } else {
-                tracing::warn!(
-                    records = save_count,
-                    "redis unreachable; session records not saved"
-                );
+                None => Err("redis unreachable".to_owned()),
+            };
+            match saved {
+                Ok(()) => warned = false,
+                Err(e) => {
+                    conn = None;
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "cannot save session records; clients may not recover until redis is back");
+                    }
+                }
             }
         }
         for ticket in takes {
             let record = match conn.as_mut() {
-                Some(c) => take(c, &format!("{prefix}{}", ticket.pid)).await,
+                Some(c) => match take(c, &format!("{prefix}{}", ticket.pid)).await {
+                    Ok(r) => r,
+                    Err(()) => {
+                        conn = None;
+                        None
+                    }
+                },
                 None => None,
             };
             if let Some(shard) = shards.shard(ticket.shard) {
@@ -68,8 +89,9 @@ pub async fn serve(
     }
 }
 
-/// A lookup that fails for any reason is a new session for the client, never an error.
-async fn take(conn: &mut MultiplexedConnection, key: &str) -> Option<SessionRecord> {
+/// A failed lookup is a new session for the client, never an error for it; `Err` says the
+/// connection should be replaced.
+async fn take(conn: &mut MultiplexedConnection, key: &str) -> Result<Option<SessionRecord>, ()> {
     let got = tokio::time::timeout(
         LOOKUP_TIMEOUT,
         redis::cmd("GETDEL")
@@ -78,15 +100,15 @@ async fn take(conn: &mut MultiplexedConnection, key: &str) -> Option<SessionReco
     )
     .await;
     match got {
-        Ok(Ok(Some(bytes))) => SessionRecord::from_json(&bytes),
-        Ok(Ok(None)) => None,
+        Ok(Ok(Some(bytes))) => Ok(SessionRecord::from_json(&bytes)),
+        Ok(Ok(None)) => Ok(None),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "session lookup failed; the client gets a new session");
-            None
+            Err(())
         }
         Err(_) => {
             tracing::warn!("session lookup timed out; the client gets a new session");
-            None
+            Err(())
         }
     }
 }
