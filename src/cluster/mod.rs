@@ -134,6 +134,18 @@ impl Cluster {
                 last_id = reset;
                 from_start = Some(true);
             }
+            if let Some(restarted) = from_start {
+                // An empty stream: every event from now on will be read, so the replay log
+                // covers everything (otherwise it covers from the first entry read).
+                let len: Result<u64, _> = redis::cmd("XLEN")
+                    .arg(&self.settings.stream_key)
+                    .query_async(&mut conn)
+                    .await;
+                if len == Ok(0) {
+                    ingest.stream_read_from(Offset::ZERO, restarted);
+                    from_start = None;
+                }
+            }
             self.set_healthy(true, "");
             backoff = Duration::from_millis(100);
             while !stop.load(Ordering::Relaxed) {

@@ -86,6 +86,13 @@ impl Recovery {
         }
     }
 
+    /// The offset every event of this process comes after, when known from the start
+    /// (standalone); shards count their sockets' rooms as joined from here until they deliver
+    /// an event.
+    pub fn origin(&self) -> Option<Offset> {
+        matches!(self.store, SessionStore::Memory(_)).then(|| Offset::new(self.boot_ms, 0))
+    }
+
     /// The next standalone offset (called in publish order, under the market lock).
     pub fn next_local_offset(&self) -> Offset {
         Offset::new(self.boot_ms, self.next_seq.fetch_add(1, Relaxed))

@@ -260,7 +260,7 @@ impl Reactor {
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 shutting_down: false,
                 drain_deadline: None,
-                last_offset: None,
+                last_offset: shared.recovery.as_ref().and_then(|r| r.origin()),
                 last_refresh: Instant::now(),
             };
             shard

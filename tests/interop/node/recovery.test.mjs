@@ -175,6 +175,21 @@ describe('connection state recovery (standalone)', T, () => {
     });
   }
 
+  it('owes a client that got nothing before it dropped everything since it subscribed', async () => {
+    const s = sym();
+    const { socket, rec } = client(lb.url, { transports: ['websocket'] });
+    await once(socket, 'connect');
+    await subscribe(socket, { channel: 'trades', symbol: s });
+    cutConnection();
+    await once(socket, 'disconnect');
+    await ingestOk(gw, [1, 2, 3, 4, 5].map((i) => trade(s, i)));
+    await once(socket, 'connect', 10000);
+    assert.equal(socket.recovered, true);
+    await waitFor(() => seqs(rec, 'trade').length === 5, 5000, 'the missed trades');
+    await sleep(200);
+    assert.deepEqual(seqs(rec, 'trade'), [1, 2, 3, 4, 5]);
+  });
+
   it('sends a fresh ticker and order book on recovery', async () => {
     const s = sym();
     const { socket, rec } = client(lb.url, { transports: ['websocket'] });
@@ -317,17 +332,21 @@ describe('connection state recovery across instances', { ...T, skip: !haveRedis 
     for (const c of clients) {
       await waitFor(() => seqs(c.rec, 'trade').length === 1 && seqs(c.rec, 'order.filled').length === 1, 5000, `${c.user}: first events`);
     }
+    // Fay subscribes now and gets nothing before A dies: she is owed everything after.
+    const fay = client(lb.url, { transports: ['websocket'], auth: { token: sign('fay') } });
+    await once(fay.socket, 'connect');
+    await subscribe(fay.socket, { channel: 'trades', symbol: s });
     // A dies without a goodbye; the balancer sends new connections to B.
     lb.to(gws[1].port);
     gws[0].child.proc.kill('SIGKILL');
-    await Promise.all(clients.map((c) => once(c.socket, 'disconnect')));
+    await Promise.all([...clients, fay].map((c) => once(c.socket, 'disconnect')));
     const events = [];
     for (let i = 2; i <= 40; i++) {
       events.push(trade(s, i));
       if (i % 4 === 0) events.push(order('dave', i), order('erin', i));
     }
     await ingestOk(gws[2], events);
-    await Promise.all(clients.map((c) => once(c.socket, 'connect', 15000)));
+    await Promise.all([...clients, fay].map((c) => once(c.socket, 'connect', 15000)));
     await ingestOk(gws[2], [trade(s, 41), order('dave', 41), order('erin', 41)]);
     const wantTrades = Array.from({ length: 41 }, (_, i) => i + 1);
     const wantOrders = [1, ...Array.from({ length: 10 }, (_, i) => (i + 1) * 4), 41];
@@ -339,5 +358,8 @@ describe('connection state recovery across instances', { ...T, skip: !haveRedis 
       assert.deepEqual(seqs(c.rec, 'order.filled'), wantOrders, `${c.user}: every private event once, in order`);
       for (const o of c.rec.since(0, 'order.filled')) assert.equal(o.args[0].channel, `user:${c.user}:orders`);
     }
+    assert.equal(fay.socket.recovered, true, 'fay: socket.recovered');
+    await waitFor(() => seqs(fay.rec, 'trade').includes(41), 8000, 'fay: live trades');
+    assert.deepEqual(seqs(fay.rec, 'trade'), wantTrades.slice(1), 'fay: every trade since she subscribed');
   });
 });
