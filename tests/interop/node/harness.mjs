@@ -357,3 +357,49 @@ export async function startRedis() {
   };
 }
 
+// ---------------------------------------------------------------------------
+// a TCP load balancer on loopback (recovery tests)
+// ---------------------------------------------------------------------------
+
+/**
+ * Forwards each new connection to the current backend port. `to(port)` switches backends,
+ * `cutAll()` cuts every open connection as a network failure would, `pause(true)` refuses new
+ * connections until `pause(false)`.
+ */
+export async function startBalancer(backendPort) {
+  let backend = backendPort;
+  let paused = false;
+  const open = new Set();
+  const server = net.createServer((inbound) => {
+    if (paused) return inbound.destroy();
+    const out = net.connect(backend, HOST);
+    open.add(inbound);
+    inbound.pipe(out).pipe(inbound);
+    const end = () => {
+      inbound.destroy();
+      out.destroy();
+      open.delete(inbound);
+    };
+    for (const s of [inbound, out]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+  });
+  await new Promise((r) => server.listen(0, HOST, r));
+  return {
+    url: `http://${HOST}:${server.address().port}`,
+    to: (port) => {
+      backend = port;
+    },
+    cutAll: () => {
+      for (const s of open) s.destroy();
+    },
+    pause: (p) => {
+      paused = p;
+    },
+    close: () => {
+      for (const s of open) s.destroy();
+      server.close();
+    },
+  };
+}

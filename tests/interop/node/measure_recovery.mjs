@@ -4,43 +4,15 @@
 // trade is taken, N = 1,000 / 10,000 / 50,000, three runs each (median printed).
 //
 //   GATEWAY_BIN=target/release/maven-gateway node tests/interop/node/measure_recovery.mjs
-import net from 'node:net';
 import { io } from 'socket.io-client';
-import { startGateway, HOST } from './harness.mjs';
+import { startGateway, startBalancer } from './harness.mjs';
 
 const BATCH = 1000;
-
-async function balancer(port) {
-  const open = new Set();
-  let paused = false;
-  const server = net.createServer((a) => {
-    if (paused) return a.destroy();
-    const b = net.connect(port, HOST);
-    open.add(a);
-    a.pipe(b).pipe(a);
-    const end = () => {
-      a.destroy();
-      b.destroy();
-      open.delete(a);
-    };
-    for (const s of [a, b]) {
-      s.on('error', end);
-      s.on('close', end);
-    }
-  });
-  await new Promise((r) => server.listen(0, HOST, r));
-  return {
-    url: `http://${HOST}:${server.address().port}`,
-    cut: () => open.forEach((s) => s.destroy()),
-    pause: (p) => (paused = p),
-    close: () => server.close(),
-  };
-}
 
 const once = (s, ev) => new Promise((r) => s.once(ev, r));
 
 async function run(gw, n, tag) {
-  const lb = await balancer(gw.port);
+  const lb = await startBalancer(gw.port);
   const symbol = `MR${tag}`;
   const socket = io(`${lb.url}/ws`, {
     forceNew: true,
@@ -60,7 +32,7 @@ async function run(gw, n, tag) {
   });
   // Keep the client away (its reconnection attempts fail) while the trades go in.
   lb.pause(true);
-  lb.cut();
+  lb.cutAll();
   await once(socket, 'disconnect');
   for (let i = 1; i <= n; i += BATCH) {
     const events = [];

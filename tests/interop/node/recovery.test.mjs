@@ -8,10 +8,10 @@
 // a redis-server started here.
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
 import jwt from 'jsonwebtoken';
+import { createClient } from 'redis';
 import { io } from 'socket.io-client';
-import { startGateway, startRedis, haveRedis, sleep, HOST } from './harness.mjs';
+import { startGateway, startRedis, startBalancer, haveRedis, sleep } from './harness.mjs';
 import { Recorder, closeAllClients, emitAck } from './clients.mjs';
 
 const T = { timeout: 60000 };
@@ -66,46 +66,10 @@ async function ingestOk(gw, events) {
   assert.equal(res.status, 202, `ingest answered ${res.status} ${res.text}`);
 }
 
-/** A TCP load balancer: new connections go to the current backend; `to(port)` switches. */
-async function startBalancer(backendPort) {
-  let backend = backendPort;
-  const open = new Set();
-  const server = net.createServer((inbound) => {
-    const out = net.connect(backend, HOST);
-    open.add(inbound);
-    inbound.pipe(out).pipe(inbound);
-    const end = () => {
-      inbound.destroy();
-      out.destroy();
-      open.delete(inbound);
-    };
-    inbound.on('error', end);
-    out.on('error', end);
-    inbound.on('close', end);
-    out.on('close', end);
-  });
-  await new Promise((r) => server.listen(0, HOST, r));
-  return {
-    url: `http://${HOST}:${server.address().port}`,
-    to: (port) => {
-      backend = port;
-    },
-    /** Cuts every connection through it, as a network failure would. */
-    cutAll: () => {
-      for (const s of open) s.destroy();
-    },
-    close: () => {
-      for (const s of open) s.destroy();
-      server.close();
-    },
-  };
-}
-
-
 async function waitFor(pred, timeout, what) {
   const deadline = Date.now() + timeout;
   for (;;) {
-    const v = pred();
+    const v = await pred();
     if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
@@ -303,15 +267,19 @@ describe('connection state recovery limits', T, () => {
 /** A TCP load balancer: new connections go to the current backend; `to(port)` switches. */
 describe('connection state recovery across instances', { ...T, skip: !haveRedis && 'redis-server not installed' }, () => {
   let redis;
+  let rc;
   let gws = [];
   let lb;
   before(async () => {
     redis = await startRedis();
+    rc = createClient({ url: redis.url });
+    await rc.connect();
     for (let i = 0; i < 3; i++) gws.push(await startGateway(['--redis', redis.url, '--jwt-secret', SECRET]));
     lb = await startBalancer(gws[0].port);
   });
   after(async () => {
     lb.close();
+    await rc.quit().catch(() => {});
     for (const g of gws) await g.stop({ accept: () => true }).catch(() => {});
     redis.stop();
   });
@@ -336,6 +304,10 @@ describe('connection state recovery across instances', { ...T, skip: !haveRedis 
     const fay = client(lb.url, { transports: ['websocket'], auth: { token: sign('fay') } });
     await once(fay.socket, 'connect');
     await subscribe(fay.socket, { channel: 'trades', symbol: s });
+    // Session records are written asynchronously, within milliseconds: an instance killed
+    // sooner than that after a subscribe loses it. Wait for it, as the test is about the kill.
+    const key = `gateway:events:session:${fay.socket._pid}`;
+    await waitFor(async () => ((await rc.get(key)) || '').includes(`trades:${s}`), 5000, "fay's session record");
     // A dies without a goodbye; the balancer sends new connections to B.
     lb.to(gws[1].port);
     gws[0].child.proc.kill('SIGKILL');
