@@ -61,7 +61,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 45_000)]
     pub connect_timeout_ms: u64,
 
-    /// Close TCP connections that have not completed a request within this many milliseconds.
+    /// Close TCP connections that have not completed a request head within this many
+    /// milliseconds: the first request, and each next one on a kept-alive HTTP connection.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 

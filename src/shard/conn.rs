@@ -49,6 +49,10 @@ pub struct Conn {
     /// Close once the outbound queue is written.
     pub closing: bool,
     pub requests: u32,
+    /// `requests` when the idle deadline was last set: a connection still at that count and
+    /// between requests at the deadline is closed (slow first requests, idle keep-alive).
+    pub idle_requests: u32,
+    pub idle_deadline: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -63,6 +67,8 @@ impl Conn {
             dirty: false,
             closing: false,
             requests: 0,
+            idle_requests: 0,
+            idle_deadline: None,
         }
     }
 

@@ -430,6 +430,10 @@ impl Shard {
             conn.closing = true;
         }
         self.mark_dirty(c);
+        if keep_alive {
+            // A kept-alive connection gets the same time for its next request as the first.
+            self.arm_idle_timer(c);
+        }
     }
 
     fn respond_and_close(&mut self, c: usize, bytes: Bytes) {

@@ -414,17 +414,29 @@ impl Shard {
         conn.inbuf = buffered;
         entry.insert(conn);
         self.counters.tcp_connections += 1;
-        self.timers.schedule(
-            self.now + self.settings.handshake_timeout,
-            Timer {
-                kind: TimerKind::HandshakeTimeout,
-                index: key,
-                generation,
-            },
-        );
+        self.arm_idle_timer(key);
         if !self.conns[key].inbuf.is_empty() {
             self.process_input(key);
         }
+    }
+
+    /// Gives connection `c` until the handshake timeout to complete its next request head.
+    fn arm_idle_timer(&mut self, c: usize) {
+        let Some(conn) = self.conns.get_mut(c) else {
+            return;
+        };
+        let at = self.now + self.settings.handshake_timeout;
+        conn.idle_requests = conn.requests;
+        conn.idle_deadline = Some(at);
+        let generation = conn.generation;
+        self.timers.schedule(
+            at,
+            Timer {
+                kind: TimerKind::HandshakeTimeout,
+                index: c,
+                generation,
+            },
+        );
     }
 
     fn drain_messages(&mut self) {
@@ -667,7 +679,8 @@ impl Shard {
                         continue;
                     };
                     if conn.generation == t.generation
-                        && conn.requests == 0
+                        && conn.requests == conn.idle_requests
+                        && conn.idle_deadline.is_some_and(|d| self.now >= d)
                         && matches!(
                             conn.role,
                             conn::Role::Http(conn::HttpState::Head | conn::HttpState::Body { .. })

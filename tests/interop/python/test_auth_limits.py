@@ -1111,6 +1111,60 @@ def test_slowloris(gateway_factory, made):
     check_alive(gw)
 
 
+def _health_on(c):
+    """GET /health on kept-alive connection c; True when a whole 200 answer came back."""
+    if not c.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        return False
+    data = b""
+    deadline = time.monotonic() + 3
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")]
+            if lengths and len(body) >= lengths[0]:
+                return head.startswith(b"HTTP/1.1 200")
+        r, _, _ = select.select([c.sock], [], [], max(0.0, deadline - time.monotonic()))
+        if not r:
+            return False
+        try:
+            chunk = c.sock.recv(65536)
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        data += chunk
+
+
+def test_idle_keep_alive_connection_is_closed(gateway_factory, made):
+    """The handshake timeout applies to each next request on a kept-alive HTTP connection too:
+    one that answered a request and then sits idle is closed; one that keeps asking stays."""
+    gw = gateway_factory("--handshake-timeout-ms", "1000")
+    idle = Conn(gw.port, timeout=5)
+    busy = Conn(gw.port, timeout=5)
+    try:
+        assert _health_on(idle) and _health_on(busy)
+        t0 = time.monotonic()
+        closed_after = None
+        while time.monotonic() - t0 < 3.0:
+            # busy: a request every 400 ms, each within the timeout of the previous answer
+            assert _health_on(busy), f"kept-alive connection in use closed after {time.monotonic() - t0:.2f}s"
+            r, _, _ = select.select([idle.sock], [], [], 0.4)
+            if r and closed_after is None:
+                try:
+                    data = idle.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    closed_after = time.monotonic() - t0
+        assert closed_after is not None, "an idle kept-alive connection stayed open past 3 s"
+        assert 0.7 <= closed_after <= 2.3, f"idle connection closed after {closed_after:.2f}s (timeout 1 s)"
+    finally:
+        idle.close()
+        busy.close()
+    check_alive(gw)
+
+
 def test_trust_proxy(gateway_factory, made):
     gw = gateway_factory("--trust-proxy", "--max-connections-per-ip", "1")
     xff = lambda v: {"X-Forwarded-For": v}  # noqa: E731
