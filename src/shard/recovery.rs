@@ -66,7 +66,13 @@ impl Shard {
                     offset,
                     &rec.log(),
                     self.last_offset,
-                );
+                )
+                // A gap bigger than the outbound hard limit would get the client dropped as a
+                // slow consumer mid-replay: a new session instead, never a partial replay.
+                .filter(|p| {
+                    p.replay.iter().map(|m| m.len()).sum::<usize>()
+                        <= self.settings.outbound_hard_limit
+                });
                 let counter = if plan.is_some() {
                     &rec.counters.recovered
                 } else {

@@ -243,6 +243,29 @@ describe('connection state recovery limits', T, () => {
     }
   });
 
+  it('a gap bigger than the outbound hard limit is a new session, not a cut-off replay', async () => {
+    const gw = await startGateway(['--outbound-soft-limit', '16384', '--outbound-hard-limit', '65536']);
+    const lb = await startBalancer(gw.port);
+    try {
+      const s = sym();
+      const { socket, rec } = client(lb.url, { transports: ['websocket'] });
+      await once(socket, 'connect');
+      await subscribe(socket, { channel: 'trades', symbol: s });
+      lb.cutAll();
+      await once(socket, 'disconnect');
+      // ~1,000 trades of ~200 bytes: about three times the hard limit.
+      await ingestOk(gw, Array.from({ length: 1000 }, (_, i) => trade(s, i + 1)));
+      await once(socket, 'connect', 10000);
+      assert.equal(socket.recovered, false);
+      await sleep(300);
+      assert.equal(seqs(rec, 'trade').length, 0, 'nothing replayed');
+      assert.equal(socket.connected, true);
+    } finally {
+      lb.close();
+      await gw.stop();
+    }
+  });
+
   it('with recovery off there is no pid and no offset argument', async () => {
     const gw = await startGateway(['--recovery-window-ms', '0']);
     try {
