@@ -8,6 +8,7 @@ use crate::plan::*;
 use crate::publish::{BodyFormat, Hook, PubStats};
 use crate::report::{Sample, ServerInfo};
 use crate::sys;
+use crate::tally::Tally;
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::IsTerminal;
@@ -76,38 +77,6 @@ struct WorkerProc {
     alive: bool,
 }
 
-struct Cum {
-    lat: Vec<Histogram<u64>>,
-    handshake: Histogram<u64>,
-    received: [u64; 8],
-    bytes: u64,
-    gaps: u64,
-    dups: u64,
-    book_gaps: u64,
-    book_resyncs: u64,
-    replays: u64,
-    lag_max_us: u64,
-    errors: BTreeMap<String, u64>,
-}
-
-impl Cum {
-    fn new() -> Self {
-        Cum {
-            lat: (0..8).map(|_| hist::new_hist()).collect(),
-            handshake: hist::new_hist(),
-            received: [0; 8],
-            bytes: 0,
-            gaps: 0,
-            dups: 0,
-            book_gaps: 0,
-            book_resyncs: 0,
-            replays: 0,
-            lag_max_us: 0,
-            errors: BTreeMap::new(),
-        }
-    }
-}
-
 /// Figures over a window (measurement phase, capacity step).
 pub struct Window {
     pub lat: Vec<Histogram<u64>>,
@@ -163,7 +132,7 @@ pub struct Harness {
     rx: mpsc::UnboundedReceiver<(usize, Option<Report>)>,
     queued: Vec<VecDeque<Tick>>,
     last_tick: Vec<Tick>,
-    cum: Cum,
+    cum: Tally,
     pub windows: HashMap<String, Window>,
     pub timeline: Vec<Sample>,
     pub phase: String,
@@ -355,7 +324,7 @@ impl Harness {
             rx,
             queued: Vec::new(),
             last_tick: Vec::new(),
-            cum: Cum::new(),
+            cum: Tally::new(),
             windows: HashMap::new(),
             timeline: Vec::new(),
             phase: "setup".into(),

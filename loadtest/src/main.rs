@@ -10,6 +10,7 @@ mod publish;
 mod report;
 mod scenarios;
 mod sys;
+mod tally;
 mod worker;
 
 use clap::Parser;

@@ -5,6 +5,7 @@
 use crate::hist;
 use crate::plan::*;
 use crate::proto::{self, EioPacket, SioType};
+use crate::tally::Tally;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
@@ -45,38 +46,6 @@ struct ConnRec {
     books: Vec<(String, u64)>,
 }
 
-struct Acc {
-    received: [u64; 8],
-    lat: Vec<Histogram<u64>>,
-    handshake: Histogram<u64>,
-    bytes: u64,
-    gaps: u64,
-    dups: u64,
-    book_gaps: u64,
-    book_resyncs: u64,
-    replays: u64,
-    lag_max_us: u64,
-    errors: BTreeMap<String, u64>,
-}
-
-impl Acc {
-    fn new() -> Self {
-        Acc {
-            received: [0; 8],
-            lat: (0..8).map(|_| hist::new_hist()).collect(),
-            handshake: hist::new_hist(),
-            bytes: 0,
-            gaps: 0,
-            dups: 0,
-            book_gaps: 0,
-            book_resyncs: 0,
-            replays: 0,
-            lag_max_us: 0,
-            errors: BTreeMap::new(),
-        }
-    }
-}
-
 struct Group {
     remaining: u64,
     ok: u64,
@@ -87,7 +56,7 @@ struct Group {
 struct State {
     spec: WorkerSpec,
     conns: Vec<ConnRec>,
-    acc: Acc,
+    acc: Tally,
     connected: u64,
     connects_ok: u64,
     connects_failed: u64,
@@ -154,7 +123,7 @@ async fn async_main() -> i32 {
     let state: Shared = Rc::new(RefCell::new(State {
         spec,
         conns: Vec::new(),
-        acc: Acc::new(),
+        acc: Tally::new(),
         connected: 0,
         connects_ok: 0,
         connects_failed: 0,
@@ -300,7 +269,7 @@ async fn async_main() -> i32 {
 
 fn take_tick(st: &Shared) -> Tick {
     let mut s = st.borrow_mut();
-    let acc = std::mem::replace(&mut s.acc, Acc::new());
+    let acc = std::mem::replace(&mut s.acc, Tally::new());
     let enc = |h: &Histogram<u64>| {
         if h.is_empty() {
             String::new()
