@@ -8,7 +8,7 @@
 
 use crate::codec::WireMessage;
 use crate::gateway::envelope::GATEWAY_NAMESPACE;
-use crate::shard::{Fanout, ShardMsg};
+use crate::shard::Fanout;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -145,12 +145,6 @@ pub async fn follow(
                 return;
             }
         }
-    }
-}
-
-impl Fanout {
-    pub fn emit(&self, emit: Arc<Emit>) {
-        self.each(|s| s.send(ShardMsg::Emit(emit.clone())));
     }
 }
 

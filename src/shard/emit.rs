@@ -3,22 +3,12 @@
 
 use super::Shard;
 use crate::cluster::emitter::Emit;
-use crate::gateway::envelope::GATEWAY_NAMESPACE;
 use std::collections::HashSet;
 
 impl Shard {
     pub(super) fn deliver_emit(&mut self, emit: &Emit) {
         let mut targets: Vec<usize> = if emit.rooms.is_empty() {
-            self.sessions
-                .iter()
-                .filter(|(_, s)| {
-                    s.sockets
-                        .sockets
-                        .iter()
-                        .any(|n| &*n.namespace == GATEWAY_NAMESPACE)
-                })
-                .map(|(k, _)| k)
-                .collect()
+            self.gateway_sessions()
         } else {
             emit.rooms
                 .iter()

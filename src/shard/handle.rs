@@ -86,14 +86,17 @@ impl Fanout {
         }
     }
 
+    /// A socket.io Redis emitter packet, to every shard.
+    pub fn emit(&self, emit: Arc<crate::cluster::emitter::Emit>) {
+        for s in self.shards.iter() {
+            s.send(ShardMsg::Emit(emit.clone()));
+        }
+    }
+
     pub fn shutdown(&self) {
         for s in self.shards.iter() {
             s.send(ShardMsg::Shutdown);
         }
-    }
-
-    pub(crate) fn each(&self, f: impl Fn(&ShardHandle)) {
-        self.shards.iter().for_each(f);
     }
 
     pub fn shard(&self, i: usize) -> Option<&ShardHandle> {

@@ -753,6 +753,20 @@ impl Shard {
         );
     }
 
+    /// Sessions with a socket on the gateway namespace `/ws`.
+    fn gateway_sessions(&self) -> Vec<usize> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.sockets
+                    .sockets
+                    .iter()
+                    .any(|n| &*n.namespace == crate::gateway::envelope::GATEWAY_NAMESPACE)
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// Tells every client to go (`server.shutdown` on `/ws`). Connections are still accepted,
     /// so load balancers see `/ready` answer 503, but new sessions are refused.
     fn start_drain(&mut self, reconnect_after_ms: u64, deadline: Instant) {
@@ -762,18 +776,7 @@ impl Shard {
             b.extend_from_slice(itoa::Buffer::new().format(reconnect_after_ms).as_bytes());
             b.extend_from_slice(b"}]");
         });
-        let keys: Vec<usize> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.sockets
-                    .sockets
-                    .iter()
-                    .any(|n| &*n.namespace == crate::gateway::envelope::GATEWAY_NAMESPACE)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for s in keys {
+        for s in self.gateway_sessions() {
             self.send_wire(s, &notice);
         }
     }
