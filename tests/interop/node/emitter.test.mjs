@@ -8,23 +8,13 @@ import assert from 'node:assert/strict';
 import jwt from 'jsonwebtoken';
 import { createClient } from 'redis';
 import { Emitter } from '@socket.io/redis-emitter';
-import { startGateway, startRedis, haveRedis, sleep } from './harness.mjs';
+import { startGateway, startRedis, haveRedis, sleep, waitFor } from './harness.mjs';
 import { connectClient, closeAllClients, emitAck } from './clients.mjs';
 
 const T = { timeout: 60000 };
 const SECRET = 'maven-gateway-emitter-secret-0123456789abcdef-0123456789abcdef-0';
 const sign = (sub) => jwt.sign({ sub }, SECRET, { algorithm: 'HS256', expiresIn: 600 });
 const QUIET_MS = 400;
-
-async function waitFor(pred, timeout, what) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 async function metric(gw, name) {
   const text = await (await fetch(`${gw.internalUrl}/metrics`)).text();

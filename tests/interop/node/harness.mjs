@@ -21,6 +21,18 @@ export const HOST = '127.0.0.1';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `pred` (may be async) every 20 ms until it returns something truthy, which it
+ * returns; throws after `timeout` ms naming `what`. */
+export async function waitFor(pred, timeout, what) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await pred();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // children bookkeeping: whatever happens, no child outlives the test process
 // ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 // docs/test-interface.md, "Market-data semantics".
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, sleep } from './harness.mjs';
+import { startGateway, sleep, waitFor as waitUntil } from './harness.mjs';
 import { MODES, connectClient, closeAllClients, emitAck } from './clients.mjs';
 
 const T = { timeout: 60000 };
@@ -56,15 +56,6 @@ async function subscribeOk(socket, payload) {
   const ack = await emitAck(socket, 'subscribe', payload);
   assert.equal(ack && ack.ok, true, `subscribe ${JSON.stringify(payload)} acked ${JSON.stringify(ack)}`);
   return ack;
-}
-async function waitUntil(pred, timeout, what) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await sleep(20);
-  }
 }
 const named = (rec, event, from = 0) => rec.since(from, event);
 

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import jwt from 'jsonwebtoken';
 import { createClient } from 'redis';
 import { io } from 'socket.io-client';
-import { startGateway, startRedis, startBalancer, haveRedis, sleep } from './harness.mjs';
+import { startGateway, startRedis, startBalancer, haveRedis, sleep, waitFor } from './harness.mjs';
 import { Recorder, closeAllClients, emitAck } from './clients.mjs';
 
 const T = { timeout: 60000 };
@@ -64,16 +64,6 @@ async function subscribePrivate(socket, channel) {
 async function ingestOk(gw, events) {
   const res = await gw.ingest(events);
   assert.equal(res.status, 202, `ingest answered ${res.status} ${res.text}`);
-}
-
-async function waitFor(pred, timeout, what) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** The `seq` of every event named `event` received, and each one's last argument. */
