@@ -7,7 +7,9 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use maven_gateway::auth::{Authenticator, KeySource};
 use maven_gateway::codec::engineio::{self, decode_payload};
 use maven_gateway::codec::socketio::{BinaryAssembler, Kind, Packet, PacketError, MAX_ATTACHMENTS};
-use maven_gateway::codec::websocket::{decode_client_frame, FrameError, Message, MessageAssembler};
+use maven_gateway::codec::websocket::{
+    decode_client_frame, encode_masked_frame, FrameError, Message, MessageAssembler,
+};
 use maven_gateway::gateway::GatewaySettings;
 use maven_gateway::http::{parse_head, HeadError};
 use maven_gateway::ingest::parse::parse_body;
@@ -161,20 +163,7 @@ fn raw_value_token_key_is_an_ordinary_key() {
 // Edge inputs that must stay refused cleanly.
 
 fn masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-    let len = payload.len();
-    if len < 126 {
-        v.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
+    encode_masked_frame(fin, op, payload, mask, 0)
 }
 
 #[test]

@@ -7,7 +7,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use maven_gateway::codec::websocket::{
-    decode_client_frame, encode_frame, header_len, FrameError, Message, MessageAssembler, OpCode,
+    decode_client_frame, encode_frame, encode_masked_frame, header_len, FrameError, Message,
+    MessageAssembler, OpCode,
 };
 
 const OPS: [(OpCode, u8); 6] = [
@@ -54,27 +55,10 @@ impl<'a> Arbitrary<'a> for Input {
     }
 }
 
-fn frame(fin: bool, op: u8, payload: &[u8], mask: [u8; 4], form: u8) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-    let len = payload.len();
-    if len < 126 && form == 0 {
-        v.push(0x80 | len as u8);
-    } else if len <= 0xFFFF && form <= 1 {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
-}
-
 fuzz_target!(|input: Input| {
     let (opcode, op) = OPS[input.op];
     let payload = &input.payload;
-    let raw = frame(input.fin, op, payload, input.mask, input.form);
+    let raw = encode_masked_frame(input.fin, op, payload, input.mask, input.form);
     let mut buf = raw.clone();
     buf.extend_from_slice(&input.trailing);
     let max = payload.len();

@@ -197,6 +197,26 @@ pub fn header_len(len: usize) -> usize {
     }
 }
 
+/// A masked frame as a client sends it (the server never does; for test clients and fuzzing).
+/// `form` picks the length encoding: 0 the shortest, 1 at least the 16-bit form, 2 or more the
+/// 64-bit form, since a decoder must accept lengths encoded longer than needed.
+pub fn encode_masked_frame(fin: bool, op: u8, payload: &[u8], mask: [u8; 4], form: u8) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
+    let len = payload.len();
+    if len < 126 && form == 0 {
+        v.push(0x80 | len as u8);
+    } else if len <= 0xFFFF && form <= 1 {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
 /// A complete unmasked server frame.
 pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
@@ -313,20 +333,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-        let len = payload.len();
-        if len < 126 {
-            v.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        v.extend_from_slice(&mask);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        v
+        encode_masked_frame(fin, op, payload, mask, 0)
     }
 
     #[test]
