@@ -712,17 +712,7 @@ async fn setup(
                     .await
                     .map_err(|e| e.to_string())?;
                 w = Wire::Ws(Box::new(ws));
-                wait_until(conn, &mut w, |c| {
-                    c.pending_acks.is_empty() && c.pending_events == 0
-                })
-                .await?;
-                if conn.plan.strict {
-                    if let Some(e) = &conn.sub_error {
-                        return Err(format!("subscription refused: {e}"));
-                    }
-                }
-                finish_setup(conn, t0);
-                return Ok(w);
+                return subscriptions_answered(conn, w, t0).await;
             }
             w
         }
@@ -734,6 +724,16 @@ async fn setup(
     }
     conn.stage = "waiting for subscription answers";
     send_subs(conn, &mut wire, index).await?;
+    subscriptions_answered(conn, wire, t0).await
+}
+
+/// Waits for every subscription answer (refusing in strict mode), then counts the connection
+/// as set up.
+async fn subscriptions_answered(
+    conn: &mut Conn,
+    mut wire: Wire,
+    t0: Instant,
+) -> Result<Wire, String> {
     wait_until(conn, &mut wire, |c| {
         c.pending_acks.is_empty() && c.pending_events == 0
     })
