@@ -1,11 +1,56 @@
-//! The per-delivery user-space work of a broadcast: one envelope encode, then for each local
-//! member a reference to the same frame queued and written with `writev` (to a sink here, so
-//! the kernel's share is left out).
+//! The per-delivery user-space work of a broadcast, through the shard engine itself: one
+//! envelope encode, the engine's publish (the frame copied once into the shard, queued to
+//! every local member under the slow-consumer policy) and its transmit step, writing to
+//! in-memory peers (so the kernel's share is left out).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use maven_gateway::gateway::envelope;
-use maven_gateway::shard::outbound::Outbound;
+use maven_gateway::gateway::GatewaySettings;
+use maven_gateway::limits::LimitSettings;
+use maven_gateway::market::{Event, Payload, Publish, StreamClass};
+use maven_gateway::session::sockets::App;
+use maven_gateway::shard::engine::sim::{client, Sim};
+use maven_gateway::shard::{ServerSettings, Shared};
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn engine_with_subscribers(members: usize) -> Sim {
+    let settings = ServerSettings {
+        engine_path: "/socket.io/".into(),
+        echo_path: None,
+        ping_interval: Duration::from_secs(3600),
+        ping_timeout: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(3600),
+        handshake_timeout: Duration::from_secs(3600),
+        max_payload: 1_000_000,
+        cors_origins: Vec::new(),
+        trust_proxy: false,
+        demo_page: false,
+        outbound_soft_limit: 1 << 20,
+        outbound_hard_limit: 8 << 20,
+        app: App::Gateway(Arc::new(GatewaySettings::default())),
+    };
+    let shared = Arc::new(Shared::new(LimitSettings {
+        max_connections: usize::MAX,
+        max_connections_per_ip: usize::MAX,
+        handshakes_per_sec_per_ip: 1e12,
+        handshake_burst_per_ip: 1e12,
+        ..LimitSettings::default()
+    }));
+    let mut sim = Sim::new(settings, shared, 1);
+    let subscribe =
+        client::text("42/ws,[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]");
+    for i in 0..members {
+        let ip = std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+        let (c, _) = sim.open_websocket(ip).expect("handshake");
+        sim.send(c, &client::text("40/ws,"));
+        sim.send(c, &subscribe);
+        sim.take(c);
+    }
+    sim.discard = true;
+    sim
+}
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
@@ -13,19 +58,26 @@ fn fanout(c: &mut Criterion) {
     g.bench_function("encode_envelope", |b| {
         b.iter(|| envelope::encode("trade", "trades:BTCUSDT", black_box(&data), 1))
     });
+    let payload = Payload::Value(data);
     for members in [100usize, 1000] {
-        let mut queues: Vec<Outbound> = (0..members).map(|_| Outbound::default()).collect();
+        let mut sim = engine_with_subscribers(members);
         g.throughput(Throughput::Elements(members as u64));
         g.bench_function(format!("publish_to_members/{members}"), |b| {
             b.iter(|| {
-                let m = envelope::encode("trade", "trades:BTCUSDT", &data, 1);
-                let frame = bytes::Bytes::copy_from_slice(m.ws_frame());
-                for q in queues.iter_mut() {
-                    q.push(frame.clone(), 1, false);
-                }
-                for q in queues.iter_mut() {
-                    black_box(q.write_to(&mut std::io::sink()));
-                }
+                let publish = Publish {
+                    room: Arc::from("trades:BTCUSDT"),
+                    body: Event {
+                        name: Arc::from("trade"),
+                        data: payload.clone(),
+                    },
+                    class: StreamClass::Lossless,
+                    deliver: true,
+                    retain: false,
+                    book: None,
+                    offset: None,
+                };
+                sim.publish(&[publish.encode(1, None)]);
+                black_box(sim.bytes_written)
             })
         });
     }

@@ -2,8 +2,8 @@
 //! top-N delta and snapshot encoding.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use maven_gateway::ingest::route::{parse_event, IngestEvent};
 use maven_gateway::market::book::{BookUpdate, OrderBook};
+use maven_gateway::market::input::{parse_event, IngestEvent};
 use maven_gateway::market::{Market, MarketSettings};
 use serde_json::json;
 

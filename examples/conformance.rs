@@ -5,8 +5,8 @@
 //!     cargo run --release --example conformance -- --port 3000
 
 use maven_gateway::limits::LimitSettings;
+use maven_gateway::session::sockets::App;
 use maven_gateway::shard::{Reactor, ServerSettings, Shared};
-use maven_gateway::sockets::App;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

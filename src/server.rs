@@ -1,19 +1,20 @@
 //! Wiring: starts the reactor, the internal listener and the demo feed, and stops them.
 
+use crate::admin::{self, InternalState};
 use crate::auth::{Authenticator, KeySource};
+use crate::clock::unix_ms;
 use crate::cluster::emitter;
 use crate::cluster::{sessions, Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::gateway::GatewaySettings;
 use crate::ingest::demo::DemoMarket;
-use crate::ingest::server::{self, InternalState};
 use crate::ingest::Ingest;
 use crate::limits::LimitSettings;
 use crate::market::MarketSettings;
 use crate::metrics::Metrics;
 use crate::recovery::{Recovery, RecoverySettings};
-use crate::shard::{unix_ms, Reactor, ServerSettings, Shared};
-use crate::sockets::App;
+use crate::session::sockets::App;
+use crate::shard::{Reactor, ServerSettings, ShardMsg, Shared};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,13 +170,14 @@ impl Gateway {
             .build()
             .map_err(StartError::Runtime)?;
         let listener = runtime
-            .block_on(server::bind(config.internal_listen))
+            .block_on(admin::bind(config.internal_listen))
             .map_err(|source| StartError::Listen {
                 addr: config.internal_listen,
                 source,
             })?;
         let internal_addr = listener.local_addr().map_err(StartError::Runtime)?;
         let stop_demo = Arc::new(AtomicBool::new(false));
+        let emitter_counters = Arc::new(emitter::EmitterCounters::default());
         let cluster = match &config.redis {
             None => None,
             Some(url) => {
@@ -191,20 +193,26 @@ impl Gateway {
                 .map_err(|e| StartError::Config(format!("--redis: {e}")))?;
                 runtime.spawn(c.clone().follow(ingest.clone(), stop_demo.clone()));
                 if !config.redis_emitter_key.is_empty() {
+                    let fanout = reactor.fanout();
                     runtime.spawn(emitter::follow(
                         c.client(),
                         config.redis_emitter_key.clone(),
-                        reactor.fanout(),
-                        shared.emitter.clone(),
+                        move |emit| fanout.emit(Arc::new(emit)),
+                        emitter_counters.clone(),
                         stop_demo.clone(),
                     ));
                 }
                 if shared.recovery.is_some() {
+                    let fanout = reactor.fanout();
                     runtime.spawn(sessions::serve(
                         c.client(),
                         c.session_prefix(),
                         store_rx,
-                        reactor.fanout(),
+                        move |ticket, record| {
+                            if let Some(shard) = fanout.shard(ticket.shard) {
+                                shard.send(ShardMsg::Restored { ticket, record });
+                            }
+                        },
                     ));
                 }
                 Some(c)
@@ -214,10 +222,15 @@ impl Gateway {
             ingest: ingest.clone(),
             token: config.ingest_token.clone(),
             stats: reactor.stats.clone(),
-            metrics: Metrics::new(reactor.stats.clone(), shared.clone(), ingest.clone()),
+            metrics: Metrics::new(
+                reactor.stats.clone(),
+                shared.clone(),
+                ingest.clone(),
+                emitter_counters,
+            ),
             cluster: cluster.clone(),
         });
-        runtime.spawn(server::serve(listener, state));
+        runtime.spawn(admin::serve(listener, state));
         let timers = {
             let ingest = ingest.clone();
             let stop = stop_demo.clone();

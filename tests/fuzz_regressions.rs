@@ -13,7 +13,7 @@ use maven_gateway::codec::websocket::{
 use maven_gateway::gateway::GatewaySettings;
 use maven_gateway::http::{parse_head, HeadError};
 use maven_gateway::ingest::parse::parse_body;
-use maven_gateway::sockets::{App, Ctx, Output, SocketLayer};
+use maven_gateway::session::sockets::{App, Ctx, Output, SocketLayer};
 use serde_json::{json, Value};
 use std::sync::Arc;
 

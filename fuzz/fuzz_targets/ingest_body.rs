@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use maven_gateway::ingest::parse::parse_body;
-use maven_gateway::ingest::route::{parse_event, IngestEvent};
+use maven_gateway::market::input::{parse_event, IngestEvent};
 use maven_gateway::market::book::{BookUpdate, OrderBook};
 
 fn book(update: BookUpdate) {

@@ -32,7 +32,7 @@ use maven_gateway::auth::{Authenticator, KeySource};
 use maven_gateway::codec::socketio::{Kind, Packet};
 use maven_gateway::gateway::GatewaySettings;
 use maven_gateway::recovery::{Offset, Restored};
-use maven_gateway::sockets::{App, Ctx, Output, SocketLayer};
+use maven_gateway::session::sockets::{App, Ctx, Output, SocketLayer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@
 //! and `opts = {rooms, except, flags}`.
 
 use crate::codec::WireMessage;
-use crate::gateway::envelope::GATEWAY_NAMESPACE;
-use crate::shard::Fanout;
+use crate::shard::RoomEmit;
+use crate::GATEWAY_NAMESPACE;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -50,20 +50,9 @@ struct RawOpts {
     except: Vec<String>,
 }
 
-/// One emit, encoded once for every recipient.
-#[derive(Debug, Clone)]
-pub struct Emit {
-    /// Rooms to deliver to; empty means every `/ws` socket.
-    pub rooms: Vec<Arc<str>>,
-    /// Sockets in any of these rooms are left out.
-    pub except: Vec<Arc<str>>,
-    pub message: WireMessage,
-    pub event: String,
-}
-
 /// Decodes one pub/sub message. Binary arguments are refused (msgpack bin has no JSON form),
 /// as are packets for other namespaces and anything that is not an event.
-pub fn decode(payload: &[u8]) -> Result<Emit, EmitterError> {
+pub fn decode(payload: &[u8]) -> Result<RoomEmit, EmitterError> {
     let (_uid, packet, opts): (Value, RawPacket, Option<RawOpts>) =
         rmp_serde::from_slice(payload).map_err(|e| EmitterError::Malformed(e.to_string()))?;
     if packet.kind != EVENT {
@@ -85,7 +74,7 @@ pub fn decode(payload: &[u8]) -> Result<Emit, EmitterError> {
         // Serializing JSON values into a growable buffer cannot fail.
         let _ = serde_json::to_writer(bytes::BufMut::writer(b), &packet.data);
     });
-    Ok(Emit {
+    Ok(RoomEmit {
         rooms: opts.rooms.into_iter().map(Arc::from).collect(),
         except: opts.except.into_iter().map(Arc::from).collect(),
         message,
@@ -100,13 +89,13 @@ pub struct EmitterCounters {
     pub refused: AtomicU64,
 }
 
-/// Subscribes to `<key>#/ws#*` and hands each emit to every shard, reconnecting after
-/// outages (pub/sub keeps nothing: emits published while disconnected are gone, as with
-/// socket.io's own adapter).
+/// Subscribes to `<key>#/ws#*` and hands each emit to `deliver`, reconnecting after outages
+/// (pub/sub keeps nothing: emits published while disconnected are gone, as with socket.io's
+/// own adapter).
 pub async fn follow(
     client: redis::Client,
     key: String,
-    shards: Fanout,
+    deliver: impl Fn(RoomEmit),
     counters: Arc<EmitterCounters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -134,7 +123,7 @@ pub async fn follow(
             match decode(msg.get_payload_bytes()) {
                 Ok(emit) => {
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    shards.emit(Arc::new(emit));
+                    deliver(emit);
                 }
                 Err(e) => {
                     counters.refused.fetch_add(1, Ordering::Relaxed);

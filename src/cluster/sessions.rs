@@ -1,9 +1,8 @@
 //! Session records in Redis, so a client may recover through any instance. Shards send
 //! saves and lookups here; saves are pipelined, a lookup is one `GETDEL` (a record is used
-//! once) answered back to the asking shard.
+//! once) whose answer goes to `answer`, which hands it back to the asking shard.
 
-use crate::recovery::{SessionRecord, StoreOp};
-use crate::shard::{Fanout, ShardMsg};
+use crate::recovery::{RestoreTicket, SessionRecord, StoreOp};
 use redis::aio::MultiplexedConnection;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -15,7 +14,7 @@ pub async fn serve(
     client: redis::Client,
     prefix: String,
     mut rx: UnboundedReceiver<StoreOp>,
-    shards: Fanout,
+    answer: impl Fn(RestoreTicket, Option<SessionRecord>),
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     // Warn once per outage, not once per batch.
@@ -82,9 +81,7 @@ pub async fn serve(
                 },
                 None => None,
             };
-            if let Some(shard) = shards.shard(ticket.shard) {
-                shard.send(ShardMsg::Restored { ticket, record });
-            }
+            answer(ticket, record);
         }
     }
 }

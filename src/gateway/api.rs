@@ -1,8 +1,11 @@
 //! The client → server API of namespace `/ws` (contract §3), as a pure function from one
 //! event to the effects it has: emits, acks and room changes. The shard applies them.
 
-use super::channels::{parse_subscription, ApiError, ErrorCode};
+use super::channels::parse_subscription;
 use crate::auth::{Authenticator, Identity};
+use crate::notice;
+use crate::notice::{ApiError, ErrorCode};
+use crate::room::{PrivateChannel, Room};
 use indexmap::IndexSet;
 use serde_json::{json, Map, Value};
 use smallvec::SmallVec;
@@ -92,11 +95,7 @@ impl GatewaySocket {
             && now_ms < exp
         {
             self.notice_sent = true;
-            fx.push(Effect::Emit(json!(["error", {
-                "code": "TOKEN_EXPIRING",
-                "message": "the token expires soon; send 'auth' with a fresh token",
-                "expiresAt": exp,
-            }])));
+            fx.push(Effect::Emit(notice::token_expiring(exp)));
         }
         if now_ms >= exp {
             self.expired = true;
@@ -104,17 +103,14 @@ impl GatewaySocket {
             let private: Vec<Arc<str>> = self
                 .rooms
                 .iter()
-                .filter(|r| r.starts_with("user:"))
+                .filter(|r| Room::parse(r).is_private())
                 .cloned()
                 .collect();
             for room in private {
                 self.rooms.swap_remove(&room);
                 fx.push(Effect::Leave(room));
             }
-            fx.push(Effect::Emit(json!(["error", {
-                "code": "TOKEN_EXPIRED",
-                "message": "the token expired; private subscriptions ended, public ones stay",
-            }])));
+            fx.push(Effect::Emit(notice::token_expired()));
         }
         fx
     }
@@ -160,15 +156,11 @@ pub fn on_event(
             fx.push(Effect::Ack(id, Value::Array(vec![Value::Object(m)])));
         }
         (Ok((event, body)), None) => fx.push(Effect::Emit(json!([event, Value::Object(body)]))),
-        (Err(e), Some(id)) => fx.push(Effect::Ack(
-            id,
-            json!([{"ok": false, "error": {"code": e.code.as_str(), "message": e.message}}]),
-        )),
-        (Err(e), None) => fx.push(Effect::Emit(json!(["error", {
-            "code": e.code.as_str(),
-            "message": e.message,
-            "request": payload.cloned().unwrap_or(Value::Null),
-        }]))),
+        (Err(e), Some(id)) => fx.push(Effect::Ack(id, notice::api_error_ack_args(&e))),
+        (Err(e), None) => fx.push(Effect::Emit(notice::api_error_event_args(
+            &e,
+            payload.cloned().unwrap_or(Value::Null),
+        ))),
     }
     fx
 }
@@ -189,7 +181,7 @@ fn subscribe(
     let new = req
         .rooms
         .iter()
-        .filter(|r| !socket.rooms.contains(r.as_str()))
+        .filter(|r| !socket.rooms.contains(&***r))
         .count();
     if socket.rooms.len() + new > settings.max_subscriptions {
         return Err(ApiError::new(
@@ -201,10 +193,9 @@ fn subscribe(
         ));
     }
     for room in &req.rooms {
-        if !socket.rooms.contains(room.as_str()) {
-            let room: Arc<str> = Arc::from(room.as_str());
+        if !socket.rooms.contains(&**room) {
             socket.rooms.insert(room.clone());
-            fx.push(Effect::Join(room));
+            fx.push(Effect::Join(room.clone()));
         }
     }
     Ok(("subscribed", answer(req)))
@@ -213,7 +204,7 @@ fn subscribe(
 fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {
     let req = parse_subscription(payload, &[])?;
     for room in &req.rooms {
-        if let Some(room) = socket.rooms.swap_take(room.as_str()) {
+        if let Some(room) = socket.rooms.swap_take(&**room) {
             fx.push(Effect::Leave(room));
         }
     }
@@ -229,14 +220,10 @@ fn private_room(
     let channel = payload
         .and_then(|p| p.get("channel"))
         .and_then(Value::as_str);
-    let suffix = match channel {
-        Some("user.orders") => "orders",
-        Some("user.trades") => "trades",
-        Some("user.balances") => "balances",
-        Some("user.deposits") => "deposits",
-        Some(other) => {
-            return Err(ApiError::new(ErrorCode::InvalidChannel, format!("unknown private channel '{other}'; expected user.orders, user.trades, user.balances or user.deposits")))
-        }
+    let channel = match channel {
+        Some(name) => PrivateChannel::parse_channel(name).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidChannel, format!("unknown private channel '{name}'; expected user.orders, user.trades, user.balances or user.deposits"))
+        })?,
         None => return Err(ApiError::new(ErrorCode::InvalidChannel, "missing 'channel'")),
     };
     let Some(id) = &socket.identity else {
@@ -251,13 +238,10 @@ fn private_room(
             "the token expired; send 'auth' with a fresh token",
         ));
     }
-    let channel = match suffix {
-        "orders" => "user.orders",
-        "trades" => "user.trades",
-        "balances" => "user.balances",
-        _ => "user.deposits",
-    };
-    Ok((channel, Arc::from(format!("user:{}:{suffix}", id.user_id))))
+    Ok((
+        channel.channel_name(),
+        Room::User(&id.user_id, channel).name(),
+    ))
 }
 
 fn subscribe_private(
@@ -347,7 +331,7 @@ fn answer(req: super::channels::SubscriptionRequest) -> Map<String, Value> {
     m.insert("channel".into(), Value::String(req.channel.as_str().into()));
     m.insert(
         "rooms".into(),
-        Value::Array(req.rooms.into_iter().map(Value::String).collect()),
+        Value::Array(req.rooms.iter().map(|r| Value::from(&**r)).collect()),
     );
     m.extend(req.echo);
     m

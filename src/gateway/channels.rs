@@ -1,59 +1,9 @@
 //! Public channels and their rooms: validation of `subscribe` / `unsubscribe` payloads.
 
+use crate::notice::{ApiError, ErrorCode};
+use crate::room::{valid_interval, valid_symbol, Room, INTERVALS};
 use serde_json::{Map, Value};
-use std::fmt;
-
-pub const INTERVALS: [&str; 10] = ["1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1M"];
-
-/// The error codes of the contract, as sent in `error` events and acks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidChannel,
-    InvalidSymbol,
-    InvalidInterval,
-    BadRequest,
-    Unauthorized,
-    RateLimited,
-    SubscriptionLimit,
-    TokenExpired,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidChannel => "INVALID_CHANNEL",
-            Self::InvalidSymbol => "INVALID_SYMBOL",
-            Self::InvalidInterval => "INVALID_INTERVAL",
-            Self::BadRequest => "BAD_REQUEST",
-            Self::Unauthorized => "UNAUTHORIZED",
-            Self::RateLimited => "RATE_LIMITED",
-            Self::SubscriptionLimit => "SUBSCRIPTION_LIMIT",
-            Self::TokenExpired => "TOKEN_EXPIRED",
-        }
-    }
-}
-
-/// A refused request: its code and a message a person can act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code.as_str(), self.message)
-    }
-}
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -74,6 +24,17 @@ impl Channel {
         })
     }
 
+    /// The room of this channel for a (validated) symbol, and interval for klines.
+    pub fn room<'a>(self, symbol: &'a str, interval: Option<&'a str>) -> Room<'a> {
+        match (self, interval) {
+            (Channel::Ticker, _) if symbol == "all" => Room::TickerAll,
+            (Channel::Ticker, _) => Room::Ticker(symbol),
+            (Channel::Orderbook, _) => Room::Orderbook(symbol),
+            (Channel::Trades, _) => Room::Trades(symbol),
+            (Channel::Klines, i) => Room::Klines(symbol, i.unwrap_or_default()),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Ticker => "ticker",
@@ -84,22 +45,11 @@ impl Channel {
     }
 }
 
-/// `[A-Z0-9]{2,20}`.
-pub fn valid_symbol(s: &str) -> bool {
-    (2..=20).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-}
-
-pub fn valid_interval(s: &str) -> bool {
-    INTERVALS.contains(&s)
-}
-
 /// A validated subscription request: the channel and the rooms it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRequest {
     pub channel: Channel,
-    pub rooms: Vec<String>,
+    pub rooms: Vec<Arc<str>>,
     /// The request's `symbol` / `symbols` / `interval` fields, echoed in the answer.
     pub echo: Map<String, Value>,
 }
@@ -215,12 +165,9 @@ pub fn parse_subscription(
     } else {
         None
     };
-    let mut rooms: Vec<String> = symbols
+    let mut rooms: Vec<Arc<str>> = symbols
         .iter()
-        .map(|s| match interval {
-            Some(i) => format!("klines:{s}:{i}"),
-            None => format!("{}:{s}", channel.as_str()),
-        })
+        .map(|s| channel.room(s, interval).name())
         .collect();
     rooms.dedup();
     Ok(SubscriptionRequest {
@@ -246,9 +193,15 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(r.rooms, vec!["klines:BTCUSDT:1m", "klines:ETHUSDT:1m"]);
+        assert_eq!(
+            r.rooms,
+            vec![
+                Arc::from("klines:BTCUSDT:1m"),
+                Arc::from("klines:ETHUSDT:1m")
+            ]
+        );
         let r = parse_subscription(Some(&json!({"channel":"ticker","symbol":"all"})), &[]).unwrap();
-        assert_eq!(r.rooms, vec!["ticker:all"]);
+        assert_eq!(r.rooms, vec![Arc::from("ticker:all")]);
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! a complete frame.
 
 use crate::codec::WireMessage;
-use crate::market::Payload;
 use crate::recovery::Offset;
 use bytes::BufMut;
 use serde_json::Value;
 
-/// The namespace the gateway API lives on.
-pub const GATEWAY_NAMESPACE: &str = "/ws";
+pub use crate::GATEWAY_NAMESPACE;
+
+/// The data of a publish: a JSON value, or JSON already written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Value(Value),
+    Json(Vec<u8>),
+}
 
 /// The envelope for a publish's payload.
 pub fn encode_payload(event: &str, room: &str, data: &Payload, timestamp_ms: u64) -> WireMessage {

@@ -85,12 +85,6 @@ pub fn json(status: u16, extra: &[(&str, &str)], keep_alive: bool, body: &str) -
     )
 }
 
-/// The Engine.IO error body (`{"code":n,"message":"..."}`) for a refused request.
-pub fn engine_error(status: u16, code: u8, message: &str, extra: &[(&str, &str)]) -> Bytes {
-    let body = format!("{{\"code\":{code},\"message\":\"{message}\"}}");
-    json(status, extra, false, &body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! book snapshots and deltas with consecutive update ids, trades, and klines for every
 //! interval. Pure: `tick(now)` returns the events for that moment.
 
-use crate::gateway::channels::INTERVALS;
+use crate::room::INTERVALS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -310,7 +310,7 @@ fn kline(s: &mut SymbolSim, interval: &'static str, now_ms: u64, out: &mut Vec<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::route::parse_event;
+    use crate::market::input::parse_event;
 
     #[test]
     fn emits_valid_events_with_consecutive_book_ids() {

@@ -3,13 +3,11 @@
 
 pub mod demo;
 pub mod parse;
-pub mod route;
-pub mod server;
 
-use crate::gateway::envelope;
+use crate::clock::unix_ms;
 use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery};
-use crate::shard::{unix_ms, Broadcast, Fanout};
+use crate::shard::{Broadcast, Fanout};
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -93,12 +91,15 @@ impl Ingest {
         self.apply_checked(typed.into_iter().map(|e| (e, None)).collect())
     }
 
-    fn parse_all(events: Vec<Value>) -> Result<Vec<route::IngestEvent>, IngestError> {
+    fn parse_all(
+        events: Vec<Value>,
+    ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
         events
             .into_iter()
             .enumerate()
             .map(|(index, ev)| {
-                route::parse_event(ev).map_err(|message| IngestError::BadEvent { index, message })
+                crate::market::input::parse_event(ev)
+                    .map_err(|message| IngestError::BadEvent { index, message })
             })
             .collect()
     }
@@ -124,7 +125,7 @@ impl Ingest {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
         for (id, ev) in events {
-            match route::parse_event(ev) {
+            match crate::market::input::parse_event(ev) {
                 Ok(t) => typed.push((t, Some(id))),
                 Err(e) => {
                     skipped += 1;
@@ -164,7 +165,7 @@ impl Ingest {
     /// the lossless event it produces.
     fn apply_checked(
         &self,
-        typed: Vec<(route::IngestEvent, Option<Offset>)>,
+        typed: Vec<(crate::market::input::IngestEvent, Option<Offset>)>,
     ) -> Result<usize, IngestError> {
         let n = typed.len();
         let now = unix_ms();
@@ -194,6 +195,10 @@ impl Ingest {
     /// Encodes and hands a batch to the shards. With recovery on, each delivered lossless
     /// event gets an offset (its stream id, else the next local one) and goes into the replay
     /// log before any shard can deliver it.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "when a batch is handed over, for the fan-out latency histogram"
+    )]
     fn publish(&self, out: Vec<Publish>, stream_ids: Vec<Option<Offset>>, now: u64) {
         if out.is_empty() {
             return;
@@ -217,25 +222,16 @@ impl Ingest {
                     }
                     _ => None,
                 };
-                let message = envelope::encode_payload_at(&p.event, &p.room, &p.data, now, offset);
+                let b = p.encode(now, offset);
                 if let Some(offset) = offset {
                     logged.push(LogEntry {
                         offset,
-                        room: p.room.clone(),
-                        message: message.clone(),
+                        room: b.room.clone(),
+                        message: b.body.clone(),
                         at_ms: now,
                     });
                 }
-                Broadcast {
-                    message,
-                    room: p.room,
-                    class: p.class,
-                    deliver: p.deliver,
-                    retain: p.retain,
-                    book: p.book,
-                    created,
-                    offset,
-                }
+                b
             })
             .collect();
         if let (Some(r), false) = (recovery, logged.is_empty()) {
@@ -245,7 +241,7 @@ impl Ingest {
             }
         }
         self.encodes.fetch_add(batch.len() as u64, Relaxed);
-        self.fanout.publish(batch);
+        self.fanout.publish(batch, created);
     }
 
     /// Runs throttle and conflation timers until `stop`; one thread for all symbols.

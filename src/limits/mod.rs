@@ -165,6 +165,11 @@ impl Limits {
         }
     }
 
+    /// Connections counted against users, all users together.
+    pub fn user_connections(&self) -> usize {
+        self.per_user.lock().values().sum()
+    }
+
     /// Counts one more connection for `user`, unless it is at its cap.
     pub fn admit_user(&self, user: &Arc<str>) -> bool {
         let mut per_user = self.per_user.lock();

@@ -6,11 +6,17 @@
 //! one heap for all symbols.
 
 pub mod book;
+pub mod input;
 pub mod throttle;
 
-use crate::ingest::route::IngestEvent;
+use crate::codec::WireMessage;
+use crate::gateway::envelope;
+pub use crate::gateway::envelope::Payload;
+use crate::recovery::Offset;
+use crate::room::Room;
 use book::{BookChange, BookView, OrderBook};
 use indexmap::IndexMap;
+use input::IngestEvent;
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -30,19 +36,12 @@ pub enum StreamClass {
     BookSnapshot,
 }
 
-/// The data of a publish: a JSON value, or JSON already written.
+/// One emit to one room: what the market produces (`Publish<Event>`), and, once encoded into
+/// its frame, what every shard delivers (`Publish<WireMessage>`, the shards' `Broadcast`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Value(Value),
-    Json(Vec<u8>),
-}
-
-/// One emit to one room, before encoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Publish {
+pub struct Publish<B = Event> {
     pub room: Arc<str>,
-    pub event: Arc<str>,
-    pub data: Payload,
+    pub body: B,
     pub class: StreamClass,
     /// Send to the room's members now.
     pub deliver: bool,
@@ -50,6 +49,37 @@ pub struct Publish {
     pub retain: bool,
     /// For order book rooms: the view clients now have, the source of subscribe snapshots.
     pub book: Option<Arc<BookView>>,
+    /// Its recovery offset (delivered lossless events, with recovery on), given when encoded.
+    pub offset: Option<Offset>,
+}
+
+/// An event before encoding: its name and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: Arc<str>,
+    pub data: Payload,
+}
+
+impl Publish<Event> {
+    /// Encodes the envelope once, with its recovery offset as the last argument if it has one.
+    pub fn encode(self, now_ms: u64, offset: Option<Offset>) -> Publish<WireMessage> {
+        let message = envelope::encode_payload_at(
+            &self.body.name,
+            &self.room,
+            &self.body.data,
+            now_ms,
+            offset,
+        );
+        Publish {
+            room: self.room,
+            body: message,
+            class: self.class,
+            deliver: self.deliver,
+            retain: self.retain,
+            book: self.book,
+            offset,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +136,6 @@ pub struct Market {
     timers: BinaryHeap<Reverse<(u64, TimerKey)>>,
     pub counters: MarketCounters,
 }
-
-const ALL_TICKERS: &str = "ticker:all";
 
 impl Market {
     pub fn new(settings: MarketSettings) -> Market {
@@ -197,23 +225,29 @@ impl Market {
                 }
             }
             IngestEvent::Trade { symbol, data } => out.push(Publish {
-                room: Arc::from(format!("trades:{symbol}")),
-                event: Arc::from("trade"),
-                data: Payload::Value(data),
+                room: Room::Trades(&symbol).name(),
+                body: Event {
+                    name: Arc::from("trade"),
+                    data: Payload::Value(data),
+                },
                 class: StreamClass::Lossless,
                 deliver: true,
                 retain: false,
                 book: None,
+                offset: None,
             }),
             IngestEvent::Private { room, event, data }
             | IngestEvent::Manual { room, event, data } => out.push(Publish {
-                room: Arc::from(room),
-                event: Arc::from(event),
-                data: Payload::Value(data),
+                room,
+                body: Event {
+                    name: Arc::from(event),
+                    data: Payload::Value(data),
+                },
                 class: StreamClass::Lossless,
                 deliver: true,
                 retain: false,
                 book: None,
+                offset: None,
             }),
         }
     }
@@ -248,23 +282,29 @@ impl Market {
         }
         let changed: Vec<Value> = self.changed_tickers.drain(..).map(|(_, v)| v).collect();
         out.push(Publish {
-            room: Arc::from(ALL_TICKERS),
-            event: Arc::from("tickers.update"),
-            data: Payload::Value(Value::Array(changed)),
+            room: Room::TickerAll.name(),
+            body: Event {
+                name: Arc::from("tickers.update"),
+                data: Payload::Value(Value::Array(changed)),
+            },
             class: StreamClass::Latest,
             deliver: true,
             retain: false,
             book: None,
+            offset: None,
         });
         // What a new `ticker:all` subscriber gets: every known ticker.
         out.push(Publish {
-            room: Arc::from(ALL_TICKERS),
-            event: Arc::from("tickers.update"),
-            data: Payload::Value(Value::Array(self.known_tickers.values().cloned().collect())),
+            room: Room::TickerAll.name(),
+            body: Event {
+                name: Arc::from("tickers.update"),
+                data: Payload::Value(Value::Array(self.known_tickers.values().cloned().collect())),
+            },
             class: StreamClass::Latest,
             deliver: false,
             retain: true,
             book: None,
+            offset: None,
         });
     }
 
@@ -285,7 +325,7 @@ impl Market {
             throttle: Throttle::new(window),
             open_time: None,
         });
-        let room = || -> Arc<str> { Arc::from(format!("klines:{symbol}:{interval}")) };
+        let room = || Room::Klines(&symbol, interval).name();
         // A new candle: the previous one's held value goes out first, so candles stay in order.
         if open_time.is_some() && state.open_time.is_some() && open_time != state.open_time {
             if let Some(prev) = state.throttle.take_pending() {
@@ -344,7 +384,7 @@ impl Market {
                         .and_then(|k| k.throttle.on_timer(now))
                     {
                         out.push(kline_publish(
-                            Arc::from(format!("klines:{symbol}:{interval}")),
+                            Room::Klines(&symbol, interval).name(),
                             v,
                             false,
                         ));
@@ -372,21 +412,26 @@ impl Market {
 
 fn ticker_publish(symbol: &str, data: Value) -> Publish {
     Publish {
-        room: Arc::from(format!("ticker:{symbol}")),
-        event: Arc::from("ticker.update"),
-        data: Payload::Value(data),
+        room: Room::Ticker(symbol).name(),
+        body: Event {
+            name: Arc::from("ticker.update"),
+            data: Payload::Value(data),
+        },
         class: StreamClass::Latest,
         deliver: true,
         retain: true,
         book: None,
+        offset: None,
     }
 }
 
 fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
     Publish {
         room,
-        event: Arc::from("kline.update"),
-        data: Payload::Value(data),
+        body: Event {
+            name: Arc::from("kline.update"),
+            data: Payload::Value(data),
+        },
         class: if closed {
             StreamClass::Lossless
         } else {
@@ -395,38 +440,45 @@ fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
         deliver: true,
         retain: true,
         book: None,
+        offset: None,
     }
 }
 
 fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
     Publish {
-        room: Arc::from(format!("orderbook:{symbol}")),
-        event: Arc::from("orderbook.update"),
-        data: Payload::Json(view.snapshot_json("resync")),
+        room: Room::Orderbook(symbol).name(),
+        body: Event {
+            name: Arc::from("orderbook.update"),
+            data: Payload::Json(view.snapshot_json("resync")),
+        },
         class: StreamClass::BookSnapshot,
         deliver: true,
         retain: false,
         book: Some(view),
+        offset: None,
     }
 }
 
 fn book_delta(symbol: &str, book: &mut OrderBook) -> Option<Publish> {
     let (delta, view) = book.take_delta()?;
     Some(Publish {
-        room: Arc::from(format!("orderbook:{symbol}")),
-        event: Arc::from("orderbook.update"),
-        data: Payload::Json(delta.json(symbol)),
+        room: Room::Orderbook(symbol).name(),
+        body: Event {
+            name: Arc::from("orderbook.update"),
+            data: Payload::Json(delta.json(symbol)),
+        },
         class: StreamClass::BookDelta,
         deliver: true,
         retain: false,
         book: Some(view),
+        offset: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::route::parse_event;
+    use crate::market::input::parse_event;
     use serde_json::json;
 
     fn ev(v: Value) -> IngestEvent {
@@ -468,17 +520,17 @@ mod tests {
             .filter(|(_, p)| &*p.room == "ticker:BTCUSDT")
             .collect();
         assert_eq!(sym.len(), 2);
-        assert_eq!(sym[0].1.data, Payload::Value(json!({"seq": 0})));
+        assert_eq!(sym[0].1.body.data, Payload::Value(json!({"seq": 0})));
         assert_eq!(
-            (sym[1].0, &sym[1].1.data),
+            (sym[1].0, &sym[1].1.body.data),
             (1000, &Payload::Value(json!({"seq": 49})))
         );
         let all: Vec<_> = log
             .iter()
-            .filter(|(_, p)| &*p.room == ALL_TICKERS && p.deliver)
+            .filter(|(_, p)| Room::parse(&p.room) == Room::TickerAll && p.deliver)
             .collect();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[1].1.data, Payload::Value(json!([{"seq": 49}])));
+        assert_eq!(all[1].1.body.data, Payload::Value(json!([{"seq": 49}])));
     }
 
     #[test]
@@ -508,8 +560,8 @@ mod tests {
         );
         let all: Vec<_> = log
             .iter()
-            .filter(|(_, p)| &*p.room == ALL_TICKERS && p.deliver)
-            .map(|(_, p)| p.data.clone())
+            .filter(|(_, p)| Room::parse(&p.room) == Room::TickerAll && p.deliver)
+            .map(|(_, p)| p.body.data.clone())
             .collect();
         assert_eq!(
             all,
@@ -521,10 +573,10 @@ mod tests {
         let retained = log
             .iter()
             .rev()
-            .find(|(_, p)| p.retain && &*p.room == ALL_TICKERS)
+            .find(|(_, p)| p.retain && Room::parse(&p.room) == Room::TickerAll)
             .unwrap();
         assert_eq!(
-            retained.1.data,
+            retained.1.body.data,
             Payload::Value(json!([{"s":"A1"},{"s":"B2"},{"s":"C1"}]))
         );
     }
@@ -551,7 +603,7 @@ mod tests {
         );
         let seen: Vec<(u64, bool)> = log
             .iter()
-            .map(|(_, p)| match &p.data {
+            .map(|(_, p)| match &p.body.data {
                 Payload::Value(v) => (v["c"].as_u64().unwrap(), v["closed"].as_bool().unwrap()),
                 _ => unreachable!(),
             })
@@ -587,7 +639,7 @@ mod tests {
                 StreamClass::BookSnapshot
             ]
         );
-        let Payload::Json(j) = &log[1].1.data else {
+        let Payload::Json(j) = &log[1].1.body.data else {
             panic!()
         };
         let v: Value = serde_json::from_slice(j).unwrap();
@@ -596,7 +648,7 @@ mod tests {
             (Some(2), Some(3))
         );
         assert_eq!(log[1].0, 110);
-        let Payload::Json(j) = &log[2].1.data else {
+        let Payload::Json(j) = &log[2].1.body.data else {
             panic!()
         };
         let v: Value = serde_json::from_slice(j).unwrap();

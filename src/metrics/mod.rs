@@ -4,8 +4,10 @@
 
 mod process;
 
+use crate::cluster::emitter::EmitterCounters;
 use crate::ingest::Ingest;
-use crate::shard::{Counters, Latency, ShardStats, Shared, LATENCY_BUCKETS, ROOM_KINDS};
+use crate::room::RoomKind;
+use crate::shard::{Counters, Latency, ShardStats, Shared, LATENCY_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -20,6 +22,7 @@ struct GatewayCollector {
     stats: Vec<Arc<ShardStats>>,
     shared: Arc<Shared>,
     ingest: Arc<Ingest>,
+    emitter: Arc<EmitterCounters>,
 }
 
 impl std::fmt::Debug for GatewayCollector {
@@ -137,12 +140,12 @@ impl Collector for GatewayCollector {
             outbound += s.gauges.outbound_queue_bytes();
             latency.add(&s.gauges.latency());
         }
-        let subs = ROOM_KINDS
+        let subs = RoomKind::ALL
             .iter()
             .zip(by_kind)
             .map(|(k, v)| {
                 (
-                    vec![("channel", (*k).to_owned())],
+                    vec![("channel", k.as_str().to_owned())],
                     ConstGauge::new(v as i64),
                 )
             })
@@ -261,7 +264,7 @@ impl Collector for GatewayCollector {
                 vec![(Labels::new(), ConstGauge::new(r.log().len() as i64))],
             )?;
         }
-        let em = &self.shared.emitter;
+        let em = &self.emitter;
         family(
             &mut enc,
             "gateway_emitter_packets",
@@ -304,12 +307,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(stats: Vec<Arc<ShardStats>>, shared: Arc<Shared>, ingest: Arc<Ingest>) -> Metrics {
+    pub fn new(
+        stats: Vec<Arc<ShardStats>>,
+        shared: Arc<Shared>,
+        ingest: Arc<Ingest>,
+        emitter: Arc<EmitterCounters>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(GatewayCollector {
             stats,
             shared,
             ingest,
+            emitter,
         }));
         Metrics { registry }
     }

@@ -3,6 +3,7 @@
 
 use super::{Offset, RecoveryLog, SessionRecord};
 use crate::codec::WireMessage;
+use crate::room::Room;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -30,12 +31,13 @@ pub fn plan(
     if record.user.as_deref() != user {
         return None;
     }
-    let own_private = user.map(|u| format!("user:{u}:"));
+    // A private room is restored only to its own user, whatever the record says.
     let rooms: Vec<(Arc<str>, Offset)> = record
         .joined()
         .into_iter()
-        .filter(|(r, _)| {
-            !r.starts_with("user:") || own_private.as_deref().is_some_and(|p| r.starts_with(p))
+        .filter(|(r, _)| match Room::parse(r) {
+            Room::User(owner, _) => Some(owner) == user,
+            _ => true,
         })
         .map(|(r, o)| (Arc::from(r), o))
         .collect();

@@ -55,6 +55,10 @@ impl Heartbeat {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "any instant will do as the start"
+)]
 mod tests {
     use super::*;
 

@@ -2,33 +2,35 @@
 //! one message per shard carrying the whole batch, whatever the number of subscribers.
 
 use crate::codec::WireMessage;
-use crate::market::book::BookView;
-use crate::market::StreamClass;
-use crate::recovery::{Offset, RestoreTicket, SessionRecord};
+use crate::market::Publish;
+use crate::recovery::{RestoreTicket, SessionRecord};
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One event for one room, already encoded into its final frame.
+pub type Broadcast = Publish<WireMessage>;
+
+/// An emit to `/ws` rooms from outside the market (socket.io's Redis emitter), encoded once
+/// for every recipient.
 #[derive(Debug, Clone)]
-pub struct Broadcast {
-    pub room: Arc<str>,
+pub struct RoomEmit {
+    /// Rooms to deliver to; empty means every `/ws` socket.
+    pub rooms: Vec<Arc<str>>,
+    /// Sockets in any of these rooms are left out.
+    pub except: Vec<Arc<str>>,
     pub message: WireMessage,
-    pub class: StreamClass,
-    /// Send to the room's members.
-    pub deliver: bool,
-    /// Keep as the room's last value, sent to each new subscriber.
-    pub retain: bool,
-    /// For order book rooms: the view subscribe snapshots are made from.
-    pub book: Option<Arc<BookView>>,
-    /// When ingest handed it over, for the fan-out latency histogram.
-    pub created: std::time::Instant,
-    /// Its recovery offset (lossless events, with recovery on).
-    pub offset: Option<Offset>,
+    pub event: String,
 }
 
 pub enum ShardMsg {
-    Publish(Arc<[Broadcast]>),
+    /// A batch of broadcasts, and when ingest handed it over (for the fan-out latency
+    /// histogram).
+    Publish {
+        batch: Arc<[Broadcast]>,
+        created: Instant,
+    },
     /// A connection whose request names a session this shard owns.
     Adopt {
         stream: std::net::TcpStream,
@@ -36,7 +38,7 @@ pub enum ShardMsg {
     },
     Shutdown,
     /// A socket.io Redis emitter packet for rooms of `/ws`.
-    Emit(Arc<crate::cluster::emitter::Emit>),
+    Emit(Arc<RoomEmit>),
     /// The answer to a session lookup that had to go to Redis.
     Restored {
         ticket: RestoreTicket,
@@ -76,18 +78,21 @@ impl Fanout {
         Fanout { shards }
     }
 
-    pub fn publish(&self, batch: Vec<Broadcast>) {
+    pub fn publish(&self, batch: Vec<Broadcast>, created: Instant) {
         if batch.is_empty() {
             return;
         }
         let batch: Arc<[Broadcast]> = batch.into();
         for s in self.shards.iter() {
-            s.send(ShardMsg::Publish(batch.clone()));
+            s.send(ShardMsg::Publish {
+                batch: batch.clone(),
+                created,
+            });
         }
     }
 
     /// A socket.io Redis emitter packet, to every shard.
-    pub fn emit(&self, emit: Arc<crate::cluster::emitter::Emit>) {
+    pub fn emit(&self, emit: Arc<RoomEmit>) {
         for s in self.shards.iter() {
             s.send(ShardMsg::Emit(emit.clone()));
         }

@@ -1,8 +1,10 @@
-//! Validation of ingested events into typed events (contract §5). Everything an event is
-//! routed on is checked here, before anything of its batch is published.
+//! Events the market takes in, as a backend sends them (contract §5), validated into typed
+//! events. Everything an event is routed on is checked here, before anything of its batch is
+//! published.
 
-use crate::gateway::channels::{valid_interval, valid_symbol, INTERVALS};
 use crate::market::book::BookUpdate;
+use crate::room::{valid_interval, valid_symbol, INTERVALS};
+use crate::room::{PrivateChannel, Room};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -30,13 +32,13 @@ pub enum IngestEvent {
     },
     /// `order.*`, `trade.executed`, `balance.*`, `deposit.*` for one user.
     Private {
-        room: String,
+        room: Arc<str>,
         event: String,
         data: Value,
     },
     /// `{room, event, data}`.
     Manual {
-        room: String,
+        room: Arc<str>,
         event: String,
         data: Value,
     },
@@ -83,20 +85,6 @@ fn symbol(ev: &Map<String, Value>) -> Result<Arc<str>, String> {
     }
 }
 
-fn private_room(kind: &str) -> Option<&'static str> {
-    let (prefix, name) = kind.split_once('.')?;
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return None;
-    }
-    match (prefix, name) {
-        ("order", _) => Some("orders"),
-        ("trade", "executed") => Some("trades"),
-        ("balance", _) => Some("balances"),
-        ("deposit", _) => Some("deposits"),
-        _ => None,
-    }
-}
-
 /// Validates one event, taking its data without copying.
 pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
     let Value::Object(mut obj) = ev else {
@@ -113,7 +101,7 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
             return Err(format!("'{event}' cannot be used as an event name"));
         }
         return Ok(IngestEvent::Manual {
-            room: room.into(),
+            room: Arc::from(room),
             event: event.into(),
             data,
         });
@@ -173,7 +161,7 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
             }
         }
         other => {
-            let Some(suffix) = private_room(other) else {
+            let Some(channel) = PrivateChannel::for_event(other) else {
                 return Err(format!("unknown event type '{other}'"));
             };
             let user = str_field(&obj, "userId")
@@ -182,7 +170,7 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
                 return Err("'userId' must be 1 to 128 characters without ':'".into());
             }
             IngestEvent::Private {
-                room: format!("user:{user}:{suffix}"),
+                room: Room::User(user, channel).name(),
                 event: other.into(),
                 data,
             }
@@ -212,9 +200,9 @@ mod tests {
             }
         ));
         let p = parse_event(json!({"type":"order.filled","userId":"u-1","data":{}})).unwrap();
-        assert!(matches!(p, IngestEvent::Private { ref room, .. } if room == "user:u-1:orders"));
+        assert!(matches!(p, IngestEvent::Private { ref room, .. } if &**room == "user:u-1:orders"));
         let p = parse_event(json!({"type":"trade.executed","userId":"u-1","data":{}})).unwrap();
-        assert!(matches!(p, IngestEvent::Private { ref room, .. } if room == "user:u-1:trades"));
+        assert!(matches!(p, IngestEvent::Private { ref room, .. } if &**room == "user:u-1:trades"));
         let m = parse_event(json!({"room":"ticker:BTCUSDT","event":"notice","data":1})).unwrap();
         assert!(matches!(m, IngestEvent::Manual { ref event, .. } if event == "notice"));
     }

@@ -4,12 +4,15 @@
 
 use crate::auth::Identity;
 use crate::codec::socketio::{BinaryAssembler, Kind, Packet};
+use crate::conformance;
 use crate::gateway::api::{self, Effect};
-use crate::gateway::envelope::GATEWAY_NAMESPACE;
 use crate::gateway::{GatewaySettings, GatewaySocket};
 use crate::limits::bucket::TokenBucket;
+use crate::notice::{self, ApiError, ConnectRefusal, ErrorCode};
 use crate::recovery::{Offset, Restored};
 use crate::session::sid::new_socket_id;
+use crate::session::Violation;
+use crate::GATEWAY_NAMESPACE;
 use serde_json::{json, Value};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -27,7 +30,7 @@ impl App {
     fn accepts(&self, ns: &str) -> bool {
         match self {
             App::Gateway(_) => ns == "/" || ns == GATEWAY_NAMESPACE,
-            App::Conformance => ns == "/" || ns == "/custom",
+            App::Conformance => conformance::accepts(ns),
         }
     }
 }
@@ -43,7 +46,7 @@ pub enum Output {
     /// A token was refused (the reason, for metrics and logs).
     AuthFailed(&'static str),
     /// The peer broke the protocol or the limits: close the session.
-    Close(&'static str),
+    Close(Violation),
     /// A `/ws` CONNECT presented a recovery session: look it up, then call
     /// `SocketLayer::finish_connect` with what may be restored.
     Restore {
@@ -168,19 +171,17 @@ impl SocketLayer {
 
     pub fn on_text(&mut self, app: &App, text: &str, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         if self.binary.is_waiting() {
-            out.push(Output::Close(
-                "text packet while binary attachments were pending",
-            ));
+            out.push(Output::Close(Violation::TextDuringAttachments));
             return;
         }
         let (packet, attachments) = match Packet::decode(text) {
             Ok(p) => p,
-            Err(_) => return out.push(Output::Close("parse error")),
+            Err(_) => return out.push(Output::Close(Violation::ParseError)),
         };
         match self.binary.start(packet, attachments) {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
-            Err(_) => out.push(Output::Close("parse error")),
+            Err(_) => out.push(Output::Close(Violation::ParseError)),
         }
     }
 
@@ -194,7 +195,7 @@ impl SocketLayer {
         match self.binary.push(data) {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
-            Err(_) => out.push(Output::Close("parse error")),
+            Err(_) => out.push(Output::Close(Violation::ParseError)),
         }
     }
 
@@ -208,11 +209,9 @@ impl SocketLayer {
             .as_ref()
             .is_some_and(|p| *p.namespace == *packet.namespace);
         match (packet.kind, index) {
-            (Kind::Connect, None) if pending => {
-                out.push(Output::Close("second CONNECT for a namespace"))
-            }
+            (Kind::Connect, None) if pending => out.push(Output::Close(Violation::SecondConnect)),
             (Kind::Connect, None) => self.connect(app, packet, ctx, out),
-            (Kind::Connect, Some(_)) => out.push(Output::Close("second CONNECT for a namespace")),
+            (Kind::Connect, Some(_)) => out.push(Output::Close(Violation::SecondConnect)),
             (Kind::Disconnect, Some(i)) => {
                 let s = self.sockets.remove(i);
                 if let Some(g) = s.gateway {
@@ -229,9 +228,7 @@ impl SocketLayer {
             }
             // Acks answer server emits with an ack; the gateway never asks for one.
             (Kind::Ack | Kind::BinaryAck, Some(_)) => {}
-            _ => out.push(Output::Close(
-                "packet for a namespace that is not connected",
-            )),
+            _ => out.push(Output::Close(Violation::NamespaceNotConnected)),
         }
     }
 
@@ -260,39 +257,23 @@ impl SocketLayer {
         }
         self.refused += 1;
         if f64::from(self.refused) > settings.message_rate * ABUSE_FACTOR {
-            out.push(Output::Close("sustained flood of client events"));
+            out.push(Output::Close(Violation::EventFlood));
             return false;
         }
         let ns = self.sockets[i].namespace.to_string();
-        let error = json!({"code": "RATE_LIMITED", "message": format!("at most {} events per second", settings.message_rate)});
-        out.push(match packet.id {
-            Some(id) => ack(&ns, id, json!([{"ok": false, "error": error}]), Vec::new()),
-            None => {
-                let mut e = error;
-                e["request"] = packet.event_name().map(|n| json!(n)).unwrap_or(Value::Null);
-                Output::Send(Packet::event(&ns, json!(["error", e]), None))
-            }
-        });
+        let request = packet.event_name().map_or(Value::Null, |n| json!(n));
+        let error = notice::rate_limited(settings.message_rate);
+        out.push(Output::Send(notice::api_error(
+            &ns, packet.id, &error, request,
+        )));
         false
     }
 
     fn connect(&mut self, app: &App, packet: Packet, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         let ns = packet.namespace;
-        let refuse = |message: &str, code: Option<&str>| {
-            let mut data = json!({ "message": message });
-            if let Some(code) = code {
-                data["data"] = json!({ "code": code });
-            }
-            Output::Send(Packet {
-                kind: Kind::ConnectError,
-                namespace: ns.clone(),
-                id: None,
-                data: Some(data),
-                attachments: Vec::new(),
-            })
-        };
+        let refuse = |r: ConnectRefusal| Output::Send(notice::connect_error(&ns, r));
         if !app.accepts(&ns) {
-            out.push(refuse("Invalid namespace", None));
+            out.push(refuse(ConnectRefusal::InvalidNamespace));
             return;
         }
         let mut identity: Option<Identity> = None;
@@ -307,17 +288,14 @@ impl SocketLayer {
                 match auth.verify(token, ctx.now_ms / 1000) {
                     Ok(id) => {
                         if !(ctx.admit_user)(&id.user_id) {
-                            out.push(refuse(
-                                "Too many connections for this user",
-                                Some("CONNECTION_LIMIT"),
-                            ));
+                            out.push(refuse(ConnectRefusal::ConnectionLimit));
                             return;
                         }
                         identity = Some(id);
                     }
                     Err(e) => {
                         out.push(Output::AuthFailed(e.reason()));
-                        out.push(refuse("Unauthorized: Invalid token", Some("INVALID_TOKEN")));
+                        out.push(refuse(ConnectRefusal::InvalidToken));
                         return;
                     }
                 }
@@ -382,12 +360,7 @@ impl SocketLayer {
                 Some(g)
             }
             App::Conformance => {
-                let auth = auth.unwrap_or_else(|| json!({}));
-                out.push(Output::Send(Packet::event(
-                    &ns,
-                    json!(["auth", auth]),
-                    None,
-                )));
+                out.push(Output::Send(conformance::on_connect(&ns, auth)));
                 None
             }
         };
@@ -409,7 +382,7 @@ impl SocketLayer {
     ) {
         let socket = &mut self.sockets[index];
         let ns = socket.namespace.to_string();
-        let Some(Value::Array(mut args)) = packet.data else {
+        let Some(Value::Array(args)) = packet.data else {
             return;
         };
         match app {
@@ -426,17 +399,13 @@ impl SocketLayer {
                     None
                 };
                 if let Some(message) = refusal {
-                    let error = json!({"code": "BAD_REQUEST", "message": message});
-                    out.push(match packet.id {
-                        Some(id) => {
-                            ack(&ns, id, json!([{"ok": false, "error": error}]), Vec::new())
-                        }
-                        None => {
-                            let mut e = error;
-                            e["request"] = Value::Null;
-                            Output::Send(Packet::event(&ns, json!(["error", e]), None))
-                        }
-                    });
+                    let error = ApiError::new(ErrorCode::BadRequest, message);
+                    out.push(Output::Send(notice::api_error(
+                        &ns,
+                        packet.id,
+                        &error,
+                        Value::Null,
+                    )));
                     return;
                 }
                 let Some(gw) = socket.gateway.as_mut() else {
@@ -446,25 +415,10 @@ impl SocketLayer {
                     out.push(effect_output(&ns, fx));
                 }
             }
-            App::Conformance => match args.first().and_then(Value::as_str) {
-                Some("message") => {
-                    args[0] = Value::String("message-back".into());
-                    out.push(Output::Send(Packet {
-                        kind: Kind::Event,
-                        namespace: ns,
-                        id: None,
-                        data: Some(Value::Array(args)),
-                        attachments: packet.attachments,
-                    }));
-                }
-                Some("message-with-ack") => {
-                    if let Some(id) = packet.id {
-                        args.remove(0);
-                        out.push(ack(&ns, id, Value::Array(args), packet.attachments));
-                    }
-                }
-                _ => {}
-            },
+            App::Conformance => {
+                let answer = conformance::on_event(&ns, args, packet.id, packet.attachments);
+                out.extend(answer.map(Output::Send));
+            }
         }
     }
 }

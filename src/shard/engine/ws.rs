@@ -1,15 +1,18 @@
-//! WebSocket input on a shard: frames to messages to Engine.IO packets.
+//! WebSocket input: frames to messages to Engine.IO packets.
 
-use super::conn::Role;
-use super::Shard;
+use super::conn::{HttpState, Role};
+use super::ids::ConnId;
+use super::session::Transport;
+use super::Engine;
 use crate::codec::engineio::Packet;
 use crate::codec::websocket::{self, decode_client_frame, Message};
+use crate::session::CloseReason;
 
-impl Shard {
-    pub(super) fn process_ws(&mut self, c: usize) {
+impl Engine {
+    pub(super) fn process_ws(&mut self, c: ConnId) {
         let max = self.settings.max_payload;
         loop {
-            let Some(conn) = self.conns.get_mut(c) else {
+            let Some(conn) = self.live_conn_mut(c) else {
                 return;
             };
             if conn.closing {
@@ -38,8 +41,7 @@ impl Shard {
                 },
                 Message::Binary(b) => Packet::Binary(b),
                 Message::Ping(p) => {
-                    let frame = websocket::encode_frame(websocket::OpCode::Pong, &p);
-                    conn.push(frame);
+                    conn.push(websocket::encode_frame(websocket::OpCode::Pong, &p));
                     self.mark_dirty(c);
                     continue;
                 }
@@ -52,7 +54,7 @@ impl Shard {
                     return;
                 }
             };
-            if !self.sessions.contains(session) {
+            if self.live_session(session).is_none() {
                 return self.ws_fail(c, 1000, "session ended");
             }
             // A probing socket carries only the probe and the upgrade.
@@ -63,9 +65,9 @@ impl Shard {
         }
     }
 
-    fn ws_fail(&mut self, c: usize, code: u16, reason: &str) {
+    fn ws_fail(&mut self, c: ConnId, code: u16, reason: &str) {
         self.counters.protocol_errors += 1;
-        if let Some(conn) = self.conns.get_mut(c) {
+        if let Some(conn) = self.live_conn_mut(c) {
             conn.push(websocket::encode_close(code, reason));
             conn.closing = true;
             conn.inbuf.clear();
@@ -76,24 +78,24 @@ impl Shard {
 
     /// Ends the session riding on this WebSocket, keeping the socket open long enough to
     /// write what is queued (the close frame).
-    fn detach_ws(&mut self, c: usize) {
-        let Some(conn) = self.conns.get_mut(c) else {
+    fn detach_ws(&mut self, c: ConnId) {
+        let Some(conn) = self.live_conn_mut(c) else {
             return;
         };
         let Role::WebSocket(ws) = &conn.role else {
             return;
         };
         let (s, probing) = (ws.session, ws.probing);
-        conn.role = Role::Http(super::conn::HttpState::Head);
+        conn.role = Role::Http(HttpState::Head);
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         if probing {
-            if let Some(session) = self.sessions.get_mut(s) {
-                if session.probe == Some(c) {
-                    session.probe = None;
-                }
+            if session.probe == Some(c) {
+                session.probe = None;
             }
-        } else if matches!(self.sessions.get(s).map(|x| &x.transport), Some(super::Transport::WebSocket(t)) if *t == c)
-        {
-            self.close_session(s, "websocket closed", false);
+        } else if session.transport == Transport::WebSocket(c) {
+            self.close_session(s, CloseReason::WebSocketClosed);
         }
     }
 }

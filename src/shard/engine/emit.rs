@@ -1,13 +1,14 @@
 //! Delivery of socket.io Redis emitter packets: to the union of the named rooms (each socket
 //! once, as socket.io does), or to every `/ws` socket, minus the `except` rooms.
 
-use super::Shard;
-use crate::cluster::emitter::Emit;
+use super::ids::SessionId;
+use super::Engine;
+use crate::shard::handle::RoomEmit;
 use std::collections::HashSet;
 
-impl Shard {
-    pub(super) fn deliver_emit(&mut self, emit: &Emit) {
-        let mut targets: Vec<usize> = if emit.rooms.is_empty() {
+impl Engine {
+    pub(super) fn deliver_emit(&mut self, emit: &RoomEmit) {
+        let mut targets: Vec<SessionId> = if emit.rooms.is_empty() {
             self.gateway_sessions()
         } else {
             emit.rooms
@@ -19,7 +20,7 @@ impl Shard {
         targets.sort_unstable();
         targets.dedup();
         if !emit.except.is_empty() {
-            let excluded: HashSet<usize> = emit
+            let excluded: HashSet<SessionId> = emit
                 .except
                 .iter()
                 .filter_map(|r| self.rooms.get(r))
@@ -28,9 +29,7 @@ impl Shard {
             targets.retain(|s| !excluded.contains(s));
         }
         for s in targets {
-            if self.sessions.contains(s) {
-                self.send_wire(s, &emit.message);
-            }
+            self.send_wire(s, &emit.message);
         }
     }
 }

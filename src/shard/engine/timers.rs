@@ -2,28 +2,26 @@
 //! generation of its target, and a stale one is skipped when it fires, which keeps re-arming a
 //! heartbeat O(log n) with no search.
 
+use super::ids::{ConnId, SessionId};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+/// What a deadline is for, and which generation of its target it was armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TimerKind {
-    Heartbeat,
-    ConnectTimeout,
-    HandshakeTimeout,
+pub(super) enum Timer {
+    /// The session's next ping, or the end of its wait for a pong.
+    Heartbeat(SessionId, u64),
+    /// A session that has joined no namespace by now is closed.
+    ConnectTimeout(SessionId, u64),
     /// Token expiry notices and expiries of a session's sockets.
-    Socket,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Timer {
-    pub kind: TimerKind,
-    pub index: usize,
-    pub generation: u64,
+    Socket(SessionId, u64),
+    /// A connection that has not completed its next request head by now is closed.
+    RequestTimeout(ConnId, u64),
 }
 
 #[derive(Debug, Default)]
-pub struct Timers {
+pub(super) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, Timer)>>,
 }
 
@@ -43,9 +41,18 @@ impl Timers {
             _ => None,
         }
     }
+
+    #[cfg(any(test, fuzzing))]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "any instant will do as the start"
+)]
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -54,11 +61,7 @@ mod tests {
     fn pops_in_deadline_order() {
         let t0 = Instant::now();
         let mut t = Timers::default();
-        let mk = |i| Timer {
-            kind: TimerKind::Heartbeat,
-            index: i,
-            generation: 0,
-        };
+        let mk = |i| Timer::Heartbeat(SessionId::new(i), 0);
         t.schedule(t0 + Duration::from_millis(20), mk(2));
         t.schedule(t0 + Duration::from_millis(10), mk(1));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));

@@ -1,33 +1,24 @@
-//! The shard's side of connection state recovery: looking up a presented session, restoring
-//! it (rooms, replay, socket id), and leaving records behind for sockets that may come back.
+//! The engine's side of connection state recovery: asking for a presented session's record,
+//! restoring it (rooms, replay, socket id), and leaving records behind for sockets that may
+//! come back. Records are stored and looked up by the driver (`Action::SaveRecord`,
+//! `Action::TakeRecord`).
 
-use super::{unix_ms, Shard};
-use crate::gateway::envelope::GATEWAY_NAMESPACE;
-use crate::recovery::{self, Lookup, Offset, RestoreTicket, SessionRecord};
-use crate::sockets::Output;
+use super::ids::SessionId;
+use super::{Action, Engine};
+use crate::recovery::{self, Offset, RestoreTicket, SessionRecord};
+use crate::session::sockets::Output;
+use crate::GATEWAY_NAMESPACE;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Session ends after which the client is expected back: the connection went, not the client.
-pub(super) fn recoverable(reason: &str) -> bool {
-    matches!(
-        reason,
-        "transport closed"
-            | "websocket closed"
-            | "ping timeout"
-            | "client closed"
-            | "poll connection closed prematurely"
-            | "server shutting down"
-    )
-}
-
-impl Shard {
-    /// A `/ws` CONNECT presented `pid`: finish it now if the record is at hand, else when
-    /// Redis answers.
-    pub(super) fn start_restore(&mut self, s: usize, pid: Box<str>, offset: Option<Offset>) {
-        let Some(rec) = self.shared.recovery.clone() else {
+impl Engine {
+    /// A `/ws` CONNECT presented `pid`: ask for its record (or finish now when recovery is off).
+    pub(super) fn start_restore(&mut self, s: SessionId, pid: Box<str>, offset: Option<Offset>) {
+        if self.shared.recovery.is_none() {
             return self.finish_restore(s, offset, None);
+        }
+        let Some(session) = self.live_session(s) else {
+            return;
         };
-        let session = &self.sessions[s];
         let ticket = RestoreTicket {
             shard: self.id,
             sid: session.sid.clone(),
@@ -36,25 +27,29 @@ impl Shard {
             pid,
             offset,
         };
-        if let Lookup::Ready(record) = rec.store.take(ticket, unix_ms()) {
-            self.finish_restore(s, offset, record);
-        }
+        self.actions.push_back(Action::TakeRecord(ticket));
     }
 
-    /// Redis answered a lookup; the session may have gone meanwhile.
+    /// The record lookup answered; the session may have gone meanwhile.
     pub(super) fn on_restored(&mut self, ticket: RestoreTicket, record: Option<SessionRecord>) {
         let Some(&s) = self.sids.get(&ticket.sid) else {
             return;
         };
-        if self.sessions[s].generation == ticket.generation
-            && self.sessions[s].sockets.pending_user().is_some()
-        {
+        let waiting = self.live_session(s).is_some_and(|x| {
+            x.generation == ticket.generation && x.sockets.pending_user().is_some()
+        });
+        if waiting {
             self.finish_restore(s, ticket.offset, record);
         }
     }
 
-    fn finish_restore(&mut self, s: usize, offset: Option<Offset>, record: Option<SessionRecord>) {
-        let Some(user) = self.sessions[s].sockets.pending_user() else {
+    fn finish_restore(
+        &mut self,
+        s: SessionId,
+        offset: Option<Offset>,
+        record: Option<SessionRecord>,
+    ) {
+        let Some(user) = self.live_session(s).and_then(|x| x.sockets.pending_user()) else {
             return;
         };
         let user = user.map(str::to_owned);
@@ -87,23 +82,25 @@ impl Shard {
             }
             _ => None,
         };
+        let (app, now_ms) = (self.settings.app.clone(), self.now.unix_ms);
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         if let Some(p) = &plan {
-            let session = &mut self.sessions[s];
             session.joined = p.rooms.clone();
             session.skip_until = p.skip_until;
         }
-        let app = self.settings.app.clone();
         let mut out: Vec<Output> = Vec::new();
-        self.sessions[s]
+        session
             .sockets
-            .finish_connect(&app, unix_ms(), plan.as_ref(), &mut out);
+            .finish_connect(&app, now_ms, plan.as_ref(), &mut out);
         self.apply_outputs(s, out);
         if let (Some(p), Some(rec)) = (plan, &self.shared.recovery) {
             rec.counters
                 .replayed_events
                 .fetch_add(p.replay.len() as u64, Relaxed);
             for m in &p.replay {
-                if !self.sessions.contains(s) {
+                if self.live_session(s).is_none() {
                     break;
                 }
                 self.send_wire(s, m);
@@ -113,35 +110,41 @@ impl Shard {
 
     /// Records every recoverable socket of session `s`. `closing`: the session is ending
     /// (always recorded); otherwise only where records are kept live (cluster mode).
-    pub(super) fn persist(&self, s: usize, closing: bool) {
+    pub(super) fn persist(&mut self, s: SessionId, closing: bool) {
         let Some(rec) = &self.shared.recovery else {
             return;
         };
         if !closing && !rec.store.keeps_live_records() {
             return;
         }
-        let Some(session) = self.sessions.get(s) else {
+        let Some(session) = self.live_session(s) else {
             return;
         };
-        for socket in &session.sockets.sockets {
-            let Some(pid) = &socket.pid else { continue };
-            let user = socket
-                .gateway
-                .as_ref()
-                .and_then(|g| g.identity.as_ref())
-                .map(|i| i.user_id.to_string());
-            let record = SessionRecord {
-                pid: pid.to_string(),
-                sid: socket.id.to_string(),
-                user,
-                rooms: session
-                    .joined
-                    .iter()
-                    .map(|(r, o)| (r.to_string(), o.to_string()))
-                    .collect(),
-            };
-            rec.store.save(record, unix_ms(), rec.settings.window_ms);
-        }
+        let records: Vec<SessionRecord> = session
+            .sockets
+            .sockets
+            .iter()
+            .filter_map(|socket| {
+                let pid = socket.pid.as_ref()?;
+                let user = socket
+                    .gateway
+                    .as_ref()
+                    .and_then(|g| g.identity.as_ref())
+                    .map(|i| i.user_id.to_string());
+                Some(SessionRecord {
+                    pid: pid.to_string(),
+                    sid: socket.id.to_string(),
+                    user,
+                    rooms: session
+                        .joined
+                        .iter()
+                        .map(|(r, o)| (r.to_string(), o.to_string()))
+                        .collect(),
+                })
+            })
+            .collect();
+        self.actions
+            .extend(records.into_iter().map(Action::SaveRecord));
     }
 
     /// Rewrites live records before they expire, so a killed instance's clients find theirs.
@@ -153,15 +156,16 @@ impl Shard {
             return;
         }
         let every = std::time::Duration::from_millis(rec.refresh_ms());
-        if self.now.duration_since(self.last_refresh) < every {
+        if self.now.mono.duration_since(self.last_refresh) < every {
             return;
         }
-        self.last_refresh = self.now;
-        let keys: Vec<usize> = self
+        self.last_refresh = self.now.mono;
+        let keys: Vec<SessionId> = self
             .sessions
             .iter()
+            .filter(|(_, s)| s.closing.is_none())
             .filter(|(_, s)| s.sockets.sockets.iter().any(|n| n.pid.is_some()))
-            .map(|(k, _)| k)
+            .map(|(k, _)| SessionId::new(k))
             .collect();
         for s in keys {
             self.persist(s, false);

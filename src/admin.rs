@@ -1,8 +1,8 @@
-//! The internal listener: `POST /internal/events`, `GET /internal/orderbook/{symbol}`,
-//! `GET /stats`, `GET /health`. Served by hyper
-//! on a small tokio runtime, away from the shards.
+//! The internal (admin) listener: `POST /internal/events`, `GET /internal/orderbook/{symbol}`,
+//! `GET /metrics`, `GET /stats`, `GET /health`. Served by hyper on a small tokio runtime, away
+//! from the shards.
 
-use super::{Ingest, IngestError};
+use crate::ingest::{Ingest, IngestError};
 use crate::shard::{Counters, ShardStats};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -140,8 +140,8 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
         ),
         Err(IngestError::Parse(e)) => {
             let index = match &e {
-                super::parse::ParseError::BadJson { index, .. } => *index,
-                super::parse::ParseError::Empty => None,
+                crate::ingest::parse::ParseError::BadJson { index, .. } => *index,
+                crate::ingest::parse::ParseError::Empty => None,
             };
             json_response(
                 StatusCode::BAD_REQUEST,

@@ -1,9 +1,11 @@
-//! Engine.IO sessions on a shard: open, packets in, packets out, heartbeats, upgrade, close.
+//! Engine.IO sessions: open, packets in, packets out, heartbeats, upgrade, close.
 
 use super::conn::{HttpState, Role};
+use super::ids::{ConnId, SessionId};
 use super::outbound::Outbound;
-use super::timers::{Timer, TimerKind};
-use super::{unix_ms, Session, Shard, Transport};
+use super::session::{Session, Transport};
+use super::timers::Timer;
+use super::Engine;
 use crate::codec::engineio::Packet;
 use crate::codec::websocket;
 use crate::codec::WireMessage;
@@ -13,13 +15,14 @@ use crate::market::Payload;
 use crate::recovery::Offset;
 use crate::session::heartbeat::{Heartbeat, HeartbeatAction};
 use crate::session::sid::new_sid;
-use crate::sockets::{App, Ctx, Output, SocketLayer};
+use crate::session::sockets::{App, Ctx, Output, SocketLayer};
+use crate::session::{CloseReason, Violation};
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-impl Shard {
+impl Engine {
     /// Opens a session for a handshake, unless a connection cap refuses it.
     pub(super) fn open_session(
         &mut self,
@@ -27,14 +30,14 @@ impl Shard {
         echo: bool,
         ip: IpAddr,
         handshake_token: Option<Box<str>>,
-    ) -> Result<usize, Refusal> {
-        if self.drain_deadline.is_some() {
+    ) -> Result<SessionId, Refusal> {
+        if self.drain_deadline.is_some() || self.stopped {
             self.counters.handshakes_refused += 1;
             return Err(Refusal::Draining);
         }
         self.shared
             .limits
-            .admit(ip, unix_ms())
+            .admit(ip, self.now.unix_ms)
             .inspect_err(|_| self.counters.handshakes_refused += 1)?;
         let generation = self.generation();
         let mut sid = new_sid(self.id);
@@ -42,7 +45,8 @@ impl Shard {
             sid = new_sid(self.id);
         }
         let is_ws = matches!(transport, Transport::WebSocket(_));
-        let s = self.sessions.insert(Session {
+        let heartbeat = Heartbeat::new(self.now.mono, self.settings.ping_interval);
+        let s = SessionId::new(self.sessions.insert(Session {
             sid: sid.clone().into_boxed_str(),
             generation,
             transport,
@@ -50,7 +54,7 @@ impl Shard {
             queue: Outbound::default(),
             owed: SmallVec::new(),
             dirty: false,
-            heartbeat: Heartbeat::new(self.now, self.settings.ping_interval),
+            heartbeat,
             echo,
             sockets: SocketLayer::default(),
             ip,
@@ -58,73 +62,63 @@ impl Shard {
             socket_timer: None,
             joined: Vec::new(),
             skip_until: None,
-        });
+            closing: None,
+        }));
         self.sids.insert(sid.into_boxed_str(), s);
         if is_ws {
             self.counters.websocket_connections += 1;
         } else {
             self.counters.polling_sessions += 1;
         }
-        let hb = self.sessions[s].heartbeat.deadline();
-        self.timers.schedule(
-            hb,
-            Timer {
-                kind: TimerKind::Heartbeat,
-                index: s,
-                generation,
-            },
-        );
+        self.timers
+            .schedule(heartbeat.deadline(), Timer::Heartbeat(s, generation));
         if !echo {
             self.timers.schedule(
-                self.now + self.settings.connect_timeout,
-                Timer {
-                    kind: TimerKind::ConnectTimeout,
-                    index: s,
-                    generation,
-                },
+                self.now.mono + self.settings.connect_timeout,
+                Timer::ConnectTimeout(s, generation),
             );
         }
-        tracing::debug!(shard = self.id, sid = %self.sessions[s].sid, websocket = is_ws, "session opened");
+        tracing::debug!(shard = self.id, session = ?s, websocket = is_ws, "session opened");
         Ok(s)
     }
 
     /// The Engine.IO open packet: exactly the keys the reference server sends.
-    pub(super) fn open_packet(&self, s: usize, polling: bool) -> Packet {
+    pub(super) fn open_packet(&self, s: SessionId, polling: bool) -> Option<Packet> {
         let st = &self.settings;
+        let session = self.live_session(s)?;
         let body = format!(
             "{{\"sid\":\"{}\",\"upgrades\":{},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{}}}",
-            self.sessions[s].sid,
+            session.sid,
             if polling { "[\"websocket\"]" } else { "[]" },
             st.ping_interval.as_millis(),
             st.ping_timeout.as_millis(),
             st.max_payload
         );
-        Packet::Open(Bytes::from(body))
+        Some(Packet::Open(Bytes::from(body)))
     }
 
-    pub(super) fn send_engine(&mut self, s: usize, packet: &Packet) {
+    pub(super) fn send_engine(&mut self, s: SessionId, packet: &Packet) {
         self.send_wire(s, &WireMessage::engine(packet));
     }
 
     /// Queues one Engine.IO message on the session's current transport.
-    pub(super) fn send_wire(&mut self, s: usize, msg: &WireMessage) {
-        let Some(session) = self.sessions.get_mut(s) else {
+    pub(super) fn send_wire(&mut self, s: SessionId, msg: &WireMessage) {
+        let hard = self.settings.outbound_hard_limit;
+        let Some(session) = super::session::live_mut(&mut self.sessions, s) else {
             return;
         };
-        self.counters.messages_out += 1;
         match session.transport {
             Transport::WebSocket(c) => {
-                if let Some(conn) = self.conns.get_mut(c) {
+                self.counters.messages_out += 1;
+                if let Some(conn) = self.live_conn_mut(c) {
                     conn.push(msg.ws_frame().clone());
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty_conns.push(c);
-                    }
+                    self.mark_dirty(c);
                 }
             }
             Transport::Polling { .. } => {
+                self.counters.messages_out += 1;
                 session.queue.push(msg.polling(), 0, false);
-                if session.queue.bytes() > self.settings.outbound_hard_limit {
+                if session.queue.bytes() > hard {
                     return self.drop_slow_consumer(s);
                 }
                 if !session.dirty {
@@ -137,26 +131,28 @@ impl Shard {
 
     /// Sends a frame on one specific WebSocket connection (probe replies), not the session's
     /// current transport.
-    fn send_on_conn(&mut self, c: usize, packet: &Packet) {
+    fn send_on_conn(&mut self, c: ConnId, packet: &Packet) {
         let frame = WireMessage::engine(packet).ws_frame().clone();
-        if let Some(conn) = self.conns.get_mut(c) {
+        if let Some(conn) = self.live_conn_mut(c) {
             conn.push(frame);
             self.mark_dirty(c);
         }
     }
 
-    /// Handles one Engine.IO packet. `via` is the WebSocket it came on, if any.
+    /// Handles one Engine.IO packet. `via` is the WebSocket it came on, and whether that
+    /// socket is probing an upgrade.
     pub(super) fn on_engine_packet(
         &mut self,
-        s: usize,
+        s: SessionId,
         packet: Packet,
-        via: Option<(usize, bool)>,
+        via: Option<(ConnId, bool)>,
     ) {
+        let (now, interval) = (self.now.mono, self.settings.ping_interval);
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         match packet {
-            Packet::Pong(_) => {
-                let interval = self.settings.ping_interval;
-                self.sessions[s].heartbeat.on_pong(self.now, interval);
-            }
+            Packet::Pong(_) => session.heartbeat.on_pong(now, interval),
             Packet::Ping(data) => match via {
                 Some((c, true)) if &data[..] == b"probe" => {
                     self.send_on_conn(c, &Packet::Pong(data));
@@ -167,10 +163,10 @@ impl Shard {
             },
             Packet::Upgrade => match via {
                 Some((c, true)) => self.finish_upgrade(s, c),
-                _ => self.protocol_error(s, "unexpected upgrade packet"),
+                _ => self.close_session(s, Violation::UnexpectedUpgrade.into()),
             },
             Packet::Message(text) => {
-                if self.sessions[s].echo {
+                if session.echo {
                     return self.send_engine(s, &Packet::Message(text));
                 }
                 let text = String::from_utf8_lossy(&text);
@@ -179,7 +175,7 @@ impl Shard {
                 });
             }
             Packet::Binary(data) => {
-                if self.sessions[s].echo {
+                if session.echo {
                     return self.send_engine(s, &Packet::Binary(data));
                 }
                 self.feed_sockets(s, |layer, app, ctx, out| {
@@ -188,17 +184,14 @@ impl Shard {
             }
             Packet::Close => {
                 // The reference server releases a parked poll with a noop on a client close.
-                if let Some(Transport::Polling { get: Some(g) }) =
-                    self.sessions.get(s).map(|x| &x.transport)
-                {
-                    let g = *g;
-                    self.sessions[s].transport = Transport::Polling { get: None };
+                if let Transport::Polling { get: Some(g) } = session.transport {
+                    session.transport = Transport::Polling { get: None };
                     self.answer_parked_get(g, b"6");
                 }
-                self.close_session(s, "client closed", false)
+                self.close_session(s, CloseReason::ClientClosed)
             }
             Packet::Noop => {}
-            Packet::Open(_) => self.protocol_error(s, "open packet from a client"),
+            Packet::Open(_) => self.close_session(s, Violation::OpenFromClient.into()),
         }
     }
 
@@ -206,16 +199,22 @@ impl Shard {
     /// handshake token and the per-user cap, then applies what it asks for.
     fn feed_sockets(
         &mut self,
-        s: usize,
+        s: SessionId,
         input: impl FnOnce(&mut SocketLayer, &App, &mut Ctx<'_>, &mut Vec<Output>),
     ) {
         let mut out = Vec::new();
         let app = self.settings.app.clone();
         let limits = &self.shared.limits;
         let mut admit = |u: &Arc<str>| limits.admit_user(u);
-        let session = &mut self.sessions[s];
+        let Some(session) = self
+            .sessions
+            .get_mut(s.key())
+            .filter(|x| x.closing.is_none())
+        else {
+            return;
+        };
         let mut ctx = Ctx {
-            now_ms: unix_ms(),
+            now_ms: self.now.unix_ms,
             handshake_token: session.handshake_token.as_deref(),
             admit_user: &mut admit,
         };
@@ -223,18 +222,20 @@ impl Shard {
         self.apply_outputs(s, out);
     }
 
-    fn protocol_error(&mut self, s: usize, reason: &'static str) {
-        self.counters.protocol_errors += 1;
-        self.close_session(s, reason, true);
-    }
-
-    pub(super) fn apply_outputs(&mut self, s: usize, outputs: Vec<Output>) {
+    pub(super) fn apply_outputs(&mut self, s: SessionId, outputs: Vec<Output>) {
         let mut joined = Vec::new();
         let tracks_rooms = self.shared.recovery.is_some();
         let mut rooms_changed = false;
         for o in outputs {
-            if !self.sessions.contains(s) {
-                return;
+            if self.live_session(s).is_none() {
+                // Closed by an earlier output. What the layer already let go of must still be
+                // let go of here: `reap` only releases what the layer holds at the end.
+                match o {
+                    Output::Leave(room) => self.rooms.leave(&room, s),
+                    Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
+                    _ => {}
+                }
+                continue;
             }
             match o {
                 Output::Send(p) => {
@@ -246,32 +247,36 @@ impl Shard {
                     if let Some(last) = self.last_values.get(&room) {
                         joined.push(last.clone());
                     } else if let Some((view, cached)) = self.books.get_mut(&room) {
+                        let now_ms = self.now.unix_ms;
                         let m = cached.get_or_insert_with(|| {
                             let data = Payload::Json(view.snapshot_json("subscribe"));
-                            envelope::encode_payload("orderbook.update", &room, &data, unix_ms())
+                            envelope::encode_payload("orderbook.update", &room, &data, now_ms)
                         });
                         joined.push(m.clone());
                     }
-                    if tracks_rooms {
-                        let at = self.last_offset.unwrap_or(Offset::ZERO);
-                        let session = &mut self.sessions[s];
-                        if !session.joined.iter().any(|(r, _)| *r == room) {
-                            session.joined.push((room.clone(), at));
+                    let at = self.last_offset.unwrap_or(Offset::ZERO);
+                    if let Some(session) = self.live_session_mut(s) {
+                        if tracks_rooms {
+                            if !session.joined.iter().any(|(r, _)| *r == room) {
+                                session.joined.push((room.clone(), at));
+                            }
+                            rooms_changed = true;
                         }
-                        rooms_changed = true;
                     }
                     self.rooms.join(room, s);
                 }
                 Output::Leave(room) => {
-                    if tracks_rooms {
-                        self.sessions[s].joined.retain(|(r, _)| *r != room);
-                        rooms_changed = true;
+                    if let Some(session) = self.live_session_mut(s) {
+                        if tracks_rooms {
+                            session.joined.retain(|(r, _)| *r != room);
+                            rooms_changed = true;
+                        }
+                        session.owed.retain(|r| *r != room);
                     }
-                    self.sessions[s].owed.retain(|r| *r != room);
                     self.rooms.leave(&room, s);
                 }
                 Output::Restore { pid, offset } => {
-                    // Completes later (possibly at once) through `finish_restore`.
+                    // Completes later (possibly within this turn) through `finish_restore`.
                     self.start_restore(s, pid, offset);
                     rooms_changed = true;
                 }
@@ -281,10 +286,10 @@ impl Shard {
                     *self.shared.auth_failures.lock().entry(reason).or_insert(0) += 1;
                     tracing::debug!(shard = self.id, reason, "token refused");
                 }
-                Output::Close(reason) => self.protocol_error(s, reason),
+                Output::Close(violation) => self.close_session(s, violation.into()),
             }
         }
-        if !self.sessions.contains(s) {
+        if self.live_session(s).is_none() {
             return;
         }
         if rooms_changed {
@@ -297,8 +302,10 @@ impl Shard {
         }
     }
 
-    fn finish_upgrade(&mut self, s: usize, c: usize) {
-        let session = &mut self.sessions[s];
+    fn finish_upgrade(&mut self, s: SessionId, c: ConnId) {
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         let old_get = match session.transport {
             Transport::Polling { get } => get,
             Transport::WebSocket(_) => None,
@@ -308,14 +315,14 @@ impl Shard {
         let queued: Vec<Bytes> = session.queue.take_front(usize::MAX);
         self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
         self.counters.websocket_connections += 1;
-        if let Some(super::conn::Role::WebSocket(ws)) = self.conns.get_mut(c).map(|c| &mut c.role) {
-            ws.probing = false;
-        }
-        // Anything still queued for polling goes out on the WebSocket, in order; the noop was
-        // only for the poll.
-        for text in queued.into_iter().filter(|t| &t[..] != b"6") {
-            let m = WireMessage::text(|b| b.extend_from_slice(&text));
-            if let Some(conn) = self.conns.get_mut(c) {
+        if let Some(conn) = self.live_conn_mut(c) {
+            if let Role::WebSocket(ws) = &mut conn.role {
+                ws.probing = false;
+            }
+            // Anything still queued for polling goes out on the WebSocket, in order; the noop
+            // was only for the poll.
+            for text in queued.into_iter().filter(|t| &t[..] != b"6") {
+                let m = WireMessage::text(|b| b.extend_from_slice(&text));
                 conn.push(m.ws_frame().clone());
             }
         }
@@ -327,8 +334,8 @@ impl Shard {
 
     /// Answers the GET parked on connection `g` with `body`; the connection goes back to
     /// reading request heads.
-    pub(super) fn answer_parked_get(&mut self, g: usize, body: &[u8]) {
-        let Some(conn) = self.conns.get_mut(g) else {
+    pub(super) fn answer_parked_get(&mut self, g: ConnId, body: &[u8]) {
+        let Some(conn) = self.live_conn_mut(g) else {
             return;
         };
         let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
@@ -344,18 +351,16 @@ impl Shard {
 
     /// Past the hard limit: the backlog cannot be delivered, so it is discarded, the client is
     /// told why (`error` SLOW_CONSUMER) as far as its socket takes it, and the session ends.
-    pub(super) fn drop_slow_consumer(&mut self, s: usize) {
-        self.counters.slow_consumer_disconnects += 1;
-        let Some(session) = self.sessions.get_mut(s) else {
+    pub(super) fn drop_slow_consumer(&mut self, s: SessionId) {
+        let Some(session) = super::session::live_mut(&mut self.sessions, s) else {
             return;
         };
+        self.counters.slow_consumer_disconnects += 1;
         tracing::debug!(shard = self.id, sid = %session.sid, "slow consumer disconnected");
-        let notice = WireMessage::text(|b| {
-            b.extend_from_slice(b"42/ws,[\"error\",{\"code\":\"SLOW_CONSUMER\",\"message\":\"outbound buffer over its limit; reconnect and resubscribe\"}]");
-        });
+        let notice = crate::notice::slow_consumer();
         match session.transport {
             Transport::WebSocket(c) => {
-                if let Some(conn) = self.conns.get_mut(c) {
+                if let Some(conn) = self.live_conn_mut(c) {
                     conn.out.discard_unsent();
                     conn.push(notice.ws_frame().clone());
                 }
@@ -366,13 +371,17 @@ impl Shard {
                 self.flush_polling(s);
             }
         }
-        self.close_session(s, "slow consumer", true);
+        self.close_session(s, CloseReason::SlowConsumer);
     }
 
     /// Keeps one timer armed for the socket layer's next deadline (token notices, expiries).
-    fn arm_socket_timer(&mut self, s: usize) {
-        let app = &self.settings.app;
-        let Some(session) = self.sessions.get_mut(s) else {
+    fn arm_socket_timer(&mut self, s: SessionId) {
+        let (now, app) = (self.now, &self.settings.app);
+        let Some(session) = self
+            .sessions
+            .get_mut(s.key())
+            .filter(|x| x.closing.is_none())
+        else {
             return;
         };
         let next = session.sockets.next_deadline(app);
@@ -381,87 +390,79 @@ impl Shard {
             let at_ms = next.unwrap_or(0);
             // Far-future tokens: wake within a day and re-arm, rather than overflow an Instant.
             let delay =
-                std::time::Duration::from_millis(at_ms.saturating_sub(unix_ms()).min(86_400_000));
+                std::time::Duration::from_millis(at_ms.saturating_sub(now.unix_ms).min(86_400_000));
             let generation = session.generation;
-            self.timers.schedule(
-                self.now + delay,
-                Timer {
-                    kind: TimerKind::Socket,
-                    index: s,
-                    generation,
-                },
-            );
+            self.timers
+                .schedule(now.mono + delay, Timer::Socket(s, generation));
         }
     }
 
-    pub(super) fn on_socket_timer(&mut self, s: usize) {
-        let app = self.settings.app.clone();
+    pub(super) fn on_socket_timer(&mut self, s: SessionId) {
+        let (app, now_ms) = (self.settings.app.clone(), self.now.unix_ms);
         let mut out = Vec::new();
-        let session = &mut self.sessions[s];
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         session.socket_timer = None;
-        session.sockets.on_tick(&app, unix_ms(), &mut out);
+        session.sockets.on_tick(&app, now_ms, &mut out);
         self.apply_outputs(s, out);
     }
 
-    pub(super) fn on_heartbeat_timer(&mut self, s: usize) {
-        let timeout = self.settings.ping_timeout;
-        let generation = self.sessions[s].generation;
-        match self.sessions[s].heartbeat.poll(self.now, timeout) {
-            HeartbeatAction::SendPing => self.send_engine(s, &Packet::Ping(Bytes::new())),
-            HeartbeatAction::TimedOut => return self.close_session(s, "ping timeout", false),
-            HeartbeatAction::Wait => {}
-        }
-        let at = self.sessions[s].heartbeat.deadline();
-        self.timers.schedule(
-            at,
-            Timer {
-                kind: TimerKind::Heartbeat,
-                index: s,
-                generation,
-            },
-        );
-    }
-
-    /// Ends a session: leaves its rooms, tells the client when `notify`, releases its
-    /// connections and forgets its id.
-    pub(super) fn close_session(&mut self, s: usize, reason: &str, notify: bool) {
-        if !self.sessions.contains(s) {
-            return;
-        }
-        if super::recovery::recoverable(reason) {
-            self.persist(s, true);
-        }
-        let Some(session) = self.sessions.try_remove(s) else {
+    pub(super) fn on_heartbeat_timer(&mut self, s: SessionId) {
+        let (now, timeout) = (self.now.mono, self.settings.ping_timeout);
+        let Some(session) = self.live_session_mut(s) else {
             return;
         };
-        tracing::debug!(shard = self.id, sid = %session.sid, reason, "session closed");
-        self.sids.remove(&session.sid);
-        self.shared.limits.release(session.ip);
-        for user in session.sockets.users() {
-            self.shared.limits.release_user(user);
+        match session.heartbeat.poll(now, timeout) {
+            HeartbeatAction::SendPing => self.send_engine(s, &Packet::Ping(Bytes::new())),
+            HeartbeatAction::TimedOut => return self.close_session(s, CloseReason::PingTimeout),
+            HeartbeatAction::Wait => {}
         }
-        for room in session.sockets.rooms() {
-            self.rooms.leave(room, s);
+        // The ping may have ended the session (a slow consumer): then there is nothing to arm.
+        let Some(session) = self.live_session(s) else {
+            return;
+        };
+        let (at, generation) = (session.heartbeat.deadline(), session.generation);
+        self.timers.schedule(at, Timer::Heartbeat(s, generation));
+    }
+
+    /// Ends a session: records it for recovery when the client is expected back, tells the
+    /// client when the reason says so, and lets go of its connections. It leaves its rooms
+    /// and gives back its cap slots when the current call ends (`reap`).
+    pub(super) fn close_session(&mut self, s: SessionId, reason: CloseReason) {
+        if self.live_session(s).is_none() {
+            return;
         }
-        if let Some(p) = session.probe {
+        if reason.recoverable() {
+            self.persist(s, true);
+        }
+        if reason.is_violation() {
+            self.counters.protocol_errors += 1;
+        }
+        let shard = self.id;
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
+        session.closing = Some(reason);
+        tracing::debug!(shard, sid = %session.sid, %reason, "session closed");
+        let (probe, transport) = (session.probe.take(), session.transport);
+        self.closed_sessions.push(s);
+        if let Some(p) = probe {
             self.close_conn(p);
         }
-        match session.transport {
+        match transport {
             Transport::WebSocket(c) => {
-                self.counters.websocket_connections =
-                    self.counters.websocket_connections.saturating_sub(1);
-                if let Some(conn) = self.conns.get_mut(c) {
+                if let Some(conn) = self.live_conn_mut(c) {
                     conn.role = Role::Http(HttpState::Head);
-                    if notify {
+                    if reason.notifies() {
                         conn.push(WireMessage::engine(&Packet::Close).ws_frame().clone());
-                        conn.push(websocket::encode_close(1000, ""));
+                        conn.push(websocket::encode_close(reason.ws_close_code(), ""));
                     }
                     conn.closing = true;
                     self.mark_dirty(c);
                 }
             }
             Transport::Polling { get } => {
-                self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
                 if let Some(g) = get {
                     self.answer_parked_get(g, b"1");
                 }
@@ -469,31 +470,33 @@ impl Shard {
         }
     }
 
-    /// Drops a TCP connection, and the session that depended on it.
-    pub(super) fn close_conn(&mut self, c: usize) {
-        let Some(mut conn) = self.conns.try_remove(c) else {
+    /// Lets go of a TCP connection, and of the session that depended on it.
+    pub(super) fn close_conn(&mut self, c: ConnId) {
+        let Some(conn) = self.live_conn_mut(c) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.counters.tcp_connections = self.counters.tcp_connections.saturating_sub(1);
-        match conn.role {
+        conn.fate = Some(super::conn::Fate::Released);
+        let role = std::mem::replace(&mut conn.role, Role::Http(HttpState::Head));
+        self.closed_conns.push(c);
+        match role {
             Role::WebSocket(ws) => {
-                let Some(session) = self.sessions.get_mut(ws.session) else {
+                let Some(session) = self.live_session_mut(ws.session) else {
                     return;
                 };
                 if ws.probing && session.probe == Some(c) {
                     session.probe = None;
-                } else if matches!(session.transport, Transport::WebSocket(t) if t == c) {
-                    self.close_session(ws.session, "transport closed", false);
+                } else if session.transport == Transport::WebSocket(c) {
+                    self.close_session(ws.session, CloseReason::TransportClosed);
                 }
             }
             Role::Http(HttpState::PendingGet { session, .. }) => {
-                if let Some(sess) = self.sessions.get_mut(session) {
-                    if matches!(sess.transport, Transport::Polling { get: Some(g) } if g == c) {
-                        sess.transport = Transport::Polling { get: None };
-                        // The reference server ends a session whose poll is cut short.
-                        self.close_session(session, "poll connection closed prematurely", false);
-                    }
+                let Some(sess) = self.live_session_mut(session) else {
+                    return;
+                };
+                if sess.transport == (Transport::Polling { get: Some(c) }) {
+                    sess.transport = Transport::Polling { get: None };
+                    // The reference server ends a session whose poll is cut short.
+                    self.close_session(session, CloseReason::PollCutShort);
                 }
             }
             Role::Http(_) => {}

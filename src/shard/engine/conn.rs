@@ -1,42 +1,53 @@
-//! One TCP connection owned by a shard: its role, its pending input and its outbound queue.
+//! One TCP connection's protocol state: its role, its pending input and its outbound queue.
+//! The socket itself belongs to the driver.
 
-use super::outbound::{Flush, Outbound};
+use super::ids::{ConnId, SessionId};
+use super::outbound::Outbound;
 use crate::codec::websocket::MessageAssembler;
 use crate::http::Request;
 use bytes::{Bytes, BytesMut};
-use mio::net::TcpStream;
+use slab::Slab;
 use std::net::IpAddr;
+use std::time::Instant;
 
 #[derive(Debug)]
-pub enum HttpState {
+pub(super) enum HttpState {
     /// Waiting for (the rest of) a request head.
     Head,
     /// Head read; waiting for `need` body bytes.
     Body { req: Box<Request>, need: usize },
     /// A long-polling GET parked until the session has packets.
     PendingGet {
-        session: usize,
+        session: SessionId,
         origin: Option<Box<str>>,
     },
 }
 
 #[derive(Debug)]
-pub struct WsState {
-    pub session: usize,
+pub(super) struct WsState {
+    pub session: SessionId,
     /// True while this WebSocket is probing an upgrade of a polling session.
     pub probing: bool,
     pub assembler: MessageAssembler,
 }
 
 #[derive(Debug)]
-pub enum Role {
+pub(super) enum Role {
     Http(HttpState),
     WebSocket(WsState),
 }
 
+/// What becomes of a connection the engine has let go of, once the current call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    /// Its socket is closed.
+    Released,
+    /// Its socket moves to the shard that owns the session its request names.
+    HandedOff { shard: usize },
+}
+
 #[derive(Debug)]
-pub struct Conn {
-    pub stream: TcpStream,
+pub(super) struct Conn {
     pub generation: u64,
     /// The peer's address (the proxy's, behind one).
     pub ip: IpAddr,
@@ -44,28 +55,30 @@ pub struct Conn {
     /// Bytes read and not yet consumed. Empty (no allocation) while the peer is idle.
     pub inbuf: BytesMut,
     pub out: Outbound,
-    /// Queued for a flush at the end of this loop turn.
+    /// Queued for a flush.
     pub dirty: bool,
     /// Close once the outbound queue is written.
     pub closing: bool,
+    /// Set when the engine lets go of the connection; it is removed as the call ends.
+    pub fate: Option<Fate>,
     pub requests: u32,
     /// `requests` when the idle deadline was last set: a connection still at that count and
     /// between requests at the deadline is closed (slow first requests, idle keep-alive).
     pub idle_requests: u32,
-    pub idle_deadline: Option<std::time::Instant>,
+    pub idle_deadline: Option<Instant>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, generation: u64, ip: IpAddr) -> Conn {
+    pub fn new(generation: u64, ip: IpAddr, inbuf: BytesMut) -> Conn {
         Conn {
-            stream,
             generation,
             ip,
             role: Role::Http(HttpState::Head),
-            inbuf: BytesMut::new(),
+            inbuf,
             out: Outbound::default(),
             dirty: false,
             closing: false,
+            fate: None,
             requests: 0,
             idle_requests: 0,
             idle_deadline: None,
@@ -77,7 +90,13 @@ impl Conn {
         self.out.push(bytes, 0, false);
     }
 
-    pub fn flush(&mut self) -> (Flush, u32) {
-        self.out.write_to(&mut self.stream)
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.role, Role::WebSocket(_))
     }
+}
+
+/// The connection `c` of `conns`, unless the engine has let go of it. A free function so that
+/// a caller may hold it beside borrows of the engine's other fields.
+pub(super) fn live_mut(conns: &mut Slab<Conn>, c: ConnId) -> Option<&mut Conn> {
+    conns.get_mut(c.key()).filter(|x| x.fate.is_none())
 }

@@ -1,43 +1,38 @@
 //! A shard's room membership table: room name → the local sessions in it. Owned by one
 //! thread, so joins, leaves and fan-out take no lock.
 
+use super::ids::SessionId;
+use crate::room::{Room, RoomKind};
 use indexmap::IndexSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
-pub struct Room {
+pub struct RoomEntry {
     /// Tags this room's frames in outbound queues; never reused.
     pub id: u64,
-    pub members: IndexSet<usize>,
+    pub members: IndexSet<SessionId>,
 }
 
 #[derive(Debug, Default)]
 pub struct Rooms {
-    rooms: HashMap<Arc<str>, Room>,
+    rooms: HashMap<Arc<str>, RoomEntry>,
     next_id: u64,
     subscriptions: usize,
-    by_kind: [usize; ROOM_KINDS.len()],
+    by_kind: [usize; RoomKind::ALL.len()],
 }
 
-/// Room kinds by name prefix, for subscription counts by channel type.
-pub const ROOM_KINDS: [&str; 6] = ["ticker", "orderbook", "trades", "klines", "user", "other"];
-
 fn kind_of(room: &str) -> usize {
-    let prefix = room.split(':').next().unwrap_or("");
-    ROOM_KINDS[..5]
-        .iter()
-        .position(|k| *k == prefix)
-        .unwrap_or(5)
+    Room::parse(room).kind().index()
 }
 
 impl Rooms {
-    pub fn join(&mut self, room: Arc<str>, session: usize) {
+    pub fn join(&mut self, room: Arc<str>, session: SessionId) {
         let room_name = room.clone();
         let next_id = &mut self.next_id;
         let entry = self.rooms.entry(room).or_insert_with(|| {
             *next_id += 1;
-            Room {
+            RoomEntry {
                 id: *next_id,
                 members: IndexSet::new(),
             }
@@ -48,7 +43,7 @@ impl Rooms {
         }
     }
 
-    pub fn leave(&mut self, room: &str, session: usize) {
+    pub fn leave(&mut self, room: &str, session: SessionId) {
         if let Some(r) = self.rooms.get_mut(room) {
             if r.members.swap_remove(&session) {
                 self.subscriptions -= 1;
@@ -60,7 +55,7 @@ impl Rooms {
         }
     }
 
-    pub fn get(&self, room: &str) -> Option<&Room> {
+    pub fn get(&self, room: &str) -> Option<&RoomEntry> {
         self.rooms.get(room)
     }
 
@@ -72,8 +67,8 @@ impl Rooms {
         self.subscriptions
     }
 
-    /// Subscriptions per kind, in `ROOM_KINDS` order.
-    pub fn subscriptions_by_kind(&self) -> [usize; ROOM_KINDS.len()] {
+    /// Subscriptions per kind, in `RoomKind::ALL` order.
+    pub fn subscriptions_by_kind(&self) -> [usize; RoomKind::ALL.len()] {
         self.by_kind
     }
 }
@@ -85,13 +80,13 @@ mod tests {
     #[test]
     fn join_leave_and_cleanup() {
         let mut r = Rooms::default();
-        r.join(Arc::from("trades:BTCUSDT"), 1);
-        r.join(Arc::from("trades:BTCUSDT"), 2);
-        r.join(Arc::from("trades:BTCUSDT"), 2);
+        r.join(Arc::from("trades:BTCUSDT"), SessionId::new(1));
+        r.join(Arc::from("trades:BTCUSDT"), SessionId::new(2));
+        r.join(Arc::from("trades:BTCUSDT"), SessionId::new(2));
         assert_eq!(r.get("trades:BTCUSDT").unwrap().members.len(), 2);
         assert_eq!(r.subscription_count(), 2);
-        r.leave("trades:BTCUSDT", 1);
-        r.leave("trades:BTCUSDT", 2);
+        r.leave("trades:BTCUSDT", SessionId::new(1));
+        r.leave("trades:BTCUSDT", SessionId::new(2));
         assert!(r.get("trades:BTCUSDT").is_none());
         assert_eq!(r.room_count(), 0);
         assert_eq!(r.subscription_count(), 0);

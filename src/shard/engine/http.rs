@@ -1,13 +1,17 @@
 //! The HTTP side of a shard: request heads and bodies, health endpoints, Engine.IO handshakes,
 //! long-polling requests and the WebSocket upgrade.
 
-use super::conn::{HttpState, Role, WsState};
-use super::{Shard, Transport};
+use super::conn::{Fate, HttpState, Role, WsState};
+use super::ids::{ConnId, SessionId};
+use super::session::Transport;
+use super::Engine;
 use crate::codec::engineio;
 use crate::codec::websocket::MessageAssembler;
 use crate::http::{parse_head, response, Method, Request};
 use crate::limits::Refusal;
+use crate::notice::{cors_headers, http_refusal, HttpRefusal};
 use crate::session::sid::shard_of;
+use crate::session::{CloseReason, Violation};
 use crate::transport::{classify, handshake, EngineError, EngineRequest, TransportKind};
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::IpAddr;
@@ -25,10 +29,11 @@ enum Endpoint {
     NotFound,
 }
 
-impl Shard {
-    pub(super) fn process_http(&mut self, c: usize) {
+impl Engine {
+    pub(super) fn process_http(&mut self, c: ConnId) {
+        let (me, shards) = (self.id, self.shard_count);
         loop {
-            let Some(conn) = self.conns.get_mut(c) else {
+            let Some(conn) = self.live_conn_mut(c) else {
                 return;
             };
             if conn.closing {
@@ -47,7 +52,7 @@ impl Shard {
                     let Role::Http(HttpState::Body { req, .. }) =
                         std::mem::replace(&mut conn.role, Role::Http(HttpState::Head))
                     else {
-                        unreachable!("matched above")
+                        return;
                     };
                     conn.requests += 1;
                     self.on_post_body(c, &req, body);
@@ -61,42 +66,25 @@ impl Shard {
                         Ok(None) => return,
                         Err(e) => {
                             self.counters.protocol_errors += 1;
-                            let status = if matches!(e, crate::http::HeadError::TooLarge) {
-                                431
-                            } else {
-                                400
-                            };
-                            let body = format!("{{\"error\":\"{}\"}}", e);
-                            return self
-                                .respond_and_close(c, response::json(status, &[], false, &body));
+                            return self.refuse(c, HttpRefusal::Head(e), None);
                         }
                     };
-                    if let Some(owner) = self.foreign_owner(&req) {
+                    if let Some(owner) = foreign_owner(&req, me, shards) {
                         return self.hand_off(c, owner);
                     }
-                    self.conns[c].inbuf.advance(consumed);
+                    conn.inbuf.advance(consumed);
                     self.on_request(c, req);
                 }
             }
         }
     }
 
-    /// The shard that owns the session a request names, when it is not this one.
-    fn foreign_owner(&self, req: &Request) -> Option<usize> {
-        let owner = shard_of(req.query("sid")?)?;
-        (owner != self.id && owner < self.peers.len()).then_some(owner)
-    }
-
-    fn hand_off(&mut self, c: usize, owner: usize) {
-        let mut conn = self.conns.remove(c);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.counters.tcp_connections -= 1;
-        let buffered = std::mem::take(&mut conn.inbuf);
-        let std_stream = unsafe_into_std(conn.stream);
-        self.peers[owner].send(super::ShardMsg::Adopt {
-            stream: std_stream,
-            buffered,
-        });
+    /// Gives the connection, with the input it holds, to the shard that owns its session.
+    fn hand_off(&mut self, c: ConnId, owner: usize) {
+        if let Some(conn) = self.live_conn_mut(c) {
+            conn.fate = Some(Fate::HandedOff { shard: owner });
+            self.closed_conns.push(c);
+        }
     }
 
     fn endpoint(&self, path: &str) -> Endpoint {
@@ -131,20 +119,23 @@ impl Shard {
             .then(|| origin.to_owned())
     }
 
-    fn on_request(&mut self, c: usize, req: Request) {
+    fn count_request(&mut self, c: ConnId) {
+        if let Some(conn) = self.live_conn_mut(c) {
+            conn.requests += 1;
+        }
+    }
+
+    fn on_request(&mut self, c: ConnId, req: Request) {
         let keep = req.keep_alive;
         match self.endpoint(&req.path) {
             Endpoint::Health => {
-                self.conns[c].requests += 1;
-                self.respond(
-                    c,
-                    response::json(200, &[], keep, "{\"status\":\"ok\"}"),
-                    keep,
-                )
+                self.count_request(c);
+                let r = response::json(200, &[], keep, "{\"status\":\"ok\"}");
+                self.respond(c, r, keep)
             }
             Endpoint::Ready => {
-                self.conns[c].requests += 1;
-                let status = if self.shutting_down || self.drain_deadline.is_some() {
+                self.count_request(c);
+                let status = if self.stopped || self.drain_deadline.is_some() {
                     "draining"
                 } else if !self.shared.ready.load(Ordering::Relaxed) {
                     "starting"
@@ -158,25 +149,21 @@ impl Shard {
                 self.respond(c, response::json(code, &[], keep, &body), keep)
             }
             Endpoint::Demo(ctype, body) => {
-                self.conns[c].requests += 1;
+                self.count_request(c);
                 self.respond(c, response::build(200, ctype, &[], keep, body), keep)
             }
             Endpoint::NotFound => {
-                self.conns[c].requests += 1;
-                self.respond(
-                    c,
-                    response::json(404, &[], keep, "{\"error\":\"not found\"}"),
-                    keep,
-                )
+                self.count_request(c);
+                self.respond(c, http_refusal(&HttpRefusal::NotFound, None, keep), keep)
             }
             Endpoint::Engine { echo } => self.on_engine_request(c, req, echo),
         }
     }
 
-    fn on_engine_request(&mut self, c: usize, req: Request, echo: bool) {
+    fn on_engine_request(&mut self, c: ConnId, req: Request, echo: bool) {
         let origin = self.cors_origin(&req);
         if req.method() == Method::Options {
-            self.conns[c].requests += 1;
+            self.count_request(c);
             let mut extra = vec![
                 ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
                 (
@@ -189,11 +176,8 @@ impl Shard {
                 extra.push(("Access-Control-Allow-Origin", o));
             }
             let keep = req.keep_alive;
-            return self.respond(
-                c,
-                response::build(204, "text/plain", &extra, keep, b""),
-                keep,
-            );
+            let r = response::build(204, "text/plain", &extra, keep, b"");
+            return self.respond(c, r, keep);
         }
         let request = match classify(&req) {
             Ok(r) => r,
@@ -201,16 +185,17 @@ impl Shard {
         };
         match request {
             EngineRequest::Open(TransportKind::Polling) => {
-                self.conns[c].requests += 1;
+                self.count_request(c);
                 let (ip, token) = self.client_identity(c, &req);
                 let s = match self.open_session(Transport::Polling { get: None }, echo, ip, token) {
                     Ok(s) => s,
-                    Err(r) => return self.refuse(c, r, origin.as_deref()),
+                    Err(r) => return self.refuse_handshake(c, r, origin.as_deref()),
                 };
-                let open = self.open_packet(s, true);
-                let body = open.to_text();
+                let Some(open) = self.open_packet(s, true) else {
+                    return;
+                };
                 let keep = req.keep_alive;
-                let r = polling_response(200, &body, origin.as_deref(), keep);
+                let r = polling_response(200, &open.to_text(), origin.as_deref(), keep);
                 self.respond(c, r, keep);
             }
             EngineRequest::Open(TransportKind::WebSocket) => {
@@ -221,32 +206,35 @@ impl Shard {
                 let s = match self.open_session(Transport::WebSocket(c), echo, ip, token) {
                     Ok(s) => s,
                     // Refused at the handshake: an HTTP answer instead of the upgrade.
-                    Err(r) => return self.refuse(c, r, origin.as_deref()),
+                    Err(r) => return self.refuse_handshake(c, r, origin.as_deref()),
                 };
-                let conn = &mut self.conns[c];
+                let Some(conn) = self.live_conn_mut(c) else {
+                    return;
+                };
                 conn.push(accept);
                 conn.role = Role::WebSocket(WsState {
                     session: s,
                     probing: false,
                     assembler: MessageAssembler::default(),
                 });
-                let open = self.open_packet(s, false);
-                self.send_engine(s, &open);
+                if let Some(open) = self.open_packet(s, false) {
+                    self.send_engine(s, &open);
+                }
                 self.mark_dirty(c);
                 self.process_ws(c);
             }
             EngineRequest::Existing { sid, transport } => {
-                let Some(&s) = self.sids.get(sid.as_str()) else {
+                let known = self.sids.get(sid.as_str()).copied();
+                let Some(s) =
+                    known.filter(|s| self.live_session(*s).is_some_and(|x| x.echo == echo))
+                else {
                     return self.engine_error(c, EngineError::UnknownSid, origin.as_deref());
                 };
-                if self.sessions[s].echo != echo {
-                    return self.engine_error(c, EngineError::UnknownSid, origin.as_deref());
-                }
                 match (transport, req.method()) {
                     (TransportKind::WebSocket, _) => {
                         self.on_upgrade_request(c, s, &req, origin.as_deref())
                     }
-                    (TransportKind::Polling, Method::Get) => self.on_poll(c, s, &req, origin),
+                    (TransportKind::Polling, Method::Get) => self.on_poll(c, s, origin),
                     (TransportKind::Polling, Method::Post) => {
                         self.on_post_head(c, s, req, origin.as_deref())
                     }
@@ -256,7 +244,12 @@ impl Shard {
         }
     }
 
-    fn accept_websocket(&mut self, c: usize, req: &Request, origin: Option<&str>) -> Option<Bytes> {
+    fn accept_websocket(
+        &mut self,
+        c: ConnId,
+        req: &Request,
+        origin: Option<&str>,
+    ) -> Option<Bytes> {
         let key_ok = |k: &str| {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD
@@ -270,7 +263,7 @@ impl Shard {
                 return None;
             }
         };
-        self.conns[c].requests += 1;
+        self.count_request(c);
         self.counters.handshakes += 1;
         let accept = handshake::accept_key(key);
         let head = format!(
@@ -279,16 +272,22 @@ impl Shard {
         Some(Bytes::from(head))
     }
 
-    fn on_upgrade_request(&mut self, c: usize, s: usize, req: &Request, origin: Option<&str>) {
-        let session = &self.sessions[s];
-        if !matches!(session.transport, Transport::Polling { .. }) || session.probe.is_some() {
+    fn on_upgrade_request(&mut self, c: ConnId, s: SessionId, req: &Request, origin: Option<&str>) {
+        let upgradable = self
+            .live_session(s)
+            .is_some_and(|x| matches!(x.transport, Transport::Polling { .. }) && x.probe.is_none());
+        if !upgradable {
             return self.engine_error(c, EngineError::BadRequest, origin);
         }
         let Some(accept) = self.accept_websocket(c, req, origin) else {
             return;
         };
-        self.sessions[s].probe = Some(c);
-        let conn = &mut self.conns[c];
+        if let Some(session) = self.live_session_mut(s) {
+            session.probe = Some(c);
+        }
+        let Some(conn) = self.live_conn_mut(c) else {
+            return;
+        };
         conn.push(accept);
         conn.role = Role::WebSocket(WsState {
             session: s,
@@ -299,23 +298,26 @@ impl Shard {
         self.process_ws(c);
     }
 
-    fn on_poll(&mut self, c: usize, s: usize, req: &Request, origin: Option<String>) {
-        self.conns[c].requests += 1;
-        let session = &mut self.sessions[s];
+    fn on_poll(&mut self, c: ConnId, s: SessionId, origin: Option<String>) {
+        self.count_request(c);
+        let Some(session) = self.live_session_mut(s) else {
+            return;
+        };
         match session.transport {
             Transport::Polling { get: None } => {
                 session.transport = Transport::Polling { get: Some(c) };
-                self.conns[c].role = Role::Http(HttpState::PendingGet {
-                    session: s,
-                    origin: origin.map(String::into_boxed_str),
-                });
-                let _ = req;
+                if let Some(conn) = self.live_conn_mut(c) {
+                    conn.role = Role::Http(HttpState::PendingGet {
+                        session: s,
+                        origin: origin.map(String::into_boxed_str),
+                    });
+                }
                 self.flush_polling(s);
             }
             Transport::Polling { get: Some(_) } => {
                 // Two pending GETs: the reference server treats the overlap as fatal.
                 self.engine_error(c, EngineError::BadRequest, origin.as_deref());
-                self.close_session(s, "overlapping polls", false);
+                self.close_session(s, CloseReason::OverlappingPolls);
             }
             Transport::WebSocket(_) => {
                 self.engine_error(c, EngineError::BadRequest, origin.as_deref())
@@ -323,50 +325,47 @@ impl Shard {
         }
     }
 
-    fn on_post_head(&mut self, c: usize, s: usize, req: Request, origin: Option<&str>) {
-        if !matches!(self.sessions[s].transport, Transport::Polling { .. }) {
+    fn on_post_head(&mut self, c: ConnId, s: SessionId, req: Request, origin: Option<&str>) {
+        let polling = self
+            .live_session(s)
+            .is_some_and(|x| matches!(x.transport, Transport::Polling { .. }));
+        if !polling {
             return self.engine_error(c, EngineError::BadRequest, origin);
         }
         let Some(len) = req.content_length.filter(|_| !req.chunked) else {
             return self.engine_error(c, EngineError::BadRequest, origin);
         };
         if len > self.settings.max_payload {
-            self.counters.protocol_errors += 1;
-            let extra = cors_headers(origin);
-            self.respond_and_close(
-                c,
-                response::build(413, "text/plain", &extra, false, b"Payload Too Large"),
-            );
-            return self.close_session(s, "payload too large", true);
+            self.refuse(c, HttpRefusal::PayloadTooLarge, origin);
+            return self.close_session(s, CloseReason::PayloadTooLarge);
         }
-        self.conns[c].role = Role::Http(HttpState::Body {
-            req: Box::new(req),
-            need: len,
-        });
+        if let Some(conn) = self.live_conn_mut(c) {
+            conn.role = Role::Http(HttpState::Body {
+                req: Box::new(req),
+                need: len,
+            });
+        }
     }
 
-    fn on_post_body(&mut self, c: usize, req: &Request, body: Bytes) {
+    fn on_post_body(&mut self, c: ConnId, req: &Request, body: Bytes) {
         let origin = self.cors_origin(req);
-        let Some(&s) = req.query("sid").and_then(|sid| self.sids.get(sid)) else {
+        let known = req.query("sid").and_then(|sid| self.sids.get(sid)).copied();
+        let Some(s) = known.filter(|s| self.live_session(*s).is_some()) else {
             return self.engine_error(c, EngineError::UnknownSid, origin.as_deref());
         };
         let packets = match engineio::decode_payload(body) {
             Ok(p) => p,
             Err(_) => {
-                self.counters.protocol_errors += 1;
                 self.engine_error(c, EngineError::BadRequest, origin.as_deref());
-                return self.close_session(s, "bad polling payload", true);
+                return self.close_session(s, Violation::BadPollingPayload.into());
             }
         };
         let keep = req.keep_alive;
         let extra = cors_headers(origin.as_deref());
-        self.respond(
-            c,
-            response::build(200, "text/html", &extra, keep, b"ok"),
-            keep,
-        );
+        let r = response::build(200, "text/html", &extra, keep, b"ok");
+        self.respond(c, r, keep);
         for p in packets {
-            if !self.sessions.contains(s) {
+            if self.live_session(s).is_none() {
                 break;
             }
             self.on_engine_packet(s, p, None);
@@ -375,8 +374,10 @@ impl Shard {
 
     /// The client's address (from `X-Forwarded-For` behind a trusted proxy) and the token its
     /// handshake carried: the `token` query parameter, else `Authorization: Bearer`.
-    fn client_identity(&self, c: usize, req: &Request) -> (IpAddr, Option<Box<str>>) {
-        let peer = self.conns[c].ip;
+    fn client_identity(&self, c: ConnId, req: &Request) -> (IpAddr, Option<Box<str>>) {
+        let peer = self
+            .live_conn(c)
+            .map_or(IpAddr::from([0, 0, 0, 0]), |conn| conn.ip);
         let ip = if self.settings.trust_proxy {
             req.forwarded_for
                 .as_deref()
@@ -398,31 +399,24 @@ impl Shard {
     }
 
     /// Answers a handshake over a connection cap: 429 or 503 with the reason.
-    fn refuse(&mut self, c: usize, r: Refusal, origin: Option<&str>) {
-        let mut extra = cors_headers(origin);
-        extra.push(("Retry-After", "1"));
-        let body = format!(
-            "{{\"error\":\"{}\",\"message\":\"{}\"}}",
-            r.reason(),
-            r.message()
-        );
+    fn refuse_handshake(&mut self, c: ConnId, r: Refusal, origin: Option<&str>) {
         tracing::debug!(shard = self.id, reason = r.reason(), "handshake refused");
-        self.respond_and_close(c, response::json(r.status(), &extra, false, &body));
+        self.refuse(c, HttpRefusal::Capped(r), origin);
     }
 
-    pub(super) fn engine_error(&mut self, c: usize, e: EngineError, origin: Option<&str>) {
-        if let Some(conn) = self.conns.get_mut(c) {
-            conn.requests += 1;
-        }
-        let extra = cors_headers(origin);
-        self.respond_and_close(
-            c,
-            response::engine_error(e.status(), e.code(), e.message(), &extra),
-        );
+    pub(super) fn engine_error(&mut self, c: ConnId, e: EngineError, origin: Option<&str>) {
+        self.count_request(c);
+        self.refuse(c, HttpRefusal::Engine(e), origin);
     }
 
-    pub(super) fn respond(&mut self, c: usize, bytes: Bytes, keep_alive: bool) {
-        let Some(conn) = self.conns.get_mut(c) else {
+    /// Answers with a refusal and closes the connection once it is written.
+    fn refuse(&mut self, c: ConnId, refusal: HttpRefusal, origin: Option<&str>) {
+        let r = http_refusal(&refusal, origin, false);
+        self.respond(c, r, false);
+    }
+
+    pub(super) fn respond(&mut self, c: ConnId, bytes: Bytes, keep_alive: bool) {
+        let Some(conn) = self.live_conn_mut(c) else {
             return;
         };
         conn.push(bytes);
@@ -432,17 +426,13 @@ impl Shard {
         self.mark_dirty(c);
         if keep_alive {
             // A kept-alive connection gets the same time for its next request as the first.
-            self.arm_idle_timer(c);
+            self.arm_request_timer(c);
         }
     }
 
-    fn respond_and_close(&mut self, c: usize, bytes: Bytes) {
-        self.respond(c, bytes, false);
-    }
-
-    /// Answers the session's parked GET with everything queued, in one response.
-    pub(super) fn flush_polling(&mut self, s: usize) {
-        let Some(session) = self.sessions.get_mut(s) else {
+    /// Answers the session's parked GET with what is queued (up to a poll's worth).
+    pub(super) fn flush_polling(&mut self, s: SessionId) {
+        let Some(session) = self.live_session_mut(s) else {
             return;
         };
         session.dirty = false;
@@ -455,21 +445,18 @@ impl Shard {
         let packets = session.queue.take_front(MAX_PACKETS_PER_POLL);
         let body = engineio::encode_payload(packets.iter().map(|b| &b[..]));
         session.transport = Transport::Polling { get: None };
+        let drained = session.queue.is_empty();
         self.answer_parked_get(c, &body);
-        if self.sessions.get(s).is_some_and(|x| x.queue.is_empty()) {
+        if drained {
             self.pay_owed_snapshots(s);
         }
     }
 }
 
-fn cors_headers(origin: Option<&str>) -> Vec<(&'static str, &str)> {
-    match origin {
-        Some(o) => vec![
-            ("Access-Control-Allow-Origin", o),
-            ("Access-Control-Allow-Credentials", "true"),
-        ],
-        None => Vec::new(),
-    }
+/// The shard that owns the session a request names, when it is not shard `me` of `shards`.
+fn foreign_owner(req: &Request, me: usize, shards: usize) -> Option<usize> {
+    let owner = shard_of(req.query("sid")?)?;
+    (owner != me && owner < shards).then_some(owner)
 }
 
 pub(super) fn polling_response(
@@ -490,11 +477,4 @@ pub(super) fn polling_response(
     );
     out.extend_from_slice(body);
     out.freeze()
-}
-
-fn unsafe_into_std(stream: mio::net::TcpStream) -> std::net::TcpStream {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = stream.into_raw_fd();
-    // SAFETY: `fd` was just released by the mio stream, which no longer owns it.
-    unsafe { std::net::TcpStream::from_raw_fd(fd) }
 }

@@ -4,10 +4,10 @@
 
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::IoSlice;
 
 /// Slices handed to one `writev`; Linux accepts up to 1024.
-const MAX_IOV: usize = 64;
+pub const MAX_IOV: usize = 64;
 /// How far back a replacement looks for the room's queued value.
 const MAX_SCAN: usize = 4096;
 
@@ -16,13 +16,6 @@ struct Item {
     data: Bytes,
     tag: u64,
     replaceable: bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Flush {
-    Done,
-    Blocked,
-    Closed,
 }
 
 #[derive(Debug, Default)]
@@ -97,47 +90,38 @@ impl Outbound {
         out
     }
 
-    /// Writes as much as the socket takes, many frames per `writev`. Returns the outcome
-    /// and the number of `writev` calls made.
-    pub fn write_to(&mut self, w: &mut impl Write) -> (Flush, u32) {
-        let mut calls = 0;
-        while !self.items.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = self.items.len().min(MAX_IOV);
-            for (slot, item) in slices.iter_mut().zip(self.items.iter()) {
-                *slot = IoSlice::new(&item.data);
-            }
-            calls += 1;
-            match w.write_vectored(&slices[..n]) {
-                Ok(0) => return (Flush::Closed, calls),
-                Ok(mut written) => {
-                    self.bytes -= written;
-                    while written > 0 {
-                        let front = self
-                            .items
-                            .front_mut()
-                            .expect("written bytes came from the queue");
-                        if written >= front.data.len() {
-                            written -= front.data.len();
-                            self.items.pop_front();
-                            self.front_partial = false;
-                        } else {
-                            front.data.advance(written);
-                            self.front_partial = true;
-                            written = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (Flush::Blocked, calls),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return (Flush::Closed, calls),
+    /// Points `iov` at the queued frames, front first, as many as fit; returns how many.
+    pub fn fill_iov<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, item) in iov.iter_mut().zip(self.items.iter()) {
+            *slot = IoSlice::new(&item.data);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops `written` bytes from the front: what a write took.
+    pub fn advance(&mut self, mut written: usize) {
+        written = written.min(self.bytes);
+        self.bytes -= written;
+        while written > 0 {
+            let Some(front) = self.items.front_mut() else {
+                break;
+            };
+            if written >= front.data.len() {
+                written -= front.data.len();
+                self.items.pop_front();
+                self.front_partial = false;
+            } else {
+                front.data.advance(written);
+                self.front_partial = true;
+                written = 0;
             }
         }
         // Give back a queue that grew during a burst, so idle connections stay small.
-        if self.items.capacity() > 16 {
+        if self.items.is_empty() && self.items.capacity() > 16 {
             self.items = VecDeque::new();
         }
-        (Flush::Done, calls)
     }
 }
 
@@ -145,21 +129,18 @@ impl Outbound {
 mod tests {
     use super::*;
 
-    /// A writer that takes at most `cap` bytes per call.
-    struct Trickle {
-        cap: usize,
-        got: Vec<u8>,
-    }
-
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.cap);
-            self.got.extend_from_slice(&buf[..n]);
-            Ok(n)
+    /// Writes the queue out, taking at most `cap` bytes per write, as a slow socket would.
+    fn drain(q: &mut Outbound, cap: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !q.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = q.fill_iov(&mut iov);
+            let all: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            let took = all.len().min(cap);
+            got.extend_from_slice(&all[..took]);
+            q.advance(took);
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        got
     }
 
     #[test]
@@ -184,22 +165,17 @@ mod tests {
         let mut q = Outbound::default();
         q.push(Bytes::from_static(b"abcdef"), 1, true);
         q.push(Bytes::from_static(b"gh"), 1, true);
-        let mut w = Trickle {
-            cap: 3,
-            got: Vec::new(),
-        };
-        // One call writes 3 bytes of the first frame; the trickle takes one slice per call.
-        assert_eq!(w.write_vectored(&[IoSlice::new(b"")]).unwrap(), 0);
-        let (r, _) = q.write_to(&mut w);
-        assert_eq!(r, Flush::Done);
-        assert_eq!(w.got, b"abcdefgh");
+        assert_eq!(drain(&mut q, 3), b"abcdefgh");
+        assert_eq!(q.bytes(), 0);
         q.push(Bytes::from_static(b"123456"), 1, true);
-        q.front_partial = true;
+        q.advance(2);
         assert!(
             !q.replace_latest(Bytes::from_static(b"x"), 1),
             "the frame going out stays"
         );
+        q.push(Bytes::from_static(b"789"), 1, true);
         q.discard_unsent();
-        assert_eq!(q.len(), 1);
+        assert_eq!(q.len(), 1, "the partly written frame is kept whole");
+        assert_eq!(drain(&mut q, 100), b"3456");
     }
 }

@@ -1,0 +1,251 @@
+//! Room names: what clients subscribe to and what events are published on. A name is built
+//! from its meaning and parsed back into it here, so nothing else formats room strings or
+//! matches them by prefix.
+//!
+//! | room | meaning |
+//! | --- | --- |
+//! | `ticker:{S}`, `ticker:all` | one symbol's ticker, every ticker |
+//! | `orderbook:{S}` | a symbol's order book |
+//! | `trades:{S}` | a symbol's trades |
+//! | `klines:{S}:{interval}` | a symbol's candles of one interval |
+//! | `user:{id}:{orders,trades,balances,deposits}` | one user's private events |
+//!
+//! Anything else is a room a backend broadcast to by name (`Room::Other`).
+
+use std::sync::Arc;
+
+/// Candle intervals.
+pub const INTERVALS: [&str; 10] = ["1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1M"];
+
+/// `[A-Z0-9]{2,20}`.
+pub fn valid_symbol(s: &str) -> bool {
+    (2..=20).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+pub fn valid_interval(s: &str) -> bool {
+    INTERVALS.contains(&s)
+}
+
+/// Room kinds, for counting subscriptions by channel type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    Ticker,
+    Orderbook,
+    Trades,
+    Klines,
+    User,
+    Other,
+}
+
+impl RoomKind {
+    pub const ALL: [RoomKind; 6] = [
+        RoomKind::Ticker,
+        RoomKind::Orderbook,
+        RoomKind::Trades,
+        RoomKind::Klines,
+        RoomKind::User,
+        RoomKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Ticker => "ticker",
+            RoomKind::Orderbook => "orderbook",
+            RoomKind::Trades => "trades",
+            RoomKind::Klines => "klines",
+            RoomKind::User => "user",
+            RoomKind::Other => "other",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A user's private channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrivateChannel {
+    Orders,
+    Trades,
+    Balances,
+    Deposits,
+}
+
+impl PrivateChannel {
+    /// The channel as clients name it in `subscribe.private` (`user.orders`, ...).
+    pub fn parse_channel(name: &str) -> Option<PrivateChannel> {
+        Some(match name {
+            "user.orders" => PrivateChannel::Orders,
+            "user.trades" => PrivateChannel::Trades,
+            "user.balances" => PrivateChannel::Balances,
+            "user.deposits" => PrivateChannel::Deposits,
+            _ => return None,
+        })
+    }
+
+    pub fn channel_name(self) -> &'static str {
+        match self {
+            PrivateChannel::Orders => "user.orders",
+            PrivateChannel::Trades => "user.trades",
+            PrivateChannel::Balances => "user.balances",
+            PrivateChannel::Deposits => "user.deposits",
+        }
+    }
+
+    /// The last part of the room name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            PrivateChannel::Orders => "orders",
+            PrivateChannel::Trades => "trades",
+            PrivateChannel::Balances => "balances",
+            PrivateChannel::Deposits => "deposits",
+        }
+    }
+
+    fn from_suffix(s: &str) -> Option<PrivateChannel> {
+        Some(match s {
+            "orders" => PrivateChannel::Orders,
+            "trades" => PrivateChannel::Trades,
+            "balances" => PrivateChannel::Balances,
+            "deposits" => PrivateChannel::Deposits,
+            _ => return None,
+        })
+    }
+
+    /// The channel a private event type goes to: `order.*`, `trade.executed`, `balance.*`,
+    /// `deposit.*` (the part after the dot a word of letters, digits and `_`).
+    pub fn for_event(event: &str) -> Option<PrivateChannel> {
+        let (prefix, name) = event.split_once('.')?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+        match (prefix, name) {
+            ("order", _) => Some(PrivateChannel::Orders),
+            ("trade", "executed") => Some(PrivateChannel::Trades),
+            ("balance", _) => Some(PrivateChannel::Balances),
+            ("deposit", _) => Some(PrivateChannel::Deposits),
+            _ => None,
+        }
+    }
+}
+
+/// A room, by meaning. Symbols and intervals are taken as given: validating them is the job
+/// of whoever builds the room from client or backend input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room<'a> {
+    Ticker(&'a str),
+    TickerAll,
+    Orderbook(&'a str),
+    Trades(&'a str),
+    Klines(&'a str, &'a str),
+    User(&'a str, PrivateChannel),
+    Other(&'a str),
+}
+
+impl<'a> Room<'a> {
+    /// Reads a room name back into its meaning.
+    pub fn parse(name: &'a str) -> Room<'a> {
+        let mut parts = name.splitn(3, ':');
+        let (kind, first, rest) = (parts.next(), parts.next(), parts.next());
+        match (kind, first, rest) {
+            (Some("ticker"), Some("all"), None) => Room::TickerAll,
+            (Some("ticker"), Some(s), None) => Room::Ticker(s),
+            (Some("orderbook"), Some(s), None) => Room::Orderbook(s),
+            (Some("trades"), Some(s), None) => Room::Trades(s),
+            (Some("klines"), Some(s), Some(i)) if !i.contains(':') => Room::Klines(s, i),
+            (Some("user"), Some(u), Some(c)) if !u.is_empty() => {
+                match PrivateChannel::from_suffix(c) {
+                    Some(c) => Room::User(u, c),
+                    None => Room::Other(name),
+                }
+            }
+            _ => Room::Other(name),
+        }
+    }
+
+    pub fn kind(&self) -> RoomKind {
+        match self {
+            Room::Ticker(_) | Room::TickerAll => RoomKind::Ticker,
+            Room::Orderbook(_) => RoomKind::Orderbook,
+            Room::Trades(_) => RoomKind::Trades,
+            Room::Klines(..) => RoomKind::Klines,
+            Room::User(..) => RoomKind::User,
+            Room::Other(_) => RoomKind::Other,
+        }
+    }
+
+    /// The user a private room belongs to.
+    pub fn user(&self) -> Option<&'a str> {
+        match self {
+            Room::User(u, _) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn is_private(&self) -> bool {
+        matches!(self, Room::User(..))
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> Arc<str> {
+        Arc::from(match self {
+            Room::Ticker(s) => format!("ticker:{s}"),
+            Room::TickerAll => "ticker:all".to_owned(),
+            Room::Orderbook(s) => format!("orderbook:{s}"),
+            Room::Trades(s) => format!("trades:{s}"),
+            Room::Klines(s, i) => format!("klines:{s}:{i}"),
+            Room::User(u, c) => format!("user:{u}:{}", c.suffix()),
+            Room::Other(name) => return Arc::from(*name),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_to_their_meaning() {
+        let rooms = [
+            Room::Ticker("BTCUSDT"),
+            Room::TickerAll,
+            Room::Orderbook("BTCUSDT"),
+            Room::Trades("ETHUSDT"),
+            Room::Klines("BTCUSDT", "1M"),
+            Room::User("u-1", PrivateChannel::Balances),
+        ];
+        for r in rooms {
+            assert_eq!(Room::parse(&r.name()), r);
+        }
+        for other in [
+            "x",
+            "news:1",
+            "user:u-1:secrets",
+            "user::orders",
+            "klines:A:1m:x",
+        ] {
+            assert_eq!(Room::parse(other), Room::Other(other), "{other}");
+            assert_eq!(Room::parse(other).kind(), RoomKind::Other);
+        }
+        assert_eq!(Room::parse("user:u-1:orders").user(), Some("u-1"));
+        assert_eq!(Room::parse("trades:X").user(), None);
+    }
+
+    #[test]
+    fn private_events_find_their_channel() {
+        assert_eq!(
+            PrivateChannel::for_event("order.filled"),
+            Some(PrivateChannel::Orders)
+        );
+        assert_eq!(
+            PrivateChannel::for_event("trade.executed"),
+            Some(PrivateChannel::Trades)
+        );
+        assert_eq!(PrivateChannel::for_event("trade.weird"), None);
+        assert_eq!(PrivateChannel::for_event("deposit."), None);
+        assert_eq!(PrivateChannel::for_event("balance.a-b"), None);
+    }
+}

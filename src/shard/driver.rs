@@ -1,0 +1,327 @@
+//! The I/O side of a shard: one thread with its own `mio::Poll`, its listener socket
+//! (`SO_REUSEPORT`), the sockets of its connections and its inbox. It is the only place a
+//! shard reads the clock. It moves bytes between the sockets and the engine and carries out
+//! what the engine asks; every protocol decision is the engine's.
+//!
+//! One loop turn: wait for readiness (or the engine's next deadline), feed what arrived to the
+//! engine (new connections, input, inbox messages), let it run its timers, then write what
+//! it queued, one `writev` per connection where the socket takes it all.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the driver is where a shard reads the clock"
+)]
+
+use super::engine::outbound::MAX_IOV;
+use super::engine::{Action, ConnId, Engine, Now, Written};
+use super::handle::{ShardHandle, ShardMsg};
+use super::stats::{Latency, ShardStats};
+use super::Shared;
+use crate::clock::unix_ms;
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) const LISTENER: Token = Token(usize::MAX - 1);
+pub(super) const WAKER: Token = Token(usize::MAX - 2);
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest a shard sleeps: published gauges stay fresh on an idle shard.
+const GAUGE_REFRESH: Duration = Duration::from_millis(500);
+
+pub(super) struct Driver {
+    pub id: usize,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub rx: Receiver<ShardMsg>,
+    pub peers: Arc<[ShardHandle]>,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<ShardStats>,
+    pub engine: Engine,
+    /// Each connection's socket, at the index of its `ConnId`.
+    pub sockets: Vec<Option<TcpStream>>,
+    pub scratch: Box<[u8]>,
+    pub latency: Latency,
+    pub last_gauges: Instant,
+    pub outbound_bytes: u64,
+}
+
+/// Reads both clocks once, for one engine call or a batch of them.
+pub(super) fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix_ms: unix_ms(),
+    }
+}
+
+impl Driver {
+    pub fn new(
+        poll: Poll,
+        listener: TcpListener,
+        rx: Receiver<ShardMsg>,
+        peers: Arc<[ShardHandle]>,
+        engine: Engine,
+        shared: Arc<Shared>,
+        stats: Arc<ShardStats>,
+    ) -> Driver {
+        Driver {
+            id: engine.id(),
+            poll,
+            listener,
+            rx,
+            peers,
+            shared,
+            stats,
+            engine,
+            sockets: Vec::new(),
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            latency: Latency::default(),
+            last_gauges: Instant::now(),
+            outbound_bytes: 0,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self
+                .engine
+                .poll_timeout()
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
+                .map_or(GAUGE_REFRESH, |t| t.min(GAUGE_REFRESH));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
+                    return;
+                }
+            }
+            let now = now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => self.drain_inbox(now),
+                    Token(i) => {
+                        let c = ConnId::from_token(i);
+                        if ev.is_writable() {
+                            self.engine.handle_writable(c);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(now, c, ev.is_read_closed() || ev.is_error());
+                        }
+                    }
+                }
+            }
+            self.engine.handle_timeout(now);
+            self.apply_actions(now);
+            self.transmit(now);
+            if let Some(created) = self.engine.take_publish_started() {
+                self.latency.record(created.elapsed());
+            }
+            self.publish_stats(now.mono);
+            if self.engine.is_stopped() {
+                let _ = self.poll.registry().deregister(&mut self.listener);
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self, now: Now) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.engine.accepts_connections() {
+                        self.adopt(now, stream, BytesMut::new());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving the connections we have.
+                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives the engine a new connection (accepted here, or handed over with the input
+    /// another shard read from it).
+    fn adopt(&mut self, now: Now, mut stream: TcpStream, buffered: BytesMut) {
+        let _ = stream.set_nodelay(true);
+        let ip = stream
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let c = self.engine.handle_adopted(now, ip, buffered);
+        let registered = self.poll.registry().register(
+            &mut stream,
+            Token(c.token()),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        let slot = c.token();
+        if self.sockets.len() <= slot {
+            self.sockets.resize_with(slot + 1, || None);
+        }
+        self.sockets[slot] = Some(stream);
+        if registered.is_err() {
+            self.engine.handle_transport_error(now, c);
+        }
+        self.apply_actions(now);
+    }
+
+    /// Reads what the socket holds. A short read normally means it is drained, which saves
+    /// a syscall per message; when the peer has also half-closed, read on to see the EOF,
+    /// since edge-triggered readiness will not report it again.
+    fn read(&mut self, now: Now, c: ConnId, peer_closed: bool) {
+        loop {
+            if !self.engine.wants_read(c) {
+                return;
+            }
+            let Some(sock) = self.sockets.get_mut(c.token()).and_then(Option::as_mut) else {
+                return;
+            };
+            match sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.engine.handle_peer_closed(now, c);
+                    return self.apply_actions(now);
+                }
+                Ok(n) => {
+                    self.engine.handle_input(now, c, &self.scratch[..n]);
+                    self.apply_actions(now);
+                    if n < self.scratch.len() && !peer_closed {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.engine.handle_transport_error(now, c);
+                    return self.apply_actions(now);
+                }
+            }
+        }
+    }
+
+    /// Writes what the engine queued, connection by connection, until every socket has taken
+    /// all or would block.
+    fn transmit(&mut self, now: Now) {
+        while let Some(c) = self.engine.poll_transmit() {
+            self.apply_actions(now);
+            let result = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = self.engine.transmit_iov(c, &mut iov);
+                match self.sockets.get_mut(c.token()).and_then(Option::as_mut) {
+                    Some(sock) => loop {
+                        match sock.write_vectored(&iov[..n]) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            r => break r,
+                        }
+                    },
+                    None => Err(io::ErrorKind::NotConnected.into()),
+                }
+            };
+            let written = match result {
+                Ok(n) => Written::Wrote(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Written::Blocked,
+                Err(_) => Written::Failed,
+            };
+            self.engine.handle_written(now, c, written);
+            self.apply_actions(now);
+        }
+        self.apply_actions(now);
+    }
+
+    fn drain_inbox(&mut self, now: Now) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                ShardMsg::Publish { batch, created } => {
+                    self.engine.handle_publish(now, &batch, created)
+                }
+                ShardMsg::Adopt { stream, buffered } => {
+                    self.adopt(now, TcpStream::from_std(stream), buffered)
+                }
+                ShardMsg::Shutdown => self.engine.handle_shutdown(now),
+                ShardMsg::Restored { ticket, record } => {
+                    self.engine.handle_restored(now, ticket, record)
+                }
+                ShardMsg::Emit(emit) => self.engine.handle_emit(now, &emit),
+                ShardMsg::Drain {
+                    reconnect_after_ms,
+                    deadline,
+                } => self.engine.handle_drain(now, reconnect_after_ms, deadline),
+            }
+            self.apply_actions(now);
+        }
+    }
+
+    /// Carries out what the engine asked for. Called after every engine call, so a released
+    /// connection's id is never reused by the engine before its socket is gone.
+    fn apply_actions(&mut self, now: Now) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Release(c) => {
+                    if let Some(mut sock) = self.sockets.get_mut(c.token()).and_then(Option::take) {
+                        let _ = self.poll.registry().deregister(&mut sock);
+                    }
+                }
+                Action::HandOff {
+                    conn,
+                    shard,
+                    buffered,
+                } => {
+                    let Some(mut sock) = self.sockets.get_mut(conn.token()).and_then(Option::take)
+                    else {
+                        continue;
+                    };
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    if let Some(peer) = self.peers.get(shard) {
+                        peer.send(ShardMsg::Adopt {
+                            stream: into_std(sock),
+                            buffered,
+                        });
+                    }
+                }
+                Action::SaveRecord(record) => {
+                    if let Some(rec) = &self.shared.recovery {
+                        rec.store.save(record, now.unix_ms, rec.settings.window_ms);
+                    }
+                }
+                Action::TakeRecord(ticket) => {
+                    let Some(rec) = self.shared.recovery.clone() else {
+                        self.engine.handle_restored(now, ticket, None);
+                        continue;
+                    };
+                    if let crate::recovery::Lookup::Ready(record) =
+                        rec.store.take(ticket.clone(), now.unix_ms)
+                    {
+                        self.engine.handle_restored(now, ticket, record);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_stats(&mut self, now: Instant) {
+        self.stats.store(self.engine.counters());
+        // The outbound total needs a walk over every connection: twice a second at most.
+        if now.duration_since(self.last_gauges) >= GAUGE_REFRESH {
+            self.last_gauges = now;
+            self.outbound_bytes = self.engine.outbound_bytes();
+        }
+        self.stats.gauges.store(
+            self.engine.subscriptions_by_kind(),
+            self.outbound_bytes,
+            &self.latency,
+        );
+    }
+}
+
+fn into_std(stream: TcpStream) -> std::net::TcpStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = stream.into_raw_fd();
+    // SAFETY: `fd` was just released by the mio stream, which no longer owns it.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
+}

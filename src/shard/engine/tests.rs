@@ -1,0 +1,458 @@
+//! The engine driven in-process by `sim::Sim`: whole protocol exchanges with the clock moved
+//! by hand, no sockets, no sleeps.
+
+use super::sim::{client, Sim};
+use super::ConnId;
+use crate::codec::WireMessage;
+use crate::gateway::envelope;
+use crate::gateway::GatewaySettings;
+use crate::limits::LimitSettings;
+use crate::market::{Payload, StreamClass};
+use crate::recovery::{LogEntry, Offset, Recovery, RecoverySettings};
+use crate::session::sockets::App;
+use crate::shard::handle::Broadcast;
+use crate::shard::{ServerSettings, Shared};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
+fn settings() -> ServerSettings {
+    ServerSettings {
+        engine_path: "/socket.io/".into(),
+        echo_path: None,
+        ping_interval: Duration::from_millis(25_000),
+        ping_timeout: Duration::from_millis(20_000),
+        connect_timeout: Duration::from_millis(45_000),
+        handshake_timeout: Duration::from_millis(10_000),
+        max_payload: 1_000_000,
+        cors_origins: Vec::new(),
+        trust_proxy: false,
+        demo_page: false,
+        outbound_soft_limit: 1 << 20,
+        outbound_hard_limit: 8 << 20,
+        app: App::Gateway(Arc::new(GatewaySettings {
+            recovery: true,
+            ..GatewaySettings::default()
+        })),
+    }
+}
+
+fn shared(recovery: bool) -> Arc<Shared> {
+    let mut shared = Shared::new(LimitSettings::default());
+    if recovery {
+        shared.recovery = Some(Arc::new(Recovery::standalone(
+            RecoverySettings {
+                window_ms: 120_000,
+                max_events: 1000,
+            },
+            1_700_000_000_000,
+        )));
+    }
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Arc::new(shared)
+}
+
+fn sim() -> Sim {
+    Sim::new(settings(), shared(false), 1)
+}
+
+/// The polling response bodies `c` received, as text.
+fn bodies(sim: &mut Sim, c: ConnId) -> Vec<(u16, String)> {
+    let got = sim.take(c);
+    client::responses(&got)
+        .0
+        .into_iter()
+        .map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+        .collect()
+}
+
+fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
+    let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into_bytes());
+    Broadcast {
+        room: Arc::from(room),
+        body: envelope::encode_payload_at("trade", room, &data, 1, offset),
+        class: StreamClass::Lossless,
+        deliver: true,
+        retain: false,
+        book: None,
+        offset,
+    }
+}
+
+/// A WebSocket client connected to `/ws` and subscribed to `trades:BTCUSDT`.
+fn subscribed_websocket(sim: &mut Sim) -> ConnId {
+    let (c, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(
+        c,
+        &client::text("42/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]"),
+    );
+    let texts = client::texts(&sim.take(c));
+    assert!(texts[0].starts_with("40/ws,{\"sid\":"), "{texts:?}");
+    assert!(texts[1].starts_with("42/ws,[\"connected\""), "{texts:?}");
+    assert!(texts[2].starts_with("43/ws,1[{\"ok\":true"), "{texts:?}");
+    c
+}
+
+#[test]
+fn polling_handshake_connect_and_poll() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).expect("handshake");
+    assert_eq!(sid.len(), 20);
+    sim.send(c, &client::post(&sid, b"40/ws,"));
+    assert_eq!(bodies(&mut sim, c), vec![(200, "ok".to_owned())]);
+    sim.send(c, &client::poll(&sid));
+    let got = bodies(&mut sim, c);
+    assert_eq!(got.len(), 1);
+    let packets: Vec<&str> = got[0].1.split('\u{1e}').collect();
+    assert!(packets[0].starts_with("40/ws,{\"sid\":"), "{packets:?}");
+    assert!(
+        packets[1].starts_with("42/ws,[\"connected\""),
+        "{packets:?}"
+    );
+    assert_eq!(sim.shared.limits.connections(), 1);
+}
+
+#[test]
+fn a_parked_poll_is_answered_by_the_next_packet() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    sim.send(c, &client::poll(&sid));
+    assert!(
+        bodies(&mut sim, c).is_empty(),
+        "nothing to send: the GET waits"
+    );
+    let post = sim.connect(CLIENT);
+    sim.send(post, &client::post(&sid, b"2"));
+    assert_eq!(bodies(&mut sim, post), vec![(200, "ok".to_owned())]);
+    assert_eq!(bodies(&mut sim, c), vec![(200, "3".to_owned())]);
+}
+
+#[test]
+fn websocket_subscriber_gets_each_publish_once() {
+    let mut sim = sim();
+    let c = subscribed_websocket(&mut sim);
+    sim.publish(&[
+        trade("trades:BTCUSDT", 1, None),
+        trade("trades:ETHUSDT", 2, None),
+    ]);
+    let texts = client::texts(&sim.take(c));
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0].contains("\"tradeId\":1"));
+}
+
+#[test]
+fn upgrade_moves_the_session_to_the_websocket() {
+    let mut sim = sim();
+    let (poll, sid) = sim.open_polling(CLIENT).unwrap();
+    sim.send(poll, &client::post(&sid, b"40/ws,"));
+    sim.take(poll);
+    sim.send(poll, &client::poll(&sid));
+    assert_eq!(bodies(&mut sim, poll).len(), 1, "connect answer");
+    sim.send(poll, &client::poll(&sid));
+    let ws = sim.connect(CLIENT);
+    sim.send(ws, &client::websocket(Some(&sid)));
+    sim.send(ws, &client::text("2probe"));
+    let (resp, rest) = client::responses(&sim.take(ws));
+    assert_eq!(resp[0].0, 101);
+    assert_eq!(client::texts(&rest), vec!["3probe"]);
+    assert_eq!(
+        bodies(&mut sim, poll),
+        vec![(200, "6".to_owned())],
+        "noop frees the poll"
+    );
+    sim.send(ws, &client::text("5"));
+    sim.send(
+        ws,
+        &client::text("42/ws,[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]"),
+    );
+    sim.take(ws);
+    sim.publish(&[trade("trades:BTCUSDT", 9, None)]);
+    let texts = client::texts(&sim.take(ws));
+    assert!(
+        texts.iter().any(|t| t.contains("\"tradeId\":9")),
+        "{texts:?}"
+    );
+    assert!(bodies(&mut sim, poll).is_empty(), "nothing more on polling");
+}
+
+#[test]
+fn a_silent_client_is_pinged_then_timed_out_and_released() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.advance(Duration::from_millis(25_000));
+    assert_eq!(client::texts(&sim.take(c)), vec!["2"]);
+    sim.advance(Duration::from_millis(19_999));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_millis(1));
+    assert!(!sim.is_open(c), "closed at the ping timeout");
+    assert_eq!(sim.shared.limits.connections(), 0, "cap slot released");
+    assert_eq!(sim.engine.census().sessions, 0);
+}
+
+#[test]
+fn a_pong_keeps_the_session() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.take(c);
+    for _ in 0..5 {
+        // The next ping is due a full interval after the open or the last pong.
+        sim.advance(Duration::from_millis(24_999));
+        assert!(client::texts(&sim.take(c)).is_empty());
+        sim.advance(Duration::from_millis(1));
+        assert_eq!(client::texts(&sim.take(c)), vec!["2"]);
+        sim.advance(Duration::from_millis(10_000));
+        sim.send(c, &client::text("3"));
+    }
+    assert!(sim.is_open(c));
+}
+
+/// The remotely triggerable shard panic of the reactor before the engine: a polling session
+/// whose echoed pong fills its queue to exactly the hard limit is tipped over by the server's
+/// next heartbeat ping, dropped as a slow consumer inside the heartbeat handler, and the
+/// handler then touched the removed session.
+#[test]
+fn heartbeat_ping_that_overflows_a_polling_queue_ends_only_that_session() {
+    let mut s = settings();
+    s.ping_interval = Duration::from_millis(1000);
+    s.outbound_soft_limit = 65_536;
+    s.outbound_hard_limit = 65_536;
+    let mut sim = Sim::new(s, shared(false), 1);
+    let (bystander, _) = sim.open_websocket(CLIENT).unwrap();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    // `2<data>` is echoed as `3<data>`: exactly the hard limit, not over it.
+    let ping = format!("2{}", "x".repeat(65_535));
+    sim.send(c, &client::post(&sid, ping.as_bytes()));
+    assert_eq!(bodies(&mut sim, c), vec![(200, "ok".to_owned())]);
+    assert_eq!(sim.engine.census().sessions, 2);
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(
+        sim.engine.census().sessions,
+        1,
+        "the overflowing session is gone"
+    );
+    assert_eq!(
+        sim.shared.limits.connections(),
+        1,
+        "and its cap slot released"
+    );
+    assert_eq!(
+        client::texts(&sim.take(bystander)),
+        vec!["2"],
+        "others carry on"
+    );
+    sim.send(c, &client::poll(&sid));
+    assert_eq!(bodies(&mut sim, c)[0].0, 400, "the sid is unknown now");
+}
+
+#[test]
+fn a_slow_websocket_reader_is_dropped_past_the_hard_limit() {
+    let mut s = settings();
+    s.outbound_soft_limit = 4096;
+    s.outbound_hard_limit = 16_384;
+    let mut sim = Sim::new(s, shared(false), 1);
+    let fast = subscribed_websocket(&mut sim);
+    let slow = subscribed_websocket(&mut sim);
+    sim.set_window(slow, Some(0));
+    let mut n = 0;
+    while sim.engine.census().sessions == 2 && n < 1000 {
+        n += 1;
+        sim.publish(&[trade("trades:BTCUSDT", n, None)]);
+    }
+    assert!(
+        n > 100 && n < 1000,
+        "dropped past the hard limit, after {n} trades"
+    );
+    let fast_got = client::texts(&sim.take(fast));
+    assert_eq!(fast_got.len() as u64, n, "the fast reader got every trade");
+    // What the slow reader gets once it reads: its backlog, the notice, then the close.
+    sim.set_window(slow, None);
+    let tail = client::texts(&sim.take(slow));
+    assert!(
+        tail.iter().any(|t| t.contains("SLOW_CONSUMER")),
+        "{:?}",
+        &tail[tail.len().saturating_sub(3)..]
+    );
+    assert!(!sim.is_open(slow));
+    let census = sim.engine.census();
+    assert_eq!((census.sessions, census.subscriptions), (1, 1));
+}
+
+#[test]
+fn drain_notifies_writes_and_closes() {
+    let mut sim = sim();
+    let c = subscribed_websocket(&mut sim);
+    sim.drain(1500, Duration::from_millis(10_000));
+    let texts = client::texts(&sim.take(c));
+    assert_eq!(
+        texts,
+        vec!["42/ws,[\"server.shutdown\",{\"reconnectAfterMs\":1500}]"]
+    );
+    sim.advance(Duration::from_millis(60));
+    let frames = client::frames(&sim.take(c));
+    assert_eq!(frames[0], (1, b"1".to_vec()), "Engine.IO close");
+    assert_eq!(frames[1].0, 8, "then a WebSocket close");
+    assert!(sim.engine.is_stopped());
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn new_sessions_are_refused_while_draining() {
+    let mut sim = sim();
+    let (_c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.drain(1000, Duration::from_secs(10));
+    let c = sim.connect(CLIENT);
+    sim.send(c, &client::polling_open());
+    let got = bodies(&mut sim, c);
+    assert_eq!(got[0].0, 503);
+    assert!(got[0].1.contains("DRAINING"));
+}
+
+#[test]
+fn a_session_that_joins_no_namespace_is_closed_at_the_connect_timeout() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.advance(Duration::from_millis(44_999));
+    sim.take(c);
+    sim.send(c, &client::text("3"));
+    sim.advance(Duration::from_millis(1));
+    let frames = client::frames(&sim.take(c));
+    assert_eq!(frames[0], (1, b"1".to_vec()));
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn a_connection_that_sends_no_request_is_closed_at_the_handshake_timeout() {
+    let mut sim = sim();
+    let c = sim.connect(CLIENT);
+    sim.send(c, b"GET /health HTTP/1.1\r\n");
+    sim.advance(Duration::from_millis(9_999));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_millis(1));
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn recovery_gives_back_the_socket_its_rooms_and_what_it_missed() {
+    let shared = shared(true);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(
+        c,
+        &client::text("42/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]"),
+    );
+    let texts = client::texts(&sim.take(c));
+    let answer: serde_json::Value = serde_json::from_str(&texts[0]["40/ws,".len()..]).unwrap();
+    let (sid, pid) = (
+        answer["sid"].as_str().unwrap(),
+        answer["pid"].as_str().unwrap(),
+    );
+    let rec = shared.recovery.as_ref().unwrap();
+    let publish = |sim: &mut Sim, n: u64| {
+        let offset = rec.next_local_offset();
+        let b = trade("trades:BTCUSDT", n, Some(offset));
+        rec.log().push(LogEntry {
+            offset,
+            room: b.room.clone(),
+            message: b.body.clone(),
+            at_ms: sim.now.unix_ms,
+        });
+        sim.publish(&[b]);
+        offset
+    };
+    let first = publish(&mut sim, 1);
+    assert_eq!(client::texts(&sim.take(c)).len(), 1);
+    sim.reset(c);
+    assert_eq!(sim.records_saved, 1, "the lost socket left its record");
+    publish(&mut sim, 2);
+    publish(&mut sim, 3);
+    let (c2, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(
+        c2,
+        &client::text(&format!(
+            "40/ws,{{\"pid\":\"{pid}\",\"offset\":\"{first}\"}}"
+        )),
+    );
+    let texts = client::texts(&sim.take(c2));
+    assert_eq!(
+        texts[0],
+        format!("40/ws,{{\"sid\":\"{sid}\",\"pid\":\"{pid}\"}}"),
+        "the same socket id"
+    );
+    let replayed: Vec<&String> = texts.iter().filter(|t| t.contains("\"trade\"")).collect();
+    assert_eq!(replayed.len(), 2, "{texts:?}");
+    assert!(replayed[0].contains("\"tradeId\":2") && replayed[1].contains("\"tradeId\":3"));
+    publish(&mut sim, 4);
+    assert!(
+        client::texts(&sim.take(c2))[0].contains("\"tradeId\":4"),
+        "back in its room"
+    );
+}
+
+#[test]
+fn a_request_for_another_shards_session_is_handed_over_with_its_bytes() {
+    let mut sim = Sim::new(settings(), shared(false), 2);
+    let c = sim.connect(CLIENT);
+    let sid = format!("01{}", "a".repeat(18));
+    sim.send(c, &client::poll(&sid));
+    assert_eq!(sim.handed_off, 1);
+    assert!(!sim.is_open(c));
+    assert_eq!(sim.engine.census().conns, 0);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut sim = sim();
+    let c = sim.connect(CLIENT);
+    let mut two = client::get("/health", "");
+    two.extend(client::get("/nowhere", ""));
+    sim.send(c, &two);
+    let got = bodies(&mut sim, c);
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![200, 404]
+    );
+}
+
+#[test]
+fn closing_a_session_twice_in_one_call_is_harmless() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    sim.send(c, &client::poll(&sid));
+    // A close packet, then more packets for the closed session, in one body.
+    let post = sim.connect(CLIENT);
+    sim.send(post, &client::post(&sid, b"1\x1e2\x1e40/ws,"));
+    assert_eq!(bodies(&mut sim, post), vec![(200, "ok".to_owned())]);
+    assert_eq!(bodies(&mut sim, c), vec![(200, "6".to_owned())]);
+    assert_eq!(sim.engine.census().sessions, 0);
+    assert_eq!(sim.shared.limits.connections(), 0);
+}
+
+#[test]
+fn publishes_reach_polling_sessions_through_their_poll() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    sim.send(
+        c,
+        &client::post(
+            &sid,
+            b"40/ws,\x1e42/ws,[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]",
+        ),
+    );
+    sim.send(c, &client::poll(&sid));
+    sim.take(c);
+    sim.send(c, &client::poll(&sid));
+    let m: WireMessage = trade("trades:BTCUSDT", 5, None).body;
+    sim.publish(&[trade("trades:BTCUSDT", 5, None)]);
+    let got = bodies(&mut sim, c);
+    assert_eq!(
+        got,
+        vec![(200, String::from_utf8(m.polling().to_vec()).unwrap())]
+    );
+}
