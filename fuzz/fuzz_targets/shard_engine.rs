@@ -243,7 +243,13 @@ fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
     let Ok(flags) = u8::arbitrary(&mut u) else { return };
     let recovery = flags & 1 != 0;
-    let (soft, hard) = if flags & 2 != 0 { (512, 2048) } else { (1 << 20, 8 << 20) };
+    // Small limits chosen by the input make "exactly at the limit" states easy to reach.
+    let Ok(limit) = u16::arbitrary(&mut u) else { return };
+    let (soft, hard) = if flags & 2 != 0 {
+        (usize::from(limit) / 2, usize::from(limit))
+    } else {
+        (1 << 20, 8 << 20)
+    };
     let settings = ServerSettings {
         engine_path: "/socket.io/".into(),
         echo_path: (flags & 4 != 0).then(|| "/engine.io/".into()),
