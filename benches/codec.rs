@@ -58,7 +58,7 @@ fn engine(c: &mut Criterion) {
             .join("\x1e"),
     );
     g.bench_function("decode_payload/16", |b| {
-        b.iter(|| engineio::decode_payload(black_box(payload.clone())).unwrap())
+        b.iter(|| engineio::decode_payload(black_box(payload.clone()), usize::MAX).unwrap())
     });
     let bin = Bytes::from(vec![7u8; 1024]);
     let p = engineio::Packet::Binary(bin);

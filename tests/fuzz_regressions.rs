@@ -314,13 +314,13 @@ fn polling_bodies_with_broken_records_are_refused() {
         (b"7", E::UnknownType(b'7')),
     ] {
         assert_eq!(
-            decode_payload(Bytes::copy_from_slice(body)),
+            decode_payload(Bytes::copy_from_slice(body), usize::MAX),
             Err(err),
             "{body:?}"
         );
     }
     assert_eq!(
-        decode_payload(Bytes::from_static(b"b")),
+        decode_payload(Bytes::from_static(b"b"), usize::MAX),
         Ok(vec![engineio::Packet::Binary(Bytes::new())])
     );
 }

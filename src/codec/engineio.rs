@@ -31,6 +31,8 @@ pub enum PacketError {
     InvalidUtf8,
     #[error("invalid base64 in a binary packet")]
     InvalidBase64,
+    #[error("more than {max} packets in one payload")]
+    TooManyPackets { max: usize },
 }
 
 impl Packet {
@@ -85,11 +87,14 @@ impl Packet {
     }
 }
 
-/// Decodes a long-polling request body into its packets.
-pub fn decode_payload(body: Bytes) -> Result<Vec<Packet>, PacketError> {
+/// Decodes a long-polling request body into its packets, at most `max_packets` of them.
+pub fn decode_payload(body: Bytes, max_packets: usize) -> Result<Vec<Packet>, PacketError> {
     let mut out = Vec::new();
     let mut rest = body;
     loop {
+        if out.len() == max_packets {
+            return Err(PacketError::TooManyPackets { max: max_packets });
+        }
         let end = rest
             .iter()
             .position(|&b| b == RECORD_SEPARATOR)
@@ -152,7 +157,7 @@ mod tests {
     #[test]
     fn payload_round_trip_with_binary() {
         let body = Bytes::from_static(b"4hello\x1ebAQIDBA==\x1e2");
-        let packets = decode_payload(body.clone()).unwrap();
+        let packets = decode_payload(body.clone(), 16).unwrap();
         assert_eq!(
             packets,
             vec![
@@ -169,12 +174,22 @@ mod tests {
     #[test]
     fn payload_errors() {
         assert_eq!(
-            decode_payload(Bytes::from_static(b"b!!")),
+            decode_payload(Bytes::from_static(b"b!!"), 16),
             Err(PacketError::InvalidBase64)
         );
         assert_eq!(
-            decode_payload(Bytes::from_static(b"4a\x1e")),
+            decode_payload(Bytes::from_static(b"4a\x1e"), 16),
             Err(PacketError::Empty)
+        );
+        assert_eq!(
+            decode_payload(Bytes::from_static(b"6\x1e6\x1e6"), 2),
+            Err(PacketError::TooManyPackets { max: 2 })
+        );
+        assert_eq!(
+            decode_payload(Bytes::from_static(b"6\x1e6"), 2)
+                .unwrap()
+                .len(),
+            2
         );
     }
 }

@@ -18,7 +18,9 @@ impl WireMessage {
     /// Builds a text Engine.IO packet with `write` (which appends the packet's text form) and
     /// frames it without copying the body a second time.
     pub fn text(write: impl FnOnce(&mut BytesMut)) -> WireMessage {
-        let mut buf = BytesMut::with_capacity(256);
+        // Small to start: a frame's buffer stays alive as long as any queue holds it, so an
+        // Engine.IO pong must not hold a broadcast-sized allocation.
+        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + 54);
         buf.resize(MAX_SERVER_HEADER, 0);
         write(&mut buf);
         let len = buf.len() - MAX_SERVER_HEADER;

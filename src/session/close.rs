@@ -24,6 +24,13 @@ pub enum Violation {
     OpenFromClient,
     /// A long-polling body that is not a valid Engine.IO payload.
     BadPollingPayload,
+    /// An Engine.IO ping from a client outside an upgrade probe (in protocol v4 only the
+    /// server pings).
+    PingFromClient,
+    /// A namespace name longer than any the gateway serves.
+    NamespaceTooLong,
+    /// CONNECTs refused again and again.
+    ConnectFlood,
 }
 
 impl Violation {
@@ -37,6 +44,9 @@ impl Violation {
             Violation::UnexpectedUpgrade => "unexpected upgrade packet",
             Violation::OpenFromClient => "open packet from a client",
             Violation::BadPollingPayload => "bad polling payload",
+            Violation::PingFromClient => "invalid heartbeat direction",
+            Violation::NamespaceTooLong => "namespace name too long",
+            Violation::ConnectFlood => "too many refused CONNECTs",
         }
     }
 }
@@ -64,6 +74,11 @@ pub enum CloseReason {
     PayloadTooLarge,
     /// A second long-poll while one was parked.
     OverlappingPolls,
+    /// A second polling POST while one's body was still arriving.
+    OverlappingPosts,
+    /// The shard could not keep up with the publishes of a lossless stream the client
+    /// follows: it comes back and is replayed what it missed.
+    Overloaded,
     Violation(Violation),
 }
 
@@ -79,6 +94,7 @@ impl CloseReason {
                 | CloseReason::PingTimeout
                 | CloseReason::ClientClosed
                 | CloseReason::ServerShutdown
+                | CloseReason::Overloaded
         )
     }
 
@@ -91,13 +107,15 @@ impl CloseReason {
             | CloseReason::ConnectTimeout
             | CloseReason::SlowConsumer
             | CloseReason::PayloadTooLarge
+            | CloseReason::Overloaded
             | CloseReason::Violation(_) => true,
             CloseReason::TransportClosed
             | CloseReason::WebSocketClosed
             | CloseReason::PollCutShort
             | CloseReason::PingTimeout
             | CloseReason::ClientClosed
-            | CloseReason::OverlappingPolls => false,
+            | CloseReason::OverlappingPolls
+            | CloseReason::OverlappingPosts => false,
         }
     }
 
@@ -127,6 +145,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::PayloadTooLarge => "payload too large",
             CloseReason::OverlappingPolls => "overlapping polls",
+            CloseReason::OverlappingPosts => "overlapping posts",
+            CloseReason::Overloaded => "shard overloaded",
             CloseReason::Violation(v) => v.as_str(),
         }
     }

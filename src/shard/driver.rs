@@ -43,6 +43,9 @@ pub(super) struct Driver {
     pub engine: Engine,
     /// Each connection's socket, at the index of its `ConnId`.
     pub sockets: Vec<Option<TcpStream>>,
+    /// Connections whose reading the engine paused, to read again once it wants to (with
+    /// edge-triggered readiness, input that arrived meanwhile is not reported again).
+    pub paused: Vec<ConnId>,
     pub scratch: Box<[u8]>,
     pub latency: Latency,
     pub last_gauges: Instant,
@@ -77,6 +80,7 @@ impl Driver {
             stats,
             engine,
             sockets: Vec::new(),
+            paused: Vec::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             latency: Latency::default(),
             last_gauges: Instant::now(),
@@ -117,6 +121,9 @@ impl Driver {
             self.engine.handle_timeout(now);
             self.apply_actions(now);
             self.transmit(now);
+            if self.resume_paused(now) {
+                self.transmit(now);
+            }
             if let Some(created) = self.engine.take_publish_started() {
                 self.latency.record(created.elapsed());
             }
@@ -178,6 +185,9 @@ impl Driver {
     fn read(&mut self, now: Now, c: ConnId, peer_closed: bool) {
         loop {
             if !self.engine.wants_read(c) {
+                if self.engine.holds(c) && !self.paused.contains(&c) {
+                    self.paused.push(c);
+                }
                 return;
             }
             let Some(sock) = self.sockets.get_mut(c.token()).and_then(Option::as_mut) else {
@@ -203,6 +213,26 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Reads the paused connections the engine wants to read again; true if any was read.
+    fn resume_paused(&mut self, now: Now) -> bool {
+        let mut resumed = false;
+        let mut i = 0;
+        while i < self.paused.len() {
+            let c = self.paused[i];
+            if !self.engine.holds(c) {
+                self.paused.swap_remove(i);
+            } else if self.engine.wants_read(c) {
+                self.paused.swap_remove(i);
+                // Read to the end: an EOF seen while paused is not reported again.
+                self.read(now, c, true);
+                resumed = true;
+            } else {
+                i += 1;
+            }
+        }
+        resumed
     }
 
     /// Writes what the engine queued, connection by connection, until every socket has taken
@@ -265,6 +295,14 @@ impl Driver {
                 Action::Release(c) => {
                     if let Some(mut sock) = self.sockets.get_mut(c.token()).and_then(Option::take) {
                         let _ = self.poll.registry().deregister(&mut sock);
+                    }
+                }
+                Action::Reset(c) => {
+                    if let Some(mut sock) = self.sockets.get_mut(c.token()).and_then(Option::take) {
+                        let _ = self.poll.registry().deregister(&mut sock);
+                        // A zero linger turns the close into a reset: the kernel drops what
+                        // the peer would not take instead of holding on to it.
+                        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
                     }
                 }
                 Action::HandOff {

@@ -20,6 +20,8 @@ pub struct Counters {
     pub handshakes_refused: u64,
     pub auth_failures: u64,
     pub protocol_errors: u64,
+    /// Closing connections reset because their peer did not take what it was owed in time.
+    pub linger_resets: u64,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +42,7 @@ pub struct ShardStats {
     handshakes_refused: AtomicU64,
     auth_failures: AtomicU64,
     protocol_errors: AtomicU64,
+    linger_resets: AtomicU64,
 }
 
 macro_rules! fields {
@@ -59,7 +62,8 @@ macro_rules! fields {
             handshakes,
             handshakes_refused,
             auth_failures,
-            protocol_errors
+            protocol_errors,
+            linger_resets
         )
     };
 }

@@ -20,6 +20,7 @@ pub(super) enum HttpState {
     PendingGet {
         session: SessionId,
         origin: Option<Box<str>>,
+        keep_alive: bool,
     },
 }
 
@@ -61,6 +62,8 @@ pub(super) struct Conn {
     pub closing: bool,
     /// Set when the engine lets go of the connection; it is removed as the call ends.
     pub fate: Option<Fate>,
+    /// Released because its peer would not take what it was owed: reset, not closed.
+    pub reset: bool,
     pub requests: u32,
     /// `requests` when the idle deadline was last set: a connection still at that count and
     /// between requests at the deadline is closed (slow first requests, idle keep-alive).
@@ -79,6 +82,7 @@ impl Conn {
             dirty: false,
             closing: false,
             fate: None,
+            reset: false,
             requests: 0,
             idle_requests: 0,
             idle_deadline: None,

@@ -51,6 +51,7 @@ impl Engine {
             generation,
             transport,
             probe: None,
+            post: None,
             queue: Outbound::default(),
             owed: SmallVec::new(),
             dirty: false,
@@ -112,13 +113,13 @@ impl Engine {
                 self.counters.messages_out += 1;
                 if let Some(conn) = self.live_conn_mut(c) {
                     conn.push(msg.ws_frame().clone());
-                    self.mark_dirty(c);
+                    self.queued(c);
                 }
             }
             Transport::Polling { .. } => {
                 self.counters.messages_out += 1;
                 session.queue.push(msg.polling(), 0, false);
-                if session.queue.bytes() > hard {
+                if session.queue.charge() > hard {
                     return self.drop_slow_consumer(s);
                 }
                 if !session.dirty {
@@ -135,7 +136,7 @@ impl Engine {
         let frame = WireMessage::engine(packet).ws_frame().clone();
         if let Some(conn) = self.live_conn_mut(c) {
             conn.push(frame);
-            self.mark_dirty(c);
+            self.queued(c);
         }
     }
 
@@ -159,7 +160,10 @@ impl Engine {
                     // Release the client's pending poll so it can pause polling.
                     self.send_engine(s, &Packet::Noop);
                 }
-                _ => self.send_engine(s, &Packet::Pong(data)),
+                // In protocol v4 only the server pings, and answering would let a client make
+                // the server queue echoes of anything it sends: the session ends, as with the
+                // reference server.
+                _ => self.close_session(s, Violation::PingFromClient.into()),
             },
             Packet::Upgrade => match via {
                 Some((c, true)) => self.finish_upgrade(s, c),
@@ -326,7 +330,7 @@ impl Engine {
                 conn.push(m.ws_frame().clone());
             }
         }
-        self.mark_dirty(c);
+        self.queued(c);
         if let Some(g) = old_get {
             self.answer_parked_get(g, b"6");
         }
@@ -338,15 +342,17 @@ impl Engine {
         let Some(conn) = self.live_conn_mut(g) else {
             return;
         };
-        let origin = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
-            Role::Http(HttpState::PendingGet { origin, .. }) => origin,
+        let (origin, keep) = match std::mem::replace(&mut conn.role, Role::Http(HttpState::Head)) {
+            Role::Http(HttpState::PendingGet {
+                origin, keep_alive, ..
+            }) => (origin, keep_alive),
             other => {
                 conn.role = other;
                 return;
             }
         };
-        let r = super::http::polling_response(200, body, origin.as_deref(), true);
-        self.respond(g, r, true);
+        let r = super::http::polling_response(200, body, origin.as_deref(), keep);
+        self.respond(g, r, keep);
     }
 
     /// Past the hard limit: the backlog cannot be delivered, so it is discarded, the client is
@@ -458,8 +464,7 @@ impl Engine {
                         conn.push(WireMessage::engine(&Packet::Close).ws_frame().clone());
                         conn.push(websocket::encode_close(reason.ws_close_code(), ""));
                     }
-                    conn.closing = true;
-                    self.mark_dirty(c);
+                    self.set_closing(c);
                 }
             }
             Transport::Polling { get } => {

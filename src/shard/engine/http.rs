@@ -20,6 +20,9 @@ use std::sync::atomic::Ordering;
 /// Packets in one long-polling response. python-engineio refuses a payload of more than 16
 /// packets and drops the connection; the rest waits for the next poll, which comes at once.
 const MAX_PACKETS_PER_POLL: usize = 16;
+/// Packets one polling POST may carry; more is refused (400) and ends the session. Far above
+/// what a client's buffered emits come to, since events past the rate limit are refused.
+pub const MAX_PACKETS_PER_PAYLOAD: usize = 1000;
 
 enum Endpoint {
     Engine { echo: bool },
@@ -58,7 +61,9 @@ impl Engine {
                     self.on_post_body(c, &req, body);
                 }
                 Role::Http(HttpState::Head) => {
-                    if conn.inbuf.is_empty() {
+                    // One request at a time: the next is read once this one's answer is
+                    // written, so a client that pipelines and never reads holds one response.
+                    if conn.inbuf.is_empty() || !conn.out.is_empty() {
                         return;
                     }
                     let (req, consumed) = match parse_head(&conn.inbuf) {
@@ -220,7 +225,7 @@ impl Engine {
                 if let Some(open) = self.open_packet(s, false) {
                     self.send_engine(s, &open);
                 }
-                self.mark_dirty(c);
+                self.queued(c);
                 self.process_ws(c);
             }
             EngineRequest::Existing { sid, transport } => {
@@ -234,7 +239,9 @@ impl Engine {
                     (TransportKind::WebSocket, _) => {
                         self.on_upgrade_request(c, s, &req, origin.as_deref())
                     }
-                    (TransportKind::Polling, Method::Get) => self.on_poll(c, s, origin),
+                    (TransportKind::Polling, Method::Get) => {
+                        self.on_poll(c, s, origin, req.keep_alive)
+                    }
                     (TransportKind::Polling, Method::Post) => {
                         self.on_post_head(c, s, req, origin.as_deref())
                     }
@@ -276,12 +283,22 @@ impl Engine {
         let upgradable = self
             .live_session(s)
             .is_some_and(|x| matches!(x.transport, Transport::Polling { .. }) && x.probe.is_none());
-        if !upgradable {
-            return self.engine_error(c, EngineError::BadRequest, origin);
-        }
         let Some(accept) = self.accept_websocket(c, req, origin) else {
             return;
         };
+        if !upgradable {
+            // Already upgraded, or another probe under way: as the reference server does, the
+            // WebSocket is accepted and closed at once (a `ws` client reports an unexpected
+            // HTTP status as an error, a close as a close).
+            if let Some(conn) = self.live_conn_mut(c) {
+                conn.push(accept);
+                conn.push(crate::codec::websocket::encode_frame(
+                    crate::codec::websocket::OpCode::Close,
+                    b"",
+                ));
+            }
+            return self.set_closing(c);
+        }
         if let Some(session) = self.live_session_mut(s) {
             session.probe = Some(c);
         }
@@ -294,11 +311,11 @@ impl Engine {
             probing: true,
             assembler: MessageAssembler::default(),
         });
-        self.mark_dirty(c);
+        self.queued(c);
         self.process_ws(c);
     }
 
-    fn on_poll(&mut self, c: ConnId, s: SessionId, origin: Option<String>) {
+    fn on_poll(&mut self, c: ConnId, s: SessionId, origin: Option<String>, keep_alive: bool) {
         self.count_request(c);
         let Some(session) = self.live_session_mut(s) else {
             return;
@@ -310,6 +327,7 @@ impl Engine {
                     conn.role = Role::Http(HttpState::PendingGet {
                         session: s,
                         origin: origin.map(String::into_boxed_str),
+                        keep_alive,
                     });
                 }
                 self.flush_polling(s);
@@ -326,11 +344,19 @@ impl Engine {
     }
 
     fn on_post_head(&mut self, c: ConnId, s: SessionId, req: Request, origin: Option<&str>) {
-        let polling = self
-            .live_session(s)
-            .is_some_and(|x| matches!(x.transport, Transport::Polling { .. }));
-        if !polling {
+        let Some(session) = self.live_session(s) else {
+            return self.engine_error(c, EngineError::UnknownSid, origin);
+        };
+        if !matches!(session.transport, Transport::Polling { .. }) {
             return self.engine_error(c, EngineError::BadRequest, origin);
+        }
+        let overlapping = session
+            .post
+            .is_some_and(|p| p != c && self.live_conn(p).is_some());
+        if overlapping {
+            // One body per session at a time, as the reference server: the overlap is fatal.
+            self.engine_error(c, EngineError::BadRequest, origin);
+            return self.close_session(s, CloseReason::OverlappingPosts);
         }
         let Some(len) = req.content_length.filter(|_| !req.chunked) else {
             return self.engine_error(c, EngineError::BadRequest, origin);
@@ -338,6 +364,9 @@ impl Engine {
         if len > self.settings.max_payload {
             self.refuse(c, HttpRefusal::PayloadTooLarge, origin);
             return self.close_session(s, CloseReason::PayloadTooLarge);
+        }
+        if let Some(session) = self.live_session_mut(s) {
+            session.post = Some(c);
         }
         if let Some(conn) = self.live_conn_mut(c) {
             conn.role = Role::Http(HttpState::Body {
@@ -353,7 +382,12 @@ impl Engine {
         let Some(s) = known.filter(|s| self.live_session(*s).is_some()) else {
             return self.engine_error(c, EngineError::UnknownSid, origin.as_deref());
         };
-        let packets = match engineio::decode_payload(body) {
+        if let Some(session) = self.live_session_mut(s) {
+            if session.post == Some(c) {
+                session.post = None;
+            }
+        }
+        let packets = match engineio::decode_payload(body, MAX_PACKETS_PER_PAYLOAD) {
             Ok(p) => p,
             Err(_) => {
                 self.engine_error(c, EngineError::BadRequest, origin.as_deref());
@@ -420,13 +454,12 @@ impl Engine {
             return;
         };
         conn.push(bytes);
-        if !keep_alive {
-            conn.closing = true;
-        }
-        self.mark_dirty(c);
+        self.queued(c);
         if keep_alive {
             // A kept-alive connection gets the same time for its next request as the first.
             self.arm_request_timer(c);
+        } else {
+            self.set_closing(c);
         }
     }
 

@@ -83,6 +83,9 @@ pub enum Written {
 pub enum Action {
     /// Close this connection's socket: everything owed to it was written, or it broke.
     Release(ConnId),
+    /// Drop this connection's socket at once, discarding what it still holds (a reset): its
+    /// peer did not take what was owed to it within the linger time.
+    Reset(ConnId),
     /// Move this connection's socket to the shard that owns the session its request names,
     /// with the input read from it but not processed.
     HandOff {
@@ -112,7 +115,8 @@ pub struct Engine {
     /// Each order book room's current view, and its subscribe snapshot once encoded.
     books: HashMap<Arc<str>, (Arc<BookView>, Option<WireMessage>)>,
     timers: Timers,
-    dirty_conns: Vec<ConnId>,
+    /// Connections to write to, in the order they became due (so none is always last).
+    dirty_conns: VecDeque<ConnId>,
     dirty_sessions: Vec<SessionId>,
     closed_sessions: Vec<SessionId>,
     closed_conns: Vec<ConnId>,
@@ -154,7 +158,7 @@ impl Engine {
             last_values: HashMap::new(),
             books: HashMap::new(),
             timers: Timers::default(),
-            dirty_conns: Vec::new(),
+            dirty_conns: VecDeque::new(),
             dirty_sessions: Vec::new(),
             closed_sessions: Vec::new(),
             closed_conns: Vec::new(),
@@ -195,9 +199,28 @@ impl Engine {
         c
     }
 
-    /// Whether the driver should read from `c` (false once the engine has let go of it).
-    pub fn wants_read(&self, c: ConnId) -> bool {
+    /// Whether `c` is a connection the engine still holds (its socket is the driver's).
+    pub fn holds(&self, c: ConnId) -> bool {
         self.live_conn(c).is_some()
+    }
+
+    /// Whether the driver should read from `c` now. Reading pauses while the connection
+    /// holds more outbound than the soft limit (its client is not reading what it asked for)
+    /// and while a plain HTTP connection has a response pending and a request's worth of
+    /// pipelined input waiting; the driver reads again once this turns true.
+    pub fn wants_read(&self, c: ConnId) -> bool {
+        let Some(conn) = self.live_conn(c) else {
+            return false;
+        };
+        if conn.out.charge() > self.settings.outbound_soft_limit {
+            return false;
+        }
+        match &conn.role {
+            Role::WebSocket(_) => true,
+            Role::Http(HttpState::Body { .. }) => true,
+            Role::Http(HttpState::Head) if conn.out.is_empty() => true,
+            Role::Http(_) => conn.inbuf.len() < PIPELINED_INPUT,
+        }
     }
 
     /// Bytes read from `c`.
@@ -220,10 +243,7 @@ impl Engine {
     /// The peer will send nothing more: answer what it asked, then close.
     pub fn handle_peer_closed(&mut self, now: Now, c: ConnId) {
         self.now = now;
-        if let Some(conn) = self.live_conn_mut(c) {
-            conn.closing = true;
-            self.mark_dirty(c);
-        }
+        self.set_closing(c);
         self.reap();
     }
 
@@ -248,7 +268,7 @@ impl Engine {
             self.flush_polling(s);
         }
         let mut found = None;
-        while let Some(c) = self.dirty_conns.pop() {
+        while let Some(c) = self.dirty_conns.pop_front() {
             let Some(conn) = self.live_conn_mut(c) else {
                 continue;
             };
@@ -294,8 +314,9 @@ impl Engine {
         self.reap();
     }
 
-    /// `c`'s queue is written: close it if it was closing, else a WebSocket session owed
-    /// order book snapshots gets them now.
+    /// `c`'s queue is written: close it if it was closing; else a WebSocket session owed
+    /// order book snapshots gets them now, and an HTTP connection's next pipelined request is
+    /// taken up.
     fn after_flush(&mut self, c: ConnId) {
         let Some(conn) = self.live_conn(c) else {
             return;
@@ -303,11 +324,13 @@ impl Engine {
         if conn.closing {
             return self.close_conn(c);
         }
-        if let Role::WebSocket(ws) = &conn.role {
-            if !ws.probing {
+        match &conn.role {
+            Role::WebSocket(ws) if !ws.probing => {
                 let s = ws.session;
                 self.pay_owed_snapshots(s);
             }
+            Role::Http(HttpState::Head) if !conn.inbuf.is_empty() => self.process_input(c),
+            _ => {}
         }
     }
 
@@ -449,9 +472,51 @@ impl Engine {
         if let Some(conn) = self.live_conn_mut(c) {
             if !conn.dirty {
                 conn.dirty = true;
-                self.dirty_conns.push(c);
+                self.dirty_conns.push_back(c);
             }
         }
+    }
+
+    /// Bytes were queued on `c`: schedules the write and applies the hard limit to a
+    /// WebSocket. Past it, the client of the session riding on it is dropped as a slow
+    /// consumer (a probe is closed). Plain HTTP needs no check: one request is answered at a
+    /// time, so a connection holds at most one response.
+    fn queued(&mut self, c: ConnId) {
+        let hard = self.settings.outbound_hard_limit;
+        let Some(conn) = self.live_conn(c) else {
+            return;
+        };
+        let Role::WebSocket(ws) = &conn.role else {
+            return self.mark_dirty(c);
+        };
+        if conn.out.charge() <= hard {
+            return self.mark_dirty(c);
+        }
+        let s = ws.session;
+        let rides = !ws.probing
+            && self
+                .live_session(s)
+                .is_some_and(|x| x.transport == session::Transport::WebSocket(c));
+        if rides {
+            self.drop_slow_consumer(s)
+        } else {
+            self.close_conn(c)
+        }
+    }
+
+    /// `c` closes once what it is owed is written; a peer that does not take it within the
+    /// linger time is reset.
+    fn set_closing(&mut self, c: ConnId) {
+        let at = self.now.mono + LINGER;
+        let Some(conn) = self.live_conn_mut(c) else {
+            return;
+        };
+        if !conn.closing {
+            conn.closing = true;
+            let generation = conn.generation;
+            self.timers.schedule(at, Timer::Linger(c, generation));
+        }
+        self.mark_dirty(c);
     }
 
     fn process_input(&mut self, c: ConnId) {
@@ -508,6 +573,18 @@ impl Engine {
                         self.close_conn(c);
                     }
                 }
+                Timer::Linger(c, g) => {
+                    let stuck = self
+                        .live_conn(c)
+                        .is_some_and(|conn| conn.generation == g && conn.closing);
+                    if stuck {
+                        self.counters.linger_resets += 1;
+                        self.close_conn(c);
+                        if let Some(conn) = self.conns.get_mut(c.key()) {
+                            conn.reset = true;
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -555,6 +632,7 @@ impl Engine {
                     shard,
                     buffered: conn.inbuf,
                 },
+                _ if conn.reset => Action::Reset(c),
                 _ => Action::Release(c),
             });
         }
@@ -612,6 +690,10 @@ impl Engine {
 
 /// While draining, how often the engine checks whether every queue is written.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a closing connection may take to accept what it is owed before it is reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pipelined input an HTTP connection may hold while its previous response is pending.
+const PIPELINED_INPUT: usize = 16 * 1024;
 
 #[cfg(any(test, fuzzing))]
 impl Engine {
@@ -650,8 +732,8 @@ impl Engine {
                     return Err(format!("{id:?} is in {room} but not among its members"));
                 }
             }
-            if s.queue.bytes() > self.settings.outbound_hard_limit {
-                return Err(format!("{id:?} holds {} queued bytes", s.queue.bytes()));
+            if s.queue.charge() > self.settings.outbound_hard_limit {
+                return Err(format!("{id:?} holds {} queued", s.queue.charge()));
             }
         }
         if self.sids.len() != self.sessions.len() {

@@ -10,6 +10,9 @@ use std::io::IoSlice;
 pub const MAX_IOV: usize = 64;
 /// How far back a replacement looks for the room's queued value.
 const MAX_SCAN: usize = 4096;
+/// Memory one queued frame holds beside its bytes: its queue slot and the reference to its
+/// buffer. Charged with the bytes, so a flood of tiny frames costs what it really holds.
+pub const ITEM_COST: usize = 48;
 
 #[derive(Debug)]
 struct Item {
@@ -27,8 +30,15 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Bytes queued (what remains to be written).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The memory the queue holds for its owner: its bytes plus `ITEM_COST` per frame. The
+    /// outbound limits apply to this.
+    pub fn charge(&self) -> usize {
+        self.bytes + self.items.len() * ITEM_COST
     }
 
     pub fn is_empty(&self) -> bool {

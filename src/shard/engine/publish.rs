@@ -60,7 +60,7 @@ impl Engine {
                         };
                         if !conn.dirty {
                             conn.dirty = true;
-                            self.dirty_conns.push(c);
+                            self.dirty_conns.push_back(c);
                         }
                         (&mut conn.out, frame.clone())
                     }
@@ -73,7 +73,7 @@ impl Engine {
                         (&mut session.queue, p)
                     }
                 };
-                let over_soft = queue.bytes() > soft;
+                let over_soft = queue.charge() > soft;
                 let sent = match b.class {
                     StreamClass::Lossless => {
                         queue.push(data, tag, false);
@@ -109,7 +109,7 @@ impl Engine {
                 } else {
                     self.counters.slow_consumer_drops += 1;
                 }
-                if queue.bytes() > hard {
+                if queue.charge() > hard {
                     over_limit.push(s);
                 }
             }

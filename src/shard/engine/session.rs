@@ -28,6 +28,8 @@ pub(super) struct Session {
     pub transport: Transport,
     /// The WebSocket probing an upgrade of this polling session.
     pub probe: Option<ConnId>,
+    /// The connection whose POST body for this session is being received.
+    pub post: Option<ConnId>,
     /// Packets waiting for a poll (polling transport only).
     pub queue: Outbound,
     /// Order book rooms whose deltas this client missed: it gets a snapshot once caught up.

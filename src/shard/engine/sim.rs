@@ -24,6 +24,10 @@ pub struct Peer {
     pub window: Option<usize>,
     /// The engine released the socket (what it received before stays readable).
     pub closed: bool,
+    /// Bytes sent that the engine has not read yet (it paused reading), as a socket buffer.
+    pub unread: Vec<u8>,
+    /// The peer shut its side after `unread`.
+    pub eof: bool,
 }
 
 pub struct Sim {
@@ -73,20 +77,54 @@ impl Sim {
         c
     }
 
+    /// The peer sends `data`; the engine reads it as a driver would, in chunks, while it
+    /// wants to read.
     pub fn send(&mut self, c: ConnId, data: &[u8]) {
-        if !self.is_open(c) || !self.engine.wants_read(c) {
+        let Some(p) = self.peers.get_mut(&c).filter(|p| !p.closed && !p.eof) else {
             return;
-        }
-        self.engine.handle_input(self.now, c, data);
+        };
+        p.unread.extend_from_slice(data);
         self.pump();
     }
 
-    /// The peer shuts its sending side (EOF).
+    /// The peer shuts its sending side (EOF), after what it sent.
     pub fn peer_close(&mut self, c: ConnId) {
-        if self.is_open(c) {
-            self.engine.handle_peer_closed(self.now, c);
+        if let Some(p) = self.peers.get_mut(&c).filter(|p| !p.closed) {
+            p.eof = true;
             self.pump();
         }
+    }
+
+    /// Bytes `c`'s peer sent that the engine has not read.
+    pub fn unread(&self, c: ConnId) -> usize {
+        self.peers.get(&c).map_or(0, |p| p.unread.len())
+    }
+
+    /// Feeds peers' unread input to the engine where it wants it; true if anything was fed.
+    fn feed(&mut self) -> bool {
+        let mut fed = false;
+        let ids: Vec<ConnId> = self.peers.keys().copied().collect();
+        for c in ids {
+            while let Some(p) = self.peers.get_mut(&c).filter(|p| !p.closed) {
+                if !self.engine.wants_read(c) {
+                    break;
+                }
+                if p.unread.is_empty() {
+                    if p.eof {
+                        p.eof = false;
+                        self.engine.handle_peer_closed(self.now, c);
+                        fed = true;
+                    }
+                    break;
+                }
+                let n = p.unread.len().min(16 * 1024);
+                let chunk: Vec<u8> = p.unread.drain(..n).collect();
+                self.engine.handle_input(self.now, c, &chunk);
+                fed = true;
+                self.apply_actions();
+            }
+        }
+        fed
     }
 
     /// The connection breaks (reset).
@@ -160,6 +198,9 @@ impl Sim {
             self.apply_actions();
             let Some(c) = self.engine.poll_transmit() else {
                 self.apply_actions();
+                if self.feed() {
+                    continue;
+                }
                 #[cfg(test)]
                 if let Err(e) = self.engine.check_invariants() {
                     panic!("engine invariant broken: {e}");
@@ -202,7 +243,7 @@ impl Sim {
     fn apply_actions(&mut self) {
         while let Some(a) = self.engine.poll_action() {
             match a {
-                Action::Release(c) => {
+                Action::Release(c) | Action::Reset(c) => {
                     if let Some(p) = self.peers.get_mut(&c) {
                         p.closed = true;
                     }

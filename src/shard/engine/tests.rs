@@ -1,6 +1,7 @@
 //! The engine driven in-process by `sim::Sim`: whole protocol exchanges with the clock moved
 //! by hand, no sockets, no sleeps.
 
+use super::outbound::ITEM_COST;
 use super::sim::{client, Sim};
 use super::ConnId;
 use crate::codec::WireMessage;
@@ -70,6 +71,18 @@ fn bodies(sim: &mut Sim, c: ConnId) -> Vec<(u16, String)> {
         .collect()
 }
 
+fn trade_with(room: &str, data: Payload) -> Broadcast {
+    Broadcast {
+        room: Arc::from(room),
+        body: envelope::encode_payload("trade", room, &data, 1),
+        class: StreamClass::Lossless,
+        deliver: true,
+        retain: false,
+        book: None,
+        offset: None,
+    }
+}
+
 fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
     let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into_bytes());
     Broadcast {
@@ -127,9 +140,11 @@ fn a_parked_poll_is_answered_by_the_next_packet() {
         "nothing to send: the GET waits"
     );
     let post = sim.connect(CLIENT);
-    sim.send(post, &client::post(&sid, b"2"));
+    sim.send(post, &client::post(&sid, b"40"));
     assert_eq!(bodies(&mut sim, post), vec![(200, "ok".to_owned())]);
-    assert_eq!(bodies(&mut sim, c), vec![(200, "3".to_owned())]);
+    let got = bodies(&mut sim, c);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].1.starts_with("40{\"sid\":"), "{got:?}");
 }
 
 #[test]
@@ -213,22 +228,38 @@ fn a_pong_keeps_the_session() {
 }
 
 /// The remotely triggerable shard panic of the reactor before the engine: a polling session
-/// whose echoed pong fills its queue to exactly the hard limit is tipped over by the server's
-/// next heartbeat ping, dropped as a slow consumer inside the heartbeat handler, and the
-/// handler then touched the removed session.
+/// whose queue is exactly at the hard limit is tipped over by the server's next heartbeat
+/// ping, dropped as a slow consumer inside the heartbeat handler, and the handler then touched
+/// the removed session. (Then an echoed client ping filled the queue; the trade here does.)
 #[test]
 fn heartbeat_ping_that_overflows_a_polling_queue_ends_only_that_session() {
+    let hard = 4096;
     let mut s = settings();
     s.ping_interval = Duration::from_millis(1000);
-    s.outbound_soft_limit = 65_536;
-    s.outbound_hard_limit = 65_536;
+    s.outbound_soft_limit = hard;
+    s.outbound_hard_limit = hard;
     let mut sim = Sim::new(s, shared(false), 1);
     let (bystander, _) = sim.open_websocket(CLIENT).unwrap();
     let (c, sid) = sim.open_polling(CLIENT).unwrap();
-    // `2<data>` is echoed as `3<data>`: exactly the hard limit, not over it.
-    let ping = format!("2{}", "x".repeat(65_535));
-    sim.send(c, &client::post(&sid, ping.as_bytes()));
-    assert_eq!(bodies(&mut sim, c), vec![(200, "ok".to_owned())]);
+    let subscribe = "42/ws,[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]";
+    sim.send(
+        c,
+        &client::post(&sid, format!("40/ws,\u{1e}{subscribe}").as_bytes()),
+    );
+    sim.send(c, &client::poll(&sid));
+    assert_eq!(
+        bodies(&mut sim, c).len(),
+        2,
+        "the POST's ok and the answers"
+    );
+    // A trade that fills the queue to exactly the hard limit: not over it.
+    let size = |pad: usize| {
+        let data = Payload::Json(format!("\"{}\"", "x".repeat(pad)).into_bytes());
+        let b = trade_with("trades:BTCUSDT", data);
+        (b.body.polling().len() + ITEM_COST, b)
+    };
+    let pad = (0..hard).find(|p| size(*p).0 == hard).unwrap();
+    sim.publish(&[size(pad).1]);
     assert_eq!(sim.engine.census().sessions, 2);
     sim.advance(Duration::from_millis(1000));
     assert_eq!(
@@ -455,4 +486,151 @@ fn publishes_reach_polling_sessions_through_their_poll() {
         got,
         vec![(200, String::from_utf8(m.polling().to_vec()).unwrap())]
     );
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_holds_one_response() {
+    let mut sim = sim();
+    let c = sim.connect(CLIENT);
+    sim.set_window(c, Some(0));
+    let many: Vec<u8> = (0..2000).flat_map(|_| client::get("/health", "")).collect();
+    sim.send(c, &many);
+    assert!(sim.engine.outbound_bytes() < 200, "one response queued");
+    assert!(
+        sim.unread(c) > many.len() / 2,
+        "the rest is left in the socket"
+    );
+    // Once it reads, every request is answered, in order.
+    sim.set_window(c, None);
+    let got = bodies(&mut sim, c);
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().all(|(s, _)| *s == 200));
+}
+
+#[test]
+fn a_websocket_that_floods_pings_and_never_reads_is_paused_at_the_soft_limit() {
+    let mut s = settings();
+    s.outbound_soft_limit = 64 * 1024;
+    s.outbound_hard_limit = 1 << 20;
+    let mut sim = Sim::new(s, shared(false), 1);
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.set_window(c, Some(0));
+    let ping = crate::codec::websocket::encode_masked_frame(true, 9, &[7; 125], [1, 2, 3, 4], 0);
+    let flood: Vec<u8> = (0..20_000).flat_map(|_| ping.clone()).collect();
+    sim.send(c, &flood);
+    let held = sim.engine.outbound_bytes();
+    assert!(
+        held < 64 * 1024 + 32 * 1024,
+        "reading paused near the soft limit: {held}"
+    );
+    assert!(sim.unread(c) > flood.len() / 2);
+    assert!(sim.is_open(c), "paused, not dropped: it may still read");
+    sim.set_window(c, None);
+    let pongs = client::frames(&sim.take(c))
+        .into_iter()
+        .filter(|(op, _)| *op == 10)
+        .count();
+    assert_eq!(pongs, 20_000, "every ping answered once it read");
+}
+
+#[test]
+fn engine_io_pings_from_a_client_end_its_session() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    let pings: Vec<u8> = std::iter::repeat_n(&b"2\x1e"[..], 1000)
+        .flatten()
+        .copied()
+        .collect();
+    sim.send(c, &client::post(&sid, &pings[..pings.len() - 1]));
+    assert_eq!(bodies(&mut sim, c), vec![(200, "ok".to_owned())]);
+    assert_eq!(
+        sim.engine.census().sessions,
+        0,
+        "invalid heartbeat direction"
+    );
+    assert!(sim.engine.outbound_bytes() < 200, "no pong was queued");
+    let (ws, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(ws, &client::text("2"));
+    let frames = client::frames(&sim.take(ws));
+    assert_eq!(frames[0], (1, b"1".to_vec()), "an Engine.IO close, no pong");
+}
+
+#[test]
+fn a_second_post_while_a_body_is_arriving_is_refused_and_ends_the_session() {
+    let mut sim = sim();
+    let (_, sid) = sim.open_polling(CLIENT).unwrap();
+    let first = sim.connect(CLIENT);
+    let whole = client::post(&sid, &[b'6'; 1000]);
+    sim.send(first, &whole[..whole.len() - 500]);
+    let second = sim.connect(CLIENT);
+    sim.send(second, &client::post(&sid, b"6"));
+    assert_eq!(bodies(&mut sim, second)[0].0, 400);
+    assert_eq!(sim.engine.census().sessions, 0);
+}
+
+#[test]
+fn a_payload_of_too_many_packets_is_refused() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    let body: Vec<u8> = std::iter::repeat_n(&b"6\x1e"[..], 1001)
+        .flatten()
+        .copied()
+        .collect();
+    sim.send(c, &client::post(&sid, &body[..body.len() - 1]));
+    assert_eq!(bodies(&mut sim, c)[0].0, 400);
+    assert_eq!(sim.engine.census().sessions, 0);
+}
+
+#[test]
+fn a_closing_connection_whose_peer_takes_nothing_is_reset_after_the_linger_time() {
+    let mut sim = sim();
+    let c = sim.connect(CLIENT);
+    sim.set_window(c, Some(0));
+    sim.send(c, &client::get("/health", "Connection: close\r\n"));
+    sim.advance(Duration::from_millis(4_999));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_millis(1));
+    assert!(!sim.is_open(c));
+    assert_eq!(sim.engine.counters().linger_resets, 1);
+}
+
+#[test]
+fn a_second_websocket_for_an_upgraded_session_is_accepted_then_closed() {
+    let mut sim = sim();
+    let (poll, sid) = sim.open_polling(CLIENT).unwrap();
+    let ws = sim.connect(CLIENT);
+    sim.send(ws, &client::websocket(Some(&sid)));
+    sim.send(ws, &client::text("2probe"));
+    sim.send(ws, &client::text("5"));
+    sim.take(ws);
+    let again = sim.connect(CLIENT);
+    sim.send(again, &client::websocket(Some(&sid)));
+    let (resp, rest) = client::responses(&sim.take(again));
+    assert_eq!(resp[0].0, 101);
+    assert_eq!(client::frames(&rest), vec![(8, Vec::new())]);
+    assert!(!sim.is_open(again));
+    sim.send(ws, &client::text("40/ws,"));
+    assert!(
+        client::texts(&sim.take(ws))[0].starts_with("40/ws,"),
+        "the upgraded one lives on"
+    );
+    let _ = poll;
+}
+
+#[test]
+fn a_parked_poll_that_asked_to_close_is_answered_with_close() {
+    let mut sim = sim();
+    let (c, sid) = sim.open_polling(CLIENT).unwrap();
+    sim.send(
+        c,
+        &client::get(
+            &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            "Connection: close\r\n",
+        ),
+    );
+    let post = sim.connect(CLIENT);
+    sim.send(post, &client::post(&sid, b"40"));
+    let got = sim.take(c);
+    assert!(String::from_utf8_lossy(&got).contains("Connection: close\r\n"));
+    assert!(!sim.is_open(c));
 }

@@ -18,6 +18,8 @@ pub(super) enum Timer {
     Socket(SessionId, u64),
     /// A connection that has not completed its next request head by now is closed.
     RequestTimeout(ConnId, u64),
+    /// A closing connection whose peer has not taken what is owed to it by now is reset.
+    Linger(ConnId, u64),
 }
 
 #[derive(Debug, Default)]

@@ -42,14 +42,13 @@ impl Engine {
                 Message::Binary(b) => Packet::Binary(b),
                 Message::Ping(p) => {
                     conn.push(websocket::encode_frame(websocket::OpCode::Pong, &p));
-                    self.mark_dirty(c);
+                    self.queued(c);
                     continue;
                 }
                 Message::Pong(_) => continue,
                 Message::Close(code) => {
                     conn.push(websocket::encode_close(code.unwrap_or(1000), ""));
-                    conn.closing = true;
-                    self.mark_dirty(c);
+                    self.set_closing(c);
                     self.detach_ws(c);
                     return;
                 }
@@ -69,10 +68,9 @@ impl Engine {
         self.counters.protocol_errors += 1;
         if let Some(conn) = self.live_conn_mut(c) {
             conn.push(websocket::encode_close(code, reason));
-            conn.closing = true;
             conn.inbuf.clear();
         }
-        self.mark_dirty(c);
+        self.set_closing(c);
         self.detach_ws(c);
     }
 
