@@ -25,10 +25,11 @@ fn engine_with_subscribers(members: usize) -> Sim {
         handshake_timeout: Duration::from_secs(3600),
         max_payload: 1_000_000,
         cors_origins: Vec::new(),
-        trust_proxy: false,
+        trust_proxy: None,
         demo_page: false,
         outbound_soft_limit: 1 << 20,
         outbound_hard_limit: 8 << 20,
+        close_linger: Duration::from_millis(5_000),
         app: App::Gateway(Arc::new(GatewaySettings::default())),
     };
     let shared = Arc::new(Shared::new(LimitSettings {

@@ -39,10 +39,11 @@ fn main() {
         handshake_timeout: Duration::from_secs(10),
         max_payload: 1_000_000,
         cors_origins: vec!["*".into()],
-        trust_proxy: false,
+        trust_proxy: None,
         demo_page: false,
         outbound_soft_limit: 64 * 1024 * 1024,
         outbound_hard_limit: 64 * 1024 * 1024,
+        close_linger: Duration::from_millis(5_000),
         app: App::Conformance,
     };
     // The protocol suites open many sessions from one address in a burst.
@@ -52,6 +53,8 @@ fn main() {
         max_connections_per_user: 100_000,
         handshakes_per_sec_per_ip: 1e9,
         handshake_burst_per_ip: 1e9,
+        max_tcp_per_ip: 100_000,
+        ..LimitSettings::default()
     }));
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let reactor = match Reactor::start(1, addr, Arc::new(settings), shared.clone()) {

@@ -11,10 +11,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 /// Largest ingest body accepted.
 pub const MAX_INGEST_BODY: usize = 16 * 1024 * 1024;
+/// A request head not complete by then ends its connection.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct InternalState {
     pub ingest: Arc<Ingest>,
@@ -98,7 +101,9 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        // Compared in constant time: how long a refusal takes says nothing of the token.
+        let matches = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())));
+        if !matches {
             return json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "UNAUTHORIZED", "message": "missing or wrong ingest bearer token"}),
@@ -167,6 +172,8 @@ pub async fn serve(listener: TcpListener, state: Arc<InternalState>) {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, svc)
                 .await
             {

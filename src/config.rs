@@ -164,9 +164,58 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_MESSAGES_PER_SEC", default_value_t = 50.0)]
     pub max_messages_per_sec: f64,
 
-    /// Take the client address from `X-Forwarded-For` (only behind a proxy you trust).
+    /// Take the client address from `X-Forwarded-For`, as written by the proxies in
+    /// `--trusted-proxies` (the right-most entry, or `--proxy-hops` from the right).
     #[arg(long, env = "GATEWAY_TRUST_PROXY", default_value_t = false)]
     pub trust_proxy: bool,
+
+    /// With `--trust-proxy`: the peers (CIDRs or addresses, comma-separated) whose
+    /// `X-Forwarded-For` is believed; any other peer counts as its own address.
+    #[arg(
+        long,
+        env = "GATEWAY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// With `--trust-proxy`: how many trusted proxies stand in front of the gateway (the
+    /// client is that many entries from the right of `X-Forwarded-For`).
+    #[arg(long, env = "GATEWAY_PROXY_HOPS", default_value_t = 1)]
+    pub proxy_hops: usize,
+
+    /// TCP connections one client address may hold open, kept-alive HTTP included; more are
+    /// closed as they are accepted. 0: twice `--max-connections-per-ip`, plus 8.
+    #[arg(long, env = "GATEWAY_MAX_TCP_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_tcp_connections_per_ip: usize,
+
+    /// Input one client address may have buffered beyond 64 KiB per connection (large
+    /// messages and bodies on their way in), in bytes; past it its connections wait.
+    #[arg(long, env = "GATEWAY_MAX_INPUT_PER_IP", default_value_t = 8 * 1024 * 1024)]
+    pub max_input_per_ip: usize,
+
+    /// Input all clients together may have buffered beyond 64 KiB per connection, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_INPUT", default_value_t = 256 * 1024 * 1024)]
+    pub max_input: usize,
+
+    /// Rooms the gateway holds at most (each distinct channel and symbol subscribed); past
+    /// it subscriptions to new rooms are refused with SUBSCRIPTION_LIMIT.
+    #[arg(long, env = "GATEWAY_MAX_ROOMS", default_value_t = 100_000)]
+    pub max_rooms: usize,
+
+    /// Let clients subscribe to any well-formed symbol. By default a symbol must be listed in
+    /// `--symbols` or have been seen from ingest, so clients cannot create rooms at will.
+    #[arg(
+        long,
+        env = "GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS",
+        default_value_t = false
+    )]
+    pub subscribe_unknown_symbols: bool,
+
+    /// How long a closing connection may take to accept what it is owed (an answer, a close
+    /// frame) before it is reset, in ms.
+    #[arg(long, env = "GATEWAY_CLOSE_LINGER_MS", default_value_t = 5_000)]
+    pub close_linger_ms: u64,
 
     /// Cluster mode: events flow through a Redis Stream shared by every instance.
     #[arg(long, env = "GATEWAY_REDIS")]

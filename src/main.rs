@@ -14,6 +14,20 @@ fn main() {
         eprintln!("maven-gateway: {e}");
         std::process::exit(2);
     }
+    // A panic anywhere ends the process with a logged reason and a non-zero exit, so a
+    // supervisor restarts it (its clients recover through connection state recovery) rather
+    // than a dead shard thread leaving its clients unanswered and its cap slots taken.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "panic: the gateway exits so that it can be restarted"
+        );
+        std::process::exit(101);
+    }));
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -107,6 +107,8 @@ pub enum ConnectRefusal {
     InvalidToken,
     /// The user holds its cap of connections.
     ConnectionLimit,
+    /// CONNECTs over the connection's event rate.
+    RateLimited,
 }
 
 /// The CONNECT_ERROR packet for a refused namespace connection.
@@ -120,6 +122,10 @@ pub fn connect_error(ns: &str, refusal: ConnectRefusal) -> Packet {
         ConnectRefusal::ConnectionLimit => json!({
             "message": "Too many connections for this user",
             "data": {"code": "CONNECTION_LIMIT"},
+        }),
+        ConnectRefusal::RateLimited => json!({
+            "message": "Too many requests; slow down",
+            "data": {"code": "RATE_LIMITED"},
         }),
     };
     Packet {
@@ -156,6 +162,16 @@ pub fn slow_consumer() -> WireMessage {
     }]))
 }
 
+/// `error` OVERLOADED on `/ws`: the gateway fell behind and could not deliver a lossless
+/// stream this client follows; it closes the session, and the client's reconnection recovers
+/// what it missed.
+pub fn overloaded() -> WireMessage {
+    gateway_event(&json!(["error", {
+        "code": "OVERLOADED",
+        "message": "the gateway fell behind; reconnect to recover what was missed",
+    }]))
+}
+
 /// `server.shutdown` `{reconnectAfterMs}` on `/ws`, sent to every client when draining.
 pub fn server_shutdown(reconnect_after_ms: u64) -> WireMessage {
     gateway_event(&json!(["server.shutdown", {"reconnectAfterMs": reconnect_after_ms}]))
@@ -189,6 +205,7 @@ impl HttpRefusal {
     pub fn status(&self) -> u16 {
         match self {
             HttpRefusal::Head(HeadError::TooLarge) => 431,
+            HttpRefusal::Head(HeadError::TransferEncoding) => 501,
             HttpRefusal::Head(_) => 400,
             HttpRefusal::Engine(e) => e.status(),
             HttpRefusal::Capped(r) => r.status(),
@@ -229,9 +246,11 @@ pub fn http_refusal(refusal: &HttpRefusal, origin: Option<&str>, keep_alive: boo
     }
 }
 
-/// The CORS headers that let `origin` read a response with credentials.
+/// The CORS headers that let `origin` read a response: with credentials for a listed origin,
+/// without for the wildcard.
 pub fn cors_headers(origin: Option<&str>) -> Vec<(&'static str, &str)> {
     match origin {
+        Some("*") => vec![("Access-Control-Allow-Origin", "*")],
         Some(o) => vec![
             ("Access-Control-Allow-Origin", o),
             ("Access-Control-Allow-Credentials", "true"),

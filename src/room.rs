@@ -12,6 +12,8 @@
 //!
 //! Anything else is a room a backend broadcast to by name (`Room::Other`).
 
+use parking_lot::RwLock;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Candle intervals.
@@ -26,6 +28,47 @@ pub fn valid_symbol(s: &str) -> bool {
 
 pub fn valid_interval(s: &str) -> bool {
     INTERVALS.contains(&s)
+}
+
+/// The symbols clients may subscribe to: the configured list when there is one; else every
+/// symbol ingest has seen (or, when so configured, any well-formed one). Clients cannot make
+/// the gateway create rooms for symbols nobody trades.
+#[derive(Debug)]
+pub struct Symbols {
+    listed: HashSet<Box<str>>,
+    any: bool,
+    seen: RwLock<HashSet<Box<str>>>,
+}
+
+impl Symbols {
+    pub fn new(listed: &[String], any: bool) -> Symbols {
+        Symbols {
+            listed: listed.iter().map(|s| s.as_str().into()).collect(),
+            any,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Any well-formed symbol (the behaviour of tests that ingest nothing).
+    pub fn any() -> Symbols {
+        Symbols::new(&[], true)
+    }
+
+    /// Whether clients may subscribe to `symbol` (already checked to be well-formed).
+    pub fn allows(&self, symbol: &str) -> bool {
+        if !self.listed.is_empty() {
+            self.listed.contains(symbol)
+        } else {
+            self.any || self.seen.read().contains(symbol)
+        }
+    }
+
+    /// Ingest saw `symbol`: from now on it may be subscribed to.
+    pub fn saw(&self, symbol: &str) {
+        if self.listed.is_empty() && !self.any && !self.seen.read().contains(symbol) {
+            self.seen.write().insert(symbol.into());
+        }
+    }
 }
 
 /// Room kinds, for counting subscriptions by channel type.
@@ -232,6 +275,22 @@ mod tests {
         }
         assert_eq!(Room::parse("user:u-1:orders").user(), Some("u-1"));
         assert_eq!(Room::parse("trades:X").user(), None);
+    }
+
+    #[test]
+    fn symbols_come_from_the_list_or_from_ingest() {
+        let listed = Symbols::new(&["BTCUSDT".into()], false);
+        assert!(listed.allows("BTCUSDT") && !listed.allows("ETHUSDT"));
+        listed.saw("ETHUSDT");
+        assert!(
+            !listed.allows("ETHUSDT"),
+            "a configured list is the whole truth"
+        );
+        let seen = Symbols::new(&[], false);
+        assert!(!seen.allows("ETHUSDT"));
+        seen.saw("ETHUSDT");
+        assert!(seen.allows("ETHUSDT"));
+        assert!(Symbols::any().allows("ANYTHING1"));
     }
 
     #[test]

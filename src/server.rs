@@ -7,12 +7,14 @@ use crate::cluster::emitter;
 use crate::cluster::{sessions, Cluster, ClusterSettings};
 use crate::config::Config;
 use crate::gateway::GatewaySettings;
+use crate::http::forwarded::ProxyTrust;
 use crate::ingest::demo::DemoMarket;
 use crate::ingest::Ingest;
 use crate::limits::LimitSettings;
 use crate::market::MarketSettings;
 use crate::metrics::Metrics;
 use crate::recovery::{Recovery, RecoverySettings};
+use crate::room::Symbols;
 use crate::session::sockets::App;
 use crate::shard::{Reactor, ServerSettings, ShardMsg, Shared};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +48,13 @@ pub struct Gateway {
 }
 
 pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
+    if !config.internal_listen.ip().is_loopback() && config.ingest_token.is_none() {
+        // Anyone who reaches it could publish, including private events to any user.
+        return Err(StartError::Config(format!(
+            "--internal-listen {} is not a loopback address: set --ingest-token too",
+            config.internal_listen
+        )));
+    }
     if config.outbound_soft_limit > config.outbound_hard_limit {
         return Err(StartError::Config(
             "outbound soft limit must not exceed the hard limit".into(),
@@ -83,13 +92,17 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         connect_timeout: Duration::from_millis(config.connect_timeout_ms),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         max_payload: config.max_payload,
-        trust_proxy: config.trust_proxy,
+        trust_proxy: proxy_trust(config)?,
+        close_linger: Duration::from_millis(config.close_linger_ms),
         demo_page: config.demo,
         outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),
         outbound_hard_limit: config.outbound_hard_limit,
         app: App::Gateway(Arc::new(GatewaySettings {
-            symbols: config.symbols.clone(),
+            symbols: Arc::new(Symbols::new(
+                &config.symbols,
+                config.subscribe_unknown_symbols,
+            )),
             max_subscriptions: config.max_subscriptions,
             auth: authenticator(config)?.map(Arc::new),
             token_notice_ms: config.token_expiry_notice_secs * 1000,
@@ -98,6 +111,31 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             recovery: config.recovery_window_ms > 0,
         })),
     })
+}
+
+fn proxy_trust(config: &Config) -> Result<Option<ProxyTrust>, StartError> {
+    if !config.trust_proxy {
+        return Ok(None);
+    }
+    let proxies = config
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    StartError::Config(format!("--trusted-proxies: '{p}' is not a CIDR or address"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if config.proxy_hops == 0 {
+        return Err(StartError::Config("--proxy-hops must be at least 1".into()));
+    }
+    Ok(Some(ProxyTrust {
+        proxies,
+        hops: config.proxy_hops,
+    }))
 }
 
 fn authenticator(config: &Config) -> Result<Option<Authenticator>, StartError> {
@@ -131,6 +169,16 @@ impl Gateway {
             max_connections_per_user: config.max_connections_per_user,
             handshakes_per_sec_per_ip: config.handshake_rate_per_ip,
             handshake_burst_per_ip: config.handshake_rate_per_ip * 2.0,
+            max_tcp_per_ip: match config.max_tcp_connections_per_ip {
+                0 => config
+                    .max_connections_per_ip
+                    .saturating_mul(2)
+                    .saturating_add(8),
+                n => n,
+            },
+            max_input_per_ip: config.max_input_per_ip,
+            max_input: config.max_input,
+            max_rooms: config.max_rooms,
         });
         let (store_tx, store_rx) = tokio::sync::mpsc::unbounded_channel();
         let recovery_settings = RecoverySettings {
@@ -147,7 +195,7 @@ impl Gateway {
         let reactor = Reactor::start(
             config.shard_count(),
             config.listen,
-            settings,
+            settings.clone(),
             shared.clone(),
         )
         .map_err(|source| StartError::Listen {
@@ -162,6 +210,10 @@ impl Gateway {
                 orderbook_conflation_ms: config.orderbook_conflation_ms,
             },
             shared.recovery.clone(),
+            match &settings.app {
+                App::Gateway(g) => g.symbols.clone(),
+                App::Conformance => Arc::new(Symbols::any()),
+            },
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

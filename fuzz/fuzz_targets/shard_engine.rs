@@ -12,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use maven_gateway::codec::websocket::encode_masked_frame;
 use maven_gateway::gateway::envelope;
 use maven_gateway::gateway::GatewaySettings;
+use maven_gateway::http::forwarded::ProxyTrust;
 use maven_gateway::limits::LimitSettings;
 use maven_gateway::market::{Payload, StreamClass};
 use maven_gateway::recovery::{LogEntry, Recovery, RecoverySettings};
@@ -102,15 +103,16 @@ impl World {
                 }
             }
             Op::Connect { ip: n } => {
-                let c = self.sim.connect(ip(n));
-                self.conns.push(c);
+                if let Some(c) = self.sim.try_connect(ip(n)) {
+                    self.conns.push(c);
+                }
             }
             Op::Poll { session, conn } => {
                 let Some(sid) = self.sid(session) else { return };
                 let c = match conn.and_then(|i| self.conn(i)) {
                     Some(c) => c,
                     None => {
-                        let c = self.sim.connect(ip(0));
+                        let Some(c) = self.sim.try_connect(ip(0)) else { return };
                         self.conns.push(c);
                         c
                     }
@@ -124,20 +126,20 @@ impl World {
                     .take(40)
                     .map(|m| MESSAGES[*m as usize % MESSAGES.len()])
                     .collect();
-                let c = self.sim.connect(ip(1));
+                let Some(c) = self.sim.try_connect(ip(1)) else { return };
                 self.conns.push(c);
                 self.sim.send(c, &client::post(&sid, body.join("\u{1e}").as_bytes()));
             }
             Op::PostPing { session, len } => {
                 let Some(sid) = self.sid(session) else { return };
-                let c = self.sim.connect(ip(1));
+                let Some(c) = self.sim.try_connect(ip(1)) else { return };
                 self.conns.push(c);
                 let ping = format!("2{}", "x".repeat(usize::from(len)));
                 self.sim.send(c, &client::post(&sid, ping.as_bytes()));
             }
             Op::Upgrade { session } => {
                 let Some(sid) = self.sid(session) else { return };
-                let c = self.sim.connect(ip(2));
+                let Some(c) = self.sim.try_connect(ip(2)) else { return };
                 self.conns.push(c);
                 self.sim.send(c, &client::websocket(Some(&sid)));
                 self.sim.send(c, &client::text("2probe"));
@@ -259,10 +261,14 @@ fuzz_target!(|data: &[u8]| {
         handshake_timeout: Duration::from_millis(2000),
         max_payload: if flags & 8 != 0 { 300 } else { 100_000 },
         cors_origins: vec!["*".into()],
-        trust_proxy: flags & 16 != 0,
+        trust_proxy: (flags & 16 != 0).then(|| ProxyTrust {
+            proxies: vec!["10.0.0.0/8".parse().expect("a CIDR")],
+            hops: 1,
+        }),
         demo_page: false,
         outbound_soft_limit: soft,
         outbound_hard_limit: hard,
+        close_linger: Duration::from_millis(5_000),
         app: if flags & 32 != 0 {
             App::Conformance
         } else {
@@ -278,6 +284,7 @@ fuzz_target!(|data: &[u8]| {
         max_connections_per_user: 4,
         handshakes_per_sec_per_ip: 1000.0,
         handshake_burst_per_ip: 1000.0,
+        ..LimitSettings::default()
     });
     if recovery {
         shared.recovery = Some(Arc::new(Recovery::standalone(

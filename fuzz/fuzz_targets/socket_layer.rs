@@ -32,6 +32,7 @@ use maven_gateway::auth::{Authenticator, KeySource};
 use maven_gateway::codec::socketio::{Kind, Packet};
 use maven_gateway::gateway::GatewaySettings;
 use maven_gateway::recovery::{Offset, Restored};
+use maven_gateway::room::Symbols;
 use maven_gateway::session::sockets::{App, Ctx, Output, SocketLayer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -163,6 +164,7 @@ impl Session {
                 now_ms: self.now_ms,
                 handshake_token: self.handshake_token.as_deref(),
                 admit_user: &mut admit_user,
+                admit_rooms: &mut |_| true,
             };
             match call {
                 Call::Text(t) => self.layer.on_text(app, &t, &mut ctx, &mut out),
@@ -232,11 +234,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let steps: Vec<&[u8]> = rest.split(|&b| b == 0xFF).take(256).collect();
     let mut settings = GatewaySettings {
-        symbols: if setting & 1 != 0 {
-            vec!["BTCUSDT".into(), "ETHUSDT".into()]
+        symbols: Arc::new(if setting & 1 != 0 {
+            Symbols::new(&["BTCUSDT".into(), "ETHUSDT".into()], false)
         } else {
-            Vec::new()
-        },
+            Symbols::any()
+        }),
         max_subscriptions: if setting & 2 != 0 { 2 } else { 1024 },
         ..GatewaySettings::default()
     };

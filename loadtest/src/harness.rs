@@ -948,12 +948,15 @@ async fn spawn_server(
     let mut env: Vec<(String, String)> = Vec::new();
     if common.server_bin.is_some() && !common.keep_server_limits {
         // The gateway's per-address limits are meant for the internet; a load from a few
-        // loopback addresses would hit them at once. Environment variables, so that a
-        // gateway without these flags ignores them; --server-arg still wins.
+        // loopback addresses would hit them at once. And its clients subscribe to the run's
+        // symbols before anything is published on them, which the gateway by default only
+        // allows for symbols it knows. Environment variables, so that a gateway without
+        // these flags ignores them; --server-arg still wins.
         for (k, v) in [
             ("GATEWAY_MAX_CONNECTIONS", "1000000"),
             ("GATEWAY_MAX_CONNECTIONS_PER_IP", "1000000"),
             ("GATEWAY_HANDSHAKE_RATE_PER_IP", "1000000"),
+            ("GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS", "true"),
         ] {
             env.push((k.into(), v.into()));
         }

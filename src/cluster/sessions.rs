@@ -72,7 +72,13 @@ pub async fn serve(
         }
         for ticket in takes {
             let record = match conn.as_mut() {
-                Some(c) => match take(c, &format!("{prefix}{}", ticket.pid)).await {
+                Some(c) => match take(
+                    c,
+                    &format!("{prefix}{}", ticket.pid),
+                    ticket.user.as_deref(),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(()) => {
                         conn = None;
@@ -86,13 +92,37 @@ pub async fn serve(
     }
 }
 
+/// Gets and deletes a record in one step, but only for its own user: a record presented by
+/// anyone else stays for its owner. (`ARGV[2]` says whether the presenter is a user at all.)
+const TAKE_OWN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local ok, rec = pcall(cjson.decode, v)
+if not ok then return false end
+local owner = rec['user']
+if owner == cjson.null then owner = nil end
+local presenter = nil
+if ARGV[2] == '1' then presenter = ARGV[1] end
+if owner ~= presenter then return false end
+redis.call('DEL', KEYS[1])
+return v
+"#;
+
 /// A failed lookup is a new session for the client, never an error for it; `Err` says the
 /// connection should be replaced.
-async fn take(conn: &mut MultiplexedConnection, key: &str) -> Result<Option<SessionRecord>, ()> {
+async fn take(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    user: Option<&str>,
+) -> Result<Option<SessionRecord>, ()> {
     let got = tokio::time::timeout(
         LOOKUP_TIMEOUT,
-        redis::cmd("GETDEL")
+        redis::cmd("EVAL")
+            .arg(TAKE_OWN)
+            .arg(1)
             .arg(key)
+            .arg(user.unwrap_or(""))
+            .arg(if user.is_some() { "1" } else { "0" })
             .query_async::<Option<Vec<u8>>>(conn),
     )
     .await;

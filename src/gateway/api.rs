@@ -5,7 +5,7 @@ use super::channels::parse_subscription;
 use crate::auth::{Authenticator, Identity};
 use crate::notice;
 use crate::notice::{ApiError, ErrorCode};
-use crate::room::{PrivateChannel, Room};
+use crate::room::{PrivateChannel, Room, Symbols};
 use indexmap::IndexSet;
 use serde_json::{json, Map, Value};
 use smallvec::SmallVec;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
-    /// Symbols clients may subscribe to; empty means any well-formed symbol.
-    pub symbols: Vec<String>,
+    /// Symbols clients may subscribe to.
+    pub symbols: Arc<Symbols>,
     pub max_subscriptions: usize,
     /// JWT verification; without it every connection is anonymous.
     pub auth: Option<Arc<Authenticator>>,
@@ -30,7 +30,7 @@ pub struct GatewaySettings {
 impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
-            symbols: Vec::new(),
+            symbols: Arc::new(Symbols::any()),
             max_subscriptions: 1024,
             auth: None,
             token_notice_ms: 60_000,
@@ -126,6 +126,8 @@ pub fn connected(socket_id: &str, identity: Option<&Identity>, now_ms: u64) -> V
 }
 
 /// Handles one event sent on `/ws`. `args` excludes the event name.
+/// `admit_rooms` says whether rooms the gateway does not hold yet may be created (its room
+/// cap).
 pub fn on_event(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
@@ -133,13 +135,14 @@ pub fn on_event(
     args: &[Value],
     ack: Option<u64>,
     now_ms: u64,
+    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
 ) -> Effects {
     let payload = args.first();
     let mut fx = Effects::new();
     let result = match name {
-        "subscribe" => subscribe(settings, socket, payload, &mut fx),
+        "subscribe" => subscribe(settings, socket, payload, admit_rooms, &mut fx),
         "unsubscribe" => unsubscribe(socket, payload, &mut fx),
-        "subscribe.private" => subscribe_private(settings, socket, payload, &mut fx),
+        "subscribe.private" => subscribe_private(settings, socket, payload, admit_rooms, &mut fx),
         "unsubscribe.private" => unsubscribe_private(socket, payload, &mut fx),
         "ping" => Ok(("pong", obj([("timestamp", json!(now_ms))]))),
         "auth" => refresh(settings, socket, payload, now_ms),
@@ -175,15 +178,17 @@ fn subscribe(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
     payload: Option<&Value>,
+    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
     fx: &mut Effects,
 ) -> Answer {
-    let req = parse_subscription(payload, &settings.symbols)?;
-    let new = req
+    let req = parse_subscription(payload, Some(&settings.symbols))?;
+    let new: Vec<Arc<str>> = req
         .rooms
         .iter()
         .filter(|r| !socket.rooms.contains(&***r))
-        .count();
-    if socket.rooms.len() + new > settings.max_subscriptions {
+        .cloned()
+        .collect();
+    if socket.rooms.len() + new.len() > settings.max_subscriptions {
         return Err(ApiError::new(
             ErrorCode::SubscriptionLimit,
             format!(
@@ -191,6 +196,9 @@ fn subscribe(
                 settings.max_subscriptions
             ),
         ));
+    }
+    if !admit_rooms(&new) {
+        return Err(room_limit());
     }
     for room in &req.rooms {
         if !socket.rooms.contains(&**room) {
@@ -202,7 +210,7 @@ fn subscribe(
 }
 
 fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {
-    let req = parse_subscription(payload, &[])?;
+    let req = parse_subscription(payload, None)?;
     for room in &req.rooms {
         if let Some(room) = socket.rooms.swap_take(&**room) {
             fx.push(Effect::Leave(room));
@@ -244,10 +252,19 @@ fn private_room(
     ))
 }
 
+/// The gateway holds as many rooms as it may.
+fn room_limit() -> ApiError {
+    ApiError::new(
+        ErrorCode::SubscriptionLimit,
+        "the gateway is at its limit of rooms; retry later",
+    )
+}
+
 fn subscribe_private(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
     payload: Option<&Value>,
+    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
     fx: &mut Effects,
 ) -> Answer {
     let (channel, room) = private_room(socket, payload)?;
@@ -260,6 +277,9 @@ fn subscribe_private(
                     settings.max_subscriptions
                 ),
             ));
+        }
+        if !admit_rooms(std::slice::from_ref(&room)) {
+            return Err(room_limit());
         }
         socket.rooms.insert(room.clone());
         fx.push(Effect::Join(room.clone()));
@@ -346,7 +366,7 @@ mod tests {
         let s = GatewaySettings::default();
         let mut sock = GatewaySocket::default();
         let p = [json!({"channel":"trades","symbol":"BTCUSDT"})];
-        let fx = on_event(&s, &mut sock, "subscribe", &p, None, 1);
+        let fx = on_event(&s, &mut sock, "subscribe", &p, None, 1, &mut |_| true);
         assert_eq!(fx[0], Effect::Join(Arc::from("trades:BTCUSDT")));
         assert_eq!(
             fx[1],
@@ -354,7 +374,7 @@ mod tests {
                 json!(["subscribed", {"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
             )
         );
-        let fx = on_event(&s, &mut sock, "subscribe", &p, Some(7), 1);
+        let fx = on_event(&s, &mut sock, "subscribe", &p, Some(7), 1, &mut |_| true);
         assert_eq!(fx.len(), 1, "already joined: only the ack");
         assert_eq!(
             fx[0],
@@ -363,7 +383,7 @@ mod tests {
                 json!([{"ok":true,"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
             )
         );
-        let fx = on_event(&s, &mut sock, "unsubscribe", &p, None, 1);
+        let fx = on_event(&s, &mut sock, "unsubscribe", &p, None, 1, &mut |_| true);
         assert_eq!(fx[0], Effect::Leave(Arc::from("trades:BTCUSDT")));
         assert!(sock.rooms.is_empty());
     }
@@ -382,6 +402,7 @@ mod tests {
             &[json!({"channel":"trades","symbols":["AAA","BBB"]})],
             Some(1),
             1,
+            &mut |_| true,
         );
         assert_eq!(
             fx[0],
@@ -397,11 +418,12 @@ mod tests {
             &[json!({"channel":"user.orders"})],
             None,
             1,
+            &mut |_| true,
         );
         assert!(
             matches!(&fx[0], Effect::Emit(v) if v[1]["code"] == "UNAUTHORIZED" && v[1]["request"]["channel"] == "user.orders")
         );
-        let fx = on_event(&s, &mut sock, "ping", &[], Some(3), 9);
+        let fx = on_event(&s, &mut sock, "ping", &[], Some(3), 9, &mut |_| true);
         assert_eq!(fx[0], Effect::Ack(3, json!([{"ok":true,"timestamp":9}])));
     }
 }

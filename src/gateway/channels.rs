@@ -1,7 +1,7 @@
 //! Public channels and their rooms: validation of `subscribe` / `unsubscribe` payloads.
 
 use crate::notice::{ApiError, ErrorCode};
-use crate::room::{valid_interval, valid_symbol, Room, INTERVALS};
+use crate::room::{valid_interval, valid_symbol, Room, Symbols, INTERVALS};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -54,11 +54,12 @@ pub struct SubscriptionRequest {
     pub echo: Map<String, Value>,
 }
 
-/// Validates a public `subscribe` / `unsubscribe` payload. `allowed` is the configured symbol
-/// list (empty: any well-formed symbol). A `symbols` list is all-or-nothing.
+/// Validates a public `subscribe` / `unsubscribe` payload. `allowed` are the symbols that may
+/// be subscribed to (`None`: any well-formed one, for leaving rooms). A `symbols` list is
+/// all-or-nothing.
 pub fn parse_subscription(
     payload: Option<&Value>,
-    allowed: &[String],
+    allowed: Option<&Symbols>,
 ) -> Result<SubscriptionRequest, ApiError> {
     let obj =
         match payload {
@@ -131,12 +132,19 @@ pub fn parse_subscription(
         (None, None) => return Err(ApiError::new(ErrorCode::InvalidSymbol, "missing 'symbol'")),
     };
     for s in &symbols {
-        let is_all = *s == "all" && channel == Channel::Ticker;
-        if !is_all && (!valid_symbol(s) || (!allowed.is_empty() && !allowed.iter().any(|a| a == s)))
-        {
+        if *s == "all" && channel == Channel::Ticker {
+            continue;
+        }
+        if !valid_symbol(s) {
             return Err(ApiError::new(
                 ErrorCode::InvalidSymbol,
                 format!("invalid symbol '{s}'"),
+            ));
+        }
+        if allowed.is_some_and(|a| !a.allows(s)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSymbol,
+                format!("unknown symbol '{s}': the exchange does not list it"),
             ));
         }
     }
@@ -183,14 +191,14 @@ mod tests {
     use serde_json::json;
 
     fn code(v: Value) -> ErrorCode {
-        parse_subscription(Some(&v), &[]).unwrap_err().code
+        parse_subscription(Some(&v), None).unwrap_err().code
     }
 
     #[test]
     fn builds_rooms() {
         let r = parse_subscription(
             Some(&json!({"channel":"klines","symbols":["BTCUSDT","ETHUSDT"],"interval":"1m"})),
-            &[],
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -200,7 +208,8 @@ mod tests {
                 Arc::from("klines:ETHUSDT:1m")
             ]
         );
-        let r = parse_subscription(Some(&json!({"channel":"ticker","symbol":"all"})), &[]).unwrap();
+        let r =
+            parse_subscription(Some(&json!({"channel":"ticker","symbol":"all"})), None).unwrap();
         assert_eq!(r.rooms, vec![Arc::from("ticker:all")]);
     }
 
@@ -237,10 +246,10 @@ mod tests {
             code(json!({"channel":"klines","symbol":"BTCUSDT","interval":"2m"})),
             ErrorCode::InvalidInterval
         );
-        let allowed = vec!["BTCUSDT".to_string()];
+        let allowed = Symbols::new(&["BTCUSDT".to_string()], false);
         assert!(parse_subscription(
             Some(&json!({"channel":"trades","symbol":"ETHUSDT"})),
-            &allowed
+            Some(&allowed)
         )
         .is_err());
     }

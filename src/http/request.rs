@@ -30,6 +30,8 @@ pub struct Request {
     pub keep_alive: bool,
 }
 
+/// Why a request head was refused. Each ends the connection: after a framing error nothing
+/// on it can be trusted to start where the next request does (RFC 9112 §6.3).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum HeadError {
     #[error("malformed request head: {0}")]
@@ -38,6 +40,12 @@ pub enum HeadError {
     TooLarge,
     #[error("invalid Content-Length")]
     BadContentLength,
+    #[error("both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
+    #[error("Transfer-Encoding is not supported; send Content-Length")]
+    TransferEncoding,
+    #[error("a {0} request may not have a body")]
+    BodyNotAllowed(&'static str),
 }
 
 impl Request {
@@ -96,9 +104,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
         if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value());
         } else if name.eq_ignore_ascii_case("content-length") {
+            // 1*DIGIT only: no sign, no list; a repeat must agree (RFC 9112 §6.3).
             let v = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
+                .map(|s| s.trim_matches([' ', '\t']))
+                .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
                 .ok_or(HeadError::BadContentLength)?;
             if out.content_length.is_some_and(|prev| prev != v) {
                 return Err(HeadError::BadContentLength);
@@ -130,6 +141,21 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
         }
     }
     out.websocket_upgrade = upgrade_header && connection_upgrade;
+    if out.chunked {
+        return Err(if out.content_length.is_some() {
+            HeadError::ConflictingFraming
+        } else {
+            HeadError::TransferEncoding
+        });
+    }
+    if out.method() != Method::Post && out.content_length.is_some_and(|n| n > 0) {
+        let method = match out.method() {
+            Method::Get => "GET",
+            Method::Options => "OPTIONS",
+            _ => "non-POST",
+        };
+        return Err(HeadError::BodyNotAllowed(method));
+    }
     Ok(Some((out, consumed)))
 }
 
@@ -167,5 +193,41 @@ mod tests {
             parse_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err(),
             HeadError::BadContentLength
         );
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112() {
+        let err = |raw: &str| parse_head(raw.as_bytes()).unwrap_err();
+        for bad in ["+5", "-1", "5, 5", "0x10", "", "1 2"] {
+            assert_eq!(
+                err(&format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n")),
+                HeadError::BadContentLength,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            HeadError::BadContentLength
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::ConflictingFraming
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::TransferEncoding
+        );
+        assert_eq!(
+            err("GET /health HTTP/1.1\r\nContent-Length: 20\r\n\r\n"),
+            HeadError::BodyNotAllowed("GET")
+        );
+        let (req, _) = parse_head(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.content_length, Some(0));
+        let (req, _) = parse_head(b"POST / HTTP/1.1\r\nContent-Length:  12 \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.content_length, Some(12));
     }
 }

@@ -7,6 +7,7 @@ pub mod parse;
 use crate::clock::unix_ms;
 use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery};
+use crate::room::Symbols;
 use crate::shard::{Broadcast, Fanout};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -35,6 +36,8 @@ pub struct Ingest {
     events: AtomicU64,
     /// Offsets and the replay log, when connection state recovery is on.
     recovery: Option<Arc<Recovery>>,
+    /// Symbols clients may subscribe to: each symbol ingested is added.
+    symbols: Arc<Symbols>,
 }
 
 impl Ingest {
@@ -42,10 +45,12 @@ impl Ingest {
         fanout: Fanout,
         settings: MarketSettings,
         recovery: Option<Arc<Recovery>>,
+        symbols: Arc<Symbols>,
     ) -> Arc<Ingest> {
         Arc::new(Ingest {
             fanout,
             recovery,
+            symbols,
             market: Mutex::new(Market::new(settings)),
             by_type: Mutex::new(Default::default()),
             encodes: AtomicU64::new(0),
@@ -180,6 +185,9 @@ impl Ingest {
             let mut by_type = self.by_type.lock();
             for (ev, id) in events.into_iter().zip(ids) {
                 *by_type.entry(ev.kind().to_owned()).or_insert(0) += 1;
+                if let Some(symbol) = ev.symbol() {
+                    self.symbols.saw(symbol);
+                }
                 market.apply(ev, now, &mut out);
                 offsets.resize(out.len(), id);
             }

@@ -8,7 +8,7 @@ use bucket::TokenBucket;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -18,6 +18,14 @@ pub struct LimitSettings {
     pub max_connections_per_user: usize,
     pub handshakes_per_sec_per_ip: f64,
     pub handshake_burst_per_ip: f64,
+    /// TCP connections one address may hold, whatever they carry.
+    pub max_tcp_per_ip: usize,
+    /// Input one address may have buffered beyond the free allowance per connection.
+    pub max_input_per_ip: usize,
+    /// The same, all addresses together.
+    pub max_input: usize,
+    /// Rooms all shards together hold at most.
+    pub max_rooms: usize,
 }
 
 impl Default for LimitSettings {
@@ -28,6 +36,10 @@ impl Default for LimitSettings {
             max_connections_per_user: 20,
             handshakes_per_sec_per_ip: 20.0,
             handshake_burst_per_ip: 40.0,
+            max_tcp_per_ip: 408,
+            max_input_per_ip: 8 << 20,
+            max_input: 256 << 20,
+            max_rooms: 100_000,
         }
     }
 }
@@ -40,16 +52,19 @@ pub enum Refusal {
     HandshakeRate,
     /// Refused at the namespace CONNECT (the user is known only then).
     MaxConnectionsPerUser,
+    /// A TCP connection over the per-address cap, closed as it is accepted.
+    TcpConnectionsPerIp,
     /// The gateway is draining for a restart.
     Draining,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::MaxConnections,
         Refusal::MaxConnectionsPerIp,
         Refusal::HandshakeRate,
         Refusal::MaxConnectionsPerUser,
+        Refusal::TcpConnectionsPerIp,
     ];
 
     pub fn status(self) -> u16 {
@@ -57,7 +72,8 @@ impl Refusal {
             Refusal::MaxConnections | Refusal::Draining => 503,
             Refusal::MaxConnectionsPerIp
             | Refusal::HandshakeRate
-            | Refusal::MaxConnectionsPerUser => 429,
+            | Refusal::MaxConnectionsPerUser
+            | Refusal::TcpConnectionsPerIp => 429,
         }
     }
 
@@ -67,6 +83,7 @@ impl Refusal {
             Refusal::MaxConnectionsPerIp => "MAX_CONNECTIONS_PER_IP",
             Refusal::HandshakeRate => "HANDSHAKE_RATE",
             Refusal::MaxConnectionsPerUser => "CONNECTION_LIMIT",
+            Refusal::TcpConnectionsPerIp => "TCP_CONNECTIONS_PER_IP",
             Refusal::Draining => "DRAINING",
         }
     }
@@ -77,6 +94,7 @@ impl Refusal {
             Refusal::MaxConnectionsPerIp => "too many connections from this address",
             Refusal::HandshakeRate => "too many handshakes from this address; slow down",
             Refusal::MaxConnectionsPerUser => "too many connections for this user",
+            Refusal::TcpConnectionsPerIp => "too many TCP connections from this address",
             Refusal::Draining => "the gateway is restarting; reconnect shortly",
         }
     }
@@ -84,18 +102,39 @@ impl Refusal {
 
 #[derive(Debug)]
 struct IpEntry {
+    /// Engine.IO sessions.
     connections: usize,
+    tcp: usize,
+    /// Buffered input charged to this address.
+    input: usize,
     handshakes: TokenBucket,
+    recoveries: TokenBucket,
 }
+
+impl IpEntry {
+    fn holds_nothing(&self, now_ms: u64) -> bool {
+        self.connections == 0
+            && self.tcp == 0
+            && self.input == 0
+            && self.handshakes.is_full(now_ms)
+            && self.recoveries.is_full(now_ms)
+    }
+}
+
+/// How often addresses that hold nothing are forgotten.
+const SWEEP_EVERY_MS: u64 = 10_000;
 
 #[derive(Debug)]
 pub struct Limits {
     settings: LimitSettings,
     /// Refusals by reason, in `Refusal::ALL` order.
-    refused: [std::sync::atomic::AtomicU64; 4],
+    refused: [AtomicU64; 5],
     total: AtomicUsize,
+    input: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
     per_user: Mutex<HashMap<Arc<str>, usize>>,
+    last_sweep_ms: AtomicU64,
+    rooms: AtomicUsize,
 }
 
 impl Limits {
@@ -104,8 +143,11 @@ impl Limits {
             settings,
             refused: Default::default(),
             total: AtomicUsize::new(0),
+            input: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
+            last_sweep_ms: AtomicU64::new(0),
+            rooms: AtomicUsize::new(0),
         }
     }
 
@@ -113,8 +155,8 @@ impl Limits {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Admits a new session from `ip`, counting it, or says why not.
-    pub fn refusals(&self) -> [(Refusal, u64); 4] {
+    /// Refusals so far, by reason.
+    pub fn refusals(&self) -> [(Refusal, u64); 5] {
         std::array::from_fn(|i| (Refusal::ALL[i], self.refused[i].load(Ordering::Relaxed)))
     }
 
@@ -124,6 +166,42 @@ impl Limits {
         r
     }
 
+    fn entry<'a>(
+        &self,
+        per_ip: &'a mut HashMap<IpAddr, IpEntry>,
+        ip: IpAddr,
+        now_ms: u64,
+    ) -> &'a mut IpEntry {
+        let s = &self.settings;
+        per_ip.entry(ip).or_insert_with(|| IpEntry {
+            connections: 0,
+            tcp: 0,
+            input: 0,
+            handshakes: TokenBucket::new(
+                s.handshakes_per_sec_per_ip,
+                s.handshake_burst_per_ip,
+                now_ms,
+            ),
+            recoveries: TokenBucket::new(
+                s.handshakes_per_sec_per_ip,
+                s.handshake_burst_per_ip,
+                now_ms,
+            ),
+        })
+    }
+
+    /// Forgets addresses that hold nothing, at most once per `SWEEP_EVERY_MS`, so the table
+    /// does not grow without bound and no handshake pays for a walk over it.
+    fn sweep(&self, per_ip: &mut HashMap<IpAddr, IpEntry>, now_ms: u64) {
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep_ms.store(now_ms, Ordering::Relaxed);
+        per_ip.retain(|_, e| !e.holds_nothing(now_ms));
+    }
+
+    /// Admits a new session from `ip`, counting it, or says why not.
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
         self.admit_uncounted(ip, now_ms).map_err(|r| self.count(r))
     }
@@ -131,14 +209,8 @@ impl Limits {
     fn admit_uncounted(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
         let s = &self.settings;
         let mut per_ip = self.per_ip.lock();
-        let entry = per_ip.entry(ip).or_insert_with(|| IpEntry {
-            connections: 0,
-            handshakes: TokenBucket::new(
-                s.handshakes_per_sec_per_ip,
-                s.handshake_burst_per_ip,
-                now_ms,
-            ),
-        });
+        self.sweep(&mut per_ip, now_ms);
+        let entry = self.entry(&mut per_ip, ip, now_ms);
         if !entry.handshakes.take(now_ms) {
             return Err(Refusal::HandshakeRate);
         }
@@ -150,10 +222,6 @@ impl Limits {
             return Err(Refusal::MaxConnections);
         }
         entry.connections += 1;
-        // Forget addresses that hold nothing, so the table does not grow without bound.
-        if per_ip.len() > 10_000 {
-            per_ip.retain(|_, e| e.connections > 0 || !e.handshakes.is_full(now_ms));
-        }
         Ok(())
     }
 
@@ -162,6 +230,79 @@ impl Limits {
         let mut per_ip = self.per_ip.lock();
         if let Some(e) = per_ip.get_mut(&ip) {
             e.connections = e.connections.saturating_sub(1);
+        }
+    }
+
+    /// Counts a TCP connection from `ip` as it is accepted, unless the address holds its cap.
+    pub fn admit_tcp(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let mut per_ip = self.per_ip.lock();
+        let entry = self.entry(&mut per_ip, ip, now_ms);
+        if entry.tcp >= self.settings.max_tcp_per_ip {
+            drop(per_ip);
+            self.count(Refusal::TcpConnectionsPerIp);
+            return false;
+        }
+        entry.tcp += 1;
+        true
+    }
+
+    pub fn release_tcp(&self, ip: IpAddr) {
+        if let Some(e) = self.per_ip.lock().get_mut(&ip) {
+            e.tcp = e.tcp.saturating_sub(1);
+        }
+    }
+
+    /// Whether `ip` may buffer more input beyond the free allowance: its own budget and the
+    /// gateway's both have room.
+    pub fn input_available(&self, ip: IpAddr) -> bool {
+        if self.input.load(Ordering::Relaxed) >= self.settings.max_input {
+            return false;
+        }
+        self.per_ip
+            .lock()
+            .get(&ip)
+            .is_none_or(|e| e.input < self.settings.max_input_per_ip)
+    }
+
+    /// Moves `ip`'s buffered-input charge from `from` to `to` bytes.
+    pub fn recharge_input(&self, ip: IpAddr, from: usize, to: usize, now_ms: u64) {
+        if from == to {
+            return;
+        }
+        let mut per_ip = self.per_ip.lock();
+        let entry = self.entry(&mut per_ip, ip, now_ms);
+        entry.input = (entry.input + to).saturating_sub(from);
+        if to > from {
+            self.input.fetch_add(to - from, Ordering::Relaxed);
+        } else {
+            self.input.fetch_sub(from - to, Ordering::Relaxed);
+        }
+    }
+
+    /// Buffered input charged to all addresses.
+    pub fn input_buffered(&self) -> usize {
+        self.input.load(Ordering::Relaxed)
+    }
+
+    /// Whether `ip` may try one more connection state recovery now (each attempt searches
+    /// the replay log).
+    pub fn admit_recovery(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let mut per_ip = self.per_ip.lock();
+        self.entry(&mut per_ip, ip, now_ms).recoveries.take(now_ms)
+    }
+
+    /// Whether `new` more rooms may be created. A soft cap: shards creating rooms at the
+    /// same moment may pass it by a few.
+    pub fn rooms_available(&self, new: usize) -> bool {
+        new == 0 || self.rooms.load(Ordering::Relaxed) + new <= self.settings.max_rooms
+    }
+
+    /// A shard created (`true`) or removed a room.
+    pub fn room_changed(&self, created: bool) {
+        if created {
+            self.rooms.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.rooms.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -191,6 +332,11 @@ impl Limits {
             }
         }
     }
+
+    /// TCP connections counted for `ip` (for tests and invariant checks).
+    pub fn tcp_connections(&self, ip: IpAddr) -> usize {
+        self.per_ip.lock().get(&ip).map_or(0, |e| e.tcp)
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +355,7 @@ mod tests {
             max_connections_per_user: 1,
             handshakes_per_sec_per_ip: 1000.0,
             handshake_burst_per_ip: 1000.0,
+            ..LimitSettings::default()
         });
         assert_eq!(l.admit(ip(1), 0), Ok(()));
         assert_eq!(l.admit(ip(1), 0), Ok(()));
@@ -240,5 +387,47 @@ mod tests {
             "other addresses are not affected"
         );
         assert!(l.admit(ip(1), 1000).is_ok());
+    }
+
+    #[test]
+    fn tcp_connections_and_input_per_address() {
+        let l = Limits::new(LimitSettings {
+            max_tcp_per_ip: 2,
+            max_input_per_ip: 100,
+            max_input: 150,
+            ..Default::default()
+        });
+        assert!(l.admit_tcp(ip(1), 0) && l.admit_tcp(ip(1), 0));
+        assert!(!l.admit_tcp(ip(1), 0));
+        assert!(l.admit_tcp(ip(2), 0));
+        l.release_tcp(ip(1));
+        assert!(l.admit_tcp(ip(1), 0));
+        assert_eq!(l.refusals()[4], (Refusal::TcpConnectionsPerIp, 1));
+        l.recharge_input(ip(1), 0, 100, 0);
+        assert!(!l.input_available(ip(1)), "its own budget is full");
+        assert!(l.input_available(ip(2)));
+        l.recharge_input(ip(2), 0, 60, 0);
+        assert!(!l.input_available(ip(3)), "the gateway's budget is full");
+        l.recharge_input(ip(1), 100, 10, 0);
+        assert!(l.input_available(ip(1)) && l.input_available(ip(3)));
+        assert_eq!(l.input_buffered(), 70);
+    }
+
+    #[test]
+    fn addresses_that_hold_nothing_are_swept_now_and_then() {
+        let l = Limits::new(LimitSettings::default());
+        for n in 0..50 {
+            assert!(l.admit(ip(n), 0).is_ok());
+            l.release(ip(n));
+        }
+        assert_eq!(l.per_ip.lock().len(), 50);
+        assert!(l.admit(ip(200), 5_000).is_ok());
+        assert_eq!(l.per_ip.lock().len(), 51, "not before the sweep interval");
+        assert!(l.admit(ip(201), 20_000).is_ok());
+        assert_eq!(
+            l.per_ip.lock().len(),
+            2,
+            "only the addresses holding a session stay"
+        );
     }
 }

@@ -45,6 +45,17 @@ pub enum IngestEvent {
 }
 
 impl IngestEvent {
+    /// The symbol the event is about, if it is market data.
+    pub fn symbol(&self) -> Option<&str> {
+        match self {
+            IngestEvent::Ticker { symbol, .. }
+            | IngestEvent::Trade { symbol, .. }
+            | IngestEvent::Kline { symbol, .. }
+            | IngestEvent::Book { symbol, .. } => Some(symbol),
+            IngestEvent::Private { .. } | IngestEvent::Manual { .. } => None,
+        }
+    }
+
     /// The event's type as ingested (`broadcast` for manual broadcasts), for metrics.
     pub fn kind(&self) -> &str {
         match self {

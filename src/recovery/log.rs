@@ -4,7 +4,7 @@
 
 use super::Offset;
 use crate::codec::WireMessage;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,11 @@ pub struct LogEntry {
 #[derive(Debug)]
 pub struct RecoveryLog {
     entries: VecDeque<LogEntry>,
+    /// The position (counted since the log was made) of `entries[0]`.
+    base: u64,
+    /// Each room's entries, by position, oldest first: a replay reads only the rooms it is
+    /// owed, however many others the log holds.
+    by_room: HashMap<Arc<str>, VecDeque<u64>>,
     /// The log holds every lossless event after this offset; `None` until it knows where its
     /// knowledge starts.
     covered_after: Option<Offset>,
@@ -26,10 +31,21 @@ pub struct RecoveryLog {
     max_entries: usize,
 }
 
+/// Why a gap cannot be replayed from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreplayable {
+    /// Part of the gap is no longer (or not yet) in the log.
+    NotCovered,
+    /// The missed events come to more than the replay may hold.
+    TooLarge,
+}
+
 impl RecoveryLog {
     pub fn new(window_ms: u64, max_entries: usize, covered_after: Option<Offset>) -> RecoveryLog {
         RecoveryLog {
             entries: VecDeque::new(),
+            base: 0,
+            by_room: HashMap::new(),
             covered_after,
             window_ms,
             max_entries: max_entries.max(1),
@@ -45,7 +61,9 @@ impl RecoveryLog {
 
     /// The stream started over: offsets from before no longer mean anything.
     pub fn reset(&mut self) {
+        self.base += self.entries.len() as u64;
         self.entries.clear();
+        self.by_room.clear();
         self.covered_after = None;
     }
 
@@ -55,6 +73,11 @@ impl RecoveryLog {
             // Out of order would break the binary searches; it cannot come from one stream.
             return;
         }
+        let position = self.base + self.entries.len() as u64;
+        self.by_room
+            .entry(entry.room.clone())
+            .or_default()
+            .push_back(position);
         self.entries.push_back(entry);
         self.evict(now);
     }
@@ -67,7 +90,16 @@ impl RecoveryLog {
                 break;
             }
             self.covered_after = Some(front.offset);
-            self.entries.pop_front();
+            let Some(gone) = self.entries.pop_front() else {
+                break;
+            };
+            if let Some(positions) = self.by_room.get_mut(&gone.room) {
+                positions.pop_front();
+                if positions.is_empty() {
+                    self.by_room.remove(&gone.room);
+                }
+            }
+            self.base += 1;
         }
     }
 
@@ -84,26 +116,43 @@ impl RecoveryLog {
         self.covered_after.is_some_and(|c| after >= c)
     }
 
-    /// The events in `(after, upto]` of the rooms `joined_at` knows, each only if newer than
-    /// the moment the client joined its room; `None` when part of the gap is gone.
+    /// The events in `(after, upto]` of `rooms`, each only if newer than the offset its room
+    /// was joined at, in offset order. The work is bounded by what is returned: only the
+    /// named rooms' entries are read, and the search stops once their frames come to more
+    /// than `max_bytes`.
     pub fn missed(
         &self,
         after: Offset,
         upto: Offset,
-        joined_at: impl Fn(&str) -> Option<Offset>,
-    ) -> Option<Vec<WireMessage>> {
+        rooms: &[(Arc<str>, Offset)],
+        max_bytes: usize,
+    ) -> Result<Vec<WireMessage>, Unreplayable> {
         if !self.covers(after) {
-            return None;
+            return Err(Unreplayable::NotCovered);
         }
-        let start = self.entries.partition_point(|e| e.offset <= after);
-        Some(
-            self.entries
-                .range(start..)
-                .take_while(|e| e.offset <= upto)
-                .filter(|e| joined_at(&e.room).is_some_and(|j| e.offset > j))
-                .map(|e| e.message.clone())
-                .collect(),
-        )
+        let mut found: Vec<(Offset, &WireMessage)> = Vec::new();
+        let mut bytes = 0usize;
+        for (room, joined) in rooms {
+            let Some(positions) = self.by_room.get(room) else {
+                continue;
+            };
+            let from = after.max(*joined);
+            let entry = |p: &u64| &self.entries[(p - self.base) as usize];
+            let start = positions.partition_point(|p| entry(p).offset <= from);
+            for p in positions.range(start..) {
+                let e = entry(p);
+                if e.offset > upto {
+                    break;
+                }
+                bytes += e.message.len();
+                if bytes > max_bytes {
+                    return Err(Unreplayable::TooLarge);
+                }
+                found.push((e.offset, &e.message));
+            }
+        }
+        found.sort_unstable_by_key(|(offset, _)| *offset);
+        Ok(found.into_iter().map(|(_, m)| m.clone()).collect())
     }
 }
 
@@ -132,15 +181,27 @@ mod tests {
         for (i, room) in ["a", "b", "a", "a", "b", "a"].iter().enumerate() {
             log.push(entry(i as u64 + 1, room, 10));
         }
-        let rooms = |r: &str| (r == "a").then_some(Offset::ZERO);
+        let rooms = [(Arc::from("a"), Offset::ZERO)];
         let m = log
-            .missed(Offset::new(1, 1), Offset::new(1, 4), rooms)
+            .missed(Offset::new(1, 1), Offset::new(1, 4), &rooms, usize::MAX)
             .unwrap();
         assert_eq!(seqs(&m), ["3", "4"]);
         // Joined room b at seq 2: only what came after.
-        let later = |r: &str| (r == "b").then_some(Offset::new(1, 2));
-        let m = log.missed(Offset::ZERO, Offset::new(1, 9), later).unwrap();
+        let later = [(Arc::from("b"), Offset::new(1, 2))];
+        let m = log
+            .missed(Offset::ZERO, Offset::new(1, 9), &later, usize::MAX)
+            .unwrap();
         assert_eq!(seqs(&m), ["5"]);
+        // Both rooms: merged in offset order.
+        let both = [rooms[0].clone(), (Arc::from("b"), Offset::ZERO)];
+        let m = log
+            .missed(Offset::ZERO, Offset::new(1, 9), &both, usize::MAX)
+            .unwrap();
+        assert_eq!(seqs(&m), ["1", "2", "3", "4", "5", "6"]);
+        assert_eq!(
+            log.missed(Offset::ZERO, Offset::new(1, 9), &both, 10),
+            Err(Unreplayable::TooLarge)
+        );
     }
 
     #[test]
@@ -150,24 +211,26 @@ mod tests {
             log.push(entry(i, "a", 10));
         }
         // Entries 1 and 2 went over the size cap.
-        let all = |_: &str| Some(Offset::ZERO);
-        assert!(log
-            .missed(Offset::new(1, 1), Offset::new(1, 9), all)
-            .is_none());
+        let all = [(Arc::from("a"), Offset::ZERO)];
+        assert_eq!(
+            log.missed(Offset::new(1, 1), Offset::new(1, 9), &all, usize::MAX),
+            Err(Unreplayable::NotCovered)
+        );
         assert_eq!(
             seqs(
-                &log.missed(Offset::new(1, 2), Offset::new(1, 9), all)
+                &log.missed(Offset::new(1, 2), Offset::new(1, 9), &all, usize::MAX)
                     .unwrap()
             ),
             ["3", "4", "5"]
         );
         log.evict(5_000);
         assert!(log.is_empty());
+        assert!(log.by_room.is_empty(), "the index empties with the log");
         assert!(log
-            .missed(Offset::new(1, 4), Offset::new(1, 9), all)
-            .is_none());
+            .missed(Offset::new(1, 4), Offset::new(1, 9), &all, usize::MAX)
+            .is_err());
         assert_eq!(
-            log.missed(Offset::new(1, 5), Offset::new(1, 9), all)
+            log.missed(Offset::new(1, 5), Offset::new(1, 9), &all, usize::MAX)
                 .unwrap()
                 .len(),
             0

@@ -20,13 +20,15 @@ pub struct Restored {
 }
 
 /// `user` is who the reconnecting client authenticated as; `upto` is the newest offset the
-/// restoring shard has delivered (events after it reach the socket live once it has joined).
+/// restoring shard has delivered (events after it reach the socket live once it has joined);
+/// `max_replay` bounds the bytes replayed (more is a new session, never a partial replay).
 pub fn plan(
     record: SessionRecord,
     user: Option<&str>,
     client_offset: Option<Offset>,
     log: &RecoveryLog,
     upto: Option<Offset>,
+    max_replay: usize,
 ) -> Option<Restored> {
     if record.user.as_deref() != user {
         return None;
@@ -47,12 +49,9 @@ pub fn plan(
         .or_else(|| rooms.iter().map(|(_, o)| *o).min())
         .unwrap_or(Offset::ZERO);
     let replay = match upto {
-        Some(upto) if upto > after && !rooms.is_empty() => log.missed(after, upto, |room| {
-            rooms
-                .iter()
-                .find(|(r, _)| &**r == room)
-                .map(|(_, joined)| *joined)
-        })?,
+        Some(upto) if upto > after && !rooms.is_empty() => {
+            log.missed(after, upto, &rooms, max_replay).ok()?
+        }
         _ => Vec::new(),
     };
     let skip_until = client_offset.filter(|c| upto.is_none_or(|u| *c > u));
@@ -105,6 +104,7 @@ mod tests {
             Some(Offset::new(1, 1)),
             &log,
             Some(Offset::new(1, 4)),
+            usize::MAX,
         )
         .unwrap();
         assert_eq!(r.replay.len(), 2);
@@ -116,11 +116,19 @@ mod tests {
     fn another_user_or_anonymous_gets_nothing() {
         let log = log_with(&["t"]);
         let rec = record(Some("u"), &[("user:u:orders", "0-0")]);
-        assert!(plan(rec.clone(), Some("v"), None, &log, None).is_none());
-        assert!(plan(rec, None, None, &log, None).is_none());
+        assert!(plan(rec.clone(), Some("v"), None, &log, None, usize::MAX).is_none());
+        assert!(plan(rec, None, None, &log, None, usize::MAX).is_none());
         // A record naming someone else's private room keeps only its own.
         let odd = record(Some("u"), &[("user:v:orders", "0-0"), ("t", "0-0")]);
-        let r = plan(odd, Some("u"), None, &log, Some(Offset::new(1, 1))).unwrap();
+        let r = plan(
+            odd,
+            Some("u"),
+            None,
+            &log,
+            Some(Offset::new(1, 1)),
+            usize::MAX,
+        )
+        .unwrap();
         assert_eq!(r.rooms.len(), 1);
         assert_eq!(r.replay.len(), 1);
     }
@@ -138,14 +146,21 @@ mod tests {
         }
         let rec = record(None, &[("t", "1-2")]);
         assert_eq!(
-            plan(rec.clone(), None, None, &log, Some(Offset::new(1, 4)))
-                .unwrap()
-                .replay
-                .len(),
+            plan(
+                rec.clone(),
+                None,
+                None,
+                &log,
+                Some(Offset::new(1, 4)),
+                usize::MAX
+            )
+            .unwrap()
+            .replay
+            .len(),
             2
         );
         let early = record(None, &[("t", "1-0")]);
-        assert!(plan(early, None, None, &log, Some(Offset::new(1, 4))).is_none());
+        assert!(plan(early, None, None, &log, Some(Offset::new(1, 4)), usize::MAX).is_none());
         // Ahead of this instance: nothing to replay, the rest is skipped when it arrives.
         let r = plan(
             rec,
@@ -153,9 +168,13 @@ mod tests {
             Some(Offset::new(1, 9)),
             &log,
             Some(Offset::new(1, 4)),
+            usize::MAX,
         )
         .unwrap();
         assert!(r.replay.is_empty());
         assert_eq!(r.skip_until, Some(Offset::new(1, 9)));
+        // A gap bigger than the replay may hold is a new session.
+        let big = record(None, &[("t", "1-2")]);
+        assert!(plan(big, None, None, &log, Some(Offset::new(1, 4)), 5).is_none());
     }
 }

@@ -17,6 +17,8 @@ pub struct RestoreTicket {
     pub pid: Box<str>,
     /// The offset the client presented (none if it never got a lossless event).
     pub offset: Option<super::Offset>,
+    /// Who presented it: a record of another user is left for its owner.
+    pub user: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -67,16 +69,26 @@ impl SessionStore {
         }
     }
 
-    /// Takes the record of `ticket.pid` (it can be used once).
+    /// Takes the record of `ticket.pid` (it can be used once), if it belongs to the user who
+    /// presented it; another user's record is left where it is, for its owner.
     pub fn take(&self, ticket: RestoreTicket, now_ms: u64) -> Lookup {
         match self {
-            SessionStore::Memory(m) => Lookup::Ready(
-                m.lock()
-                    .records
-                    .remove(&*ticket.pid)
-                    .filter(|(_, exp)| *exp > now_ms)
-                    .map(|(r, _)| r),
-            ),
+            SessionStore::Memory(m) => {
+                let mut m = m.lock();
+                let owner = match m.records.get(&*ticket.pid) {
+                    Some((r, exp)) if *exp > now_ms => r.user.as_deref() == ticket.user.as_deref(),
+                    _ => true,
+                };
+                if !owner {
+                    return Lookup::Ready(None);
+                }
+                Lookup::Ready(
+                    m.records
+                        .remove(&*ticket.pid)
+                        .filter(|(_, exp)| *exp > now_ms)
+                        .map(|(r, _)| r),
+                )
+            }
             SessionStore::Redis(tx) => match tx.send(StoreOp::Take(ticket)) {
                 Ok(()) => Lookup::Pending,
                 Err(_) => Lookup::Ready(None),
@@ -97,6 +109,7 @@ mod tests {
             namespace: "/ws".into(),
             pid: pid.into(),
             offset: None,
+            user: None,
         }
     }
 
@@ -120,5 +133,30 @@ mod tests {
             store.take(ticket("b"), 1_500),
             Lookup::Ready(None)
         ));
+    }
+
+    #[test]
+    fn another_users_attempt_leaves_the_record_to_its_owner() {
+        let store = SessionStore::Memory(Mutex::new(MemoryStore::default()));
+        let owned = SessionRecord {
+            pid: "p".into(),
+            sid: "x".into(),
+            user: Some("alice".into()),
+            rooms: vec![],
+        };
+        store.save(owned, 0, 1_000);
+        let as_user = |u: Option<&str>| RestoreTicket {
+            user: u.map(Into::into),
+            ..ticket("p")
+        };
+        assert!(matches!(
+            store.take(as_user(Some("mallory")), 10),
+            Lookup::Ready(None)
+        ));
+        assert!(matches!(store.take(as_user(None), 10), Lookup::Ready(None)));
+        assert!(
+            matches!(store.take(as_user(Some("alice")), 10), Lookup::Ready(Some(r)) if r.sid == "x"),
+            "the owner still gets it"
+        );
     }
 }

@@ -61,12 +61,29 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     pub handshake_token: Option<&'a str>,
     pub admit_user: &'a mut dyn FnMut(&Arc<str>) -> bool,
+    /// Whether rooms the gateway does not hold yet may be created (its room cap).
+    pub admit_rooms: &'a mut dyn FnMut(&[Arc<str>]) -> bool,
 }
 
 /// Refused client events in a 10 s window past which a connection is closed as abusive, as a
 /// multiple of the per-second rate.
 const ABUSE_WINDOW_MS: u64 = 10_000;
 const ABUSE_FACTOR: f64 = 10.0;
+/// Longest namespace name taken; a longer one ends the session (the gateway serves `/` and
+/// `/ws`, so no real client comes near it).
+const MAX_NAMESPACE: usize = 128;
+/// Refused CONNECTs (bad namespace, token or cap) one session may send before it is closed.
+const MAX_REFUSED_CONNECTS: u32 = 10;
+
+/// Whether a client packet fits the connection's event rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Refused: answer `RATE_LIMITED`.
+    No,
+    /// Refused once too often: the session is being closed.
+    Closed,
+}
 
 #[derive(Debug)]
 pub struct NsSocket {
@@ -91,6 +108,7 @@ pub struct SocketLayer {
     bucket: Option<TokenBucket>,
     refused_since: u64,
     refused: u32,
+    connect_refusals: u32,
     pending: Option<PendingConnect>,
 }
 
@@ -200,6 +218,10 @@ impl SocketLayer {
     }
 
     fn on_packet(&mut self, app: &App, packet: Packet, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
+        if packet.namespace.len() > MAX_NAMESPACE {
+            // Never echoed back: a refusal would carry the name.
+            return out.push(Output::Close(Violation::NamespaceTooLong));
+        }
         let index = self
             .sockets
             .iter()
@@ -210,9 +232,19 @@ impl SocketLayer {
             .is_some_and(|p| *p.namespace == *packet.namespace);
         match (packet.kind, index) {
             (Kind::Connect, None) if pending => out.push(Output::Close(Violation::SecondConnect)),
-            (Kind::Connect, None) => self.connect(app, packet, ctx, out),
+            (Kind::Connect, None) => match self.take_token(app, ctx.now_ms, out) {
+                Admit::Yes => self.connect(app, packet, ctx, out),
+                Admit::No => {
+                    self.refuse_connect(&packet.namespace, ConnectRefusal::RateLimited, out)
+                }
+                Admit::Closed => {}
+            },
             (Kind::Connect, Some(_)) => out.push(Output::Close(Violation::SecondConnect)),
             (Kind::Disconnect, Some(i)) => {
+                // Charged like an event; a refused one still leaves, which only frees state.
+                if self.take_token(app, ctx.now_ms, out) == Admit::Closed {
+                    return;
+                }
                 let s = self.sockets.remove(i);
                 if let Some(g) = s.gateway {
                     out.extend(g.rooms.into_iter().map(Output::Leave));
@@ -223,12 +255,45 @@ impl SocketLayer {
             }
             (Kind::Event | Kind::BinaryEvent, Some(i)) => {
                 if self.admit_event(app, i, &packet, ctx.now_ms, out) {
-                    self.event(app, i, packet, ctx.now_ms, out)
+                    self.event(app, i, packet, ctx, out)
                 }
             }
             // Acks answer server emits with an ack; the gateway never asks for one.
             (Kind::Ack | Kind::BinaryAck, Some(_)) => {}
             _ => out.push(Output::Close(Violation::NamespaceNotConnected)),
+        }
+    }
+
+    /// Takes a token of the connection's event rate for a client packet (events, CONNECTs
+    /// and DISCONNECTs alike, on the gateway). A connection refused again and again is closed.
+    fn take_token(&mut self, app: &App, now_ms: u64, out: &mut Vec<Output>) -> Admit {
+        let App::Gateway(settings) = app else {
+            return Admit::Yes;
+        };
+        let bucket = self.bucket.get_or_insert_with(|| {
+            TokenBucket::new(settings.message_rate, settings.message_burst, now_ms)
+        });
+        if bucket.take(now_ms) {
+            return Admit::Yes;
+        }
+        if now_ms.saturating_sub(self.refused_since) > ABUSE_WINDOW_MS {
+            self.refused_since = now_ms;
+            self.refused = 0;
+        }
+        self.refused += 1;
+        if f64::from(self.refused) > settings.message_rate * ABUSE_FACTOR {
+            out.push(Output::Close(Violation::EventFlood));
+            return Admit::Closed;
+        }
+        Admit::No
+    }
+
+    /// Answers a refused CONNECT; a session that keeps being refused is closed.
+    fn refuse_connect(&mut self, ns: &str, refusal: ConnectRefusal, out: &mut Vec<Output>) {
+        out.push(Output::Send(notice::connect_error(ns, refusal)));
+        self.connect_refusals += 1;
+        if self.connect_refusals > MAX_REFUSED_CONNECTS {
+            out.push(Output::Close(Violation::ConnectFlood));
         }
     }
 
@@ -245,20 +310,10 @@ impl SocketLayer {
         let App::Gateway(settings) = app else {
             return true;
         };
-        let bucket = self.bucket.get_or_insert_with(|| {
-            TokenBucket::new(settings.message_rate, settings.message_burst, now_ms)
-        });
-        if bucket.take(now_ms) {
-            return true;
-        }
-        if now_ms.saturating_sub(self.refused_since) > ABUSE_WINDOW_MS {
-            self.refused_since = now_ms;
-            self.refused = 0;
-        }
-        self.refused += 1;
-        if f64::from(self.refused) > settings.message_rate * ABUSE_FACTOR {
-            out.push(Output::Close(Violation::EventFlood));
-            return false;
+        match self.take_token(app, now_ms, out) {
+            Admit::Yes => return true,
+            Admit::Closed => return false,
+            Admit::No => {}
         }
         let ns = self.sockets[i].namespace.to_string();
         let request = packet.event_name().map_or(Value::Null, |n| json!(n));
@@ -271,10 +326,8 @@ impl SocketLayer {
 
     fn connect(&mut self, app: &App, packet: Packet, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
         let ns = packet.namespace;
-        let refuse = |r: ConnectRefusal| Output::Send(notice::connect_error(&ns, r));
         if !app.accepts(&ns) {
-            out.push(refuse(ConnectRefusal::InvalidNamespace));
-            return;
+            return self.refuse_connect(&ns, ConnectRefusal::InvalidNamespace, out);
         }
         let mut identity: Option<Identity> = None;
         if let App::Gateway(settings) = app {
@@ -288,15 +341,13 @@ impl SocketLayer {
                 match auth.verify(token, ctx.now_ms / 1000) {
                     Ok(id) => {
                         if !(ctx.admit_user)(&id.user_id) {
-                            out.push(refuse(ConnectRefusal::ConnectionLimit));
-                            return;
+                            return self.refuse_connect(&ns, ConnectRefusal::ConnectionLimit, out);
                         }
                         identity = Some(id);
                     }
                     Err(e) => {
                         out.push(Output::AuthFailed(e.reason()));
-                        out.push(refuse(ConnectRefusal::InvalidToken));
-                        return;
+                        return self.refuse_connect(&ns, ConnectRefusal::InvalidToken, out);
                     }
                 }
             }
@@ -377,7 +428,7 @@ impl SocketLayer {
         app: &App,
         index: usize,
         packet: Packet,
-        now_ms: u64,
+        ctx: &mut Ctx<'_>,
         out: &mut Vec<Output>,
     ) {
         let socket = &mut self.sockets[index];
@@ -411,7 +462,16 @@ impl SocketLayer {
                 let Some(gw) = socket.gateway.as_mut() else {
                     return;
                 };
-                for fx in api::on_event(settings, gw, &name, &args[1..], packet.id, now_ms) {
+                let fxs = api::on_event(
+                    settings,
+                    gw,
+                    &name,
+                    &args[1..],
+                    packet.id,
+                    ctx.now_ms,
+                    ctx.admit_rooms,
+                );
+                for fx in fxs {
                     out.push(effect_output(&ns, fx));
                 }
             }
@@ -468,6 +528,7 @@ mod tests {
             now_ms: now,
             handshake_token: None,
             admit_user: &mut admit,
+            admit_rooms: &mut |_| true,
         };
         layer.on_text(app, text, &mut ctx, out);
     }
@@ -541,6 +602,7 @@ mod tests {
             now_ms: 0,
             handshake_token: None,
             admit_user: &mut admit,
+            admit_rooms: &mut |_| true,
         };
         layer.on_binary(
             &app,

@@ -13,7 +13,7 @@
 
 use super::engine::outbound::MAX_IOV;
 use super::engine::{Action, ConnId, Engine, Now, Written};
-use super::handle::{ShardHandle, ShardMsg};
+use super::handle::{PublishMsg, ShardHandle, ShardMsg};
 use super::stats::{Latency, ShardStats};
 use super::Shared;
 use crate::clock::unix_ms;
@@ -29,6 +29,12 @@ use std::time::{Duration, Instant};
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 pub(super) const WAKER: Token = Token(usize::MAX - 2);
 const READ_CHUNK: usize = 16 * 1024;
+/// Work one loop turn does before it writes and comes back for more: so publishes, new
+/// connections and one busy client cannot starve everyone else's writes and timers.
+const PUBLISH_BUDGET: usize = 64;
+const ACCEPT_BUDGET: usize = 256;
+/// Chunks read from one connection per turn.
+const READ_BUDGET: usize = 16;
 /// The longest a shard sleeps: published gauges stay fresh on an idle shard.
 const GAUGE_REFRESH: Duration = Duration::from_millis(500);
 
@@ -37,6 +43,9 @@ pub(super) struct Driver {
     pub poll: Poll,
     pub listener: TcpListener,
     pub rx: Receiver<ShardMsg>,
+    pub publish_rx: Receiver<PublishMsg>,
+    /// This shard's own handle, for the overflow its publishers fill.
+    pub handle: ShardHandle,
     pub peers: Arc<[ShardHandle]>,
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
@@ -50,6 +59,23 @@ pub(super) struct Driver {
     pub latency: Latency,
     pub last_gauges: Instant,
     pub outbound_bytes: u64,
+    /// Work left over from a turn's budget: the next poll does not wait.
+    pub backlog: Backlog,
+}
+
+/// What a loop turn left for the next one.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    publishes: bool,
+    accepts: bool,
+    /// Connections with input still to read.
+    reads: Vec<ConnId>,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        !self.publishes && !self.accepts && self.reads.is_empty()
+    }
 }
 
 /// Reads both clocks once, for one engine call or a batch of them.
@@ -64,7 +90,7 @@ impl Driver {
     pub fn new(
         poll: Poll,
         listener: TcpListener,
-        rx: Receiver<ShardMsg>,
+        (rx, publish_rx): (Receiver<ShardMsg>, Receiver<PublishMsg>),
         peers: Arc<[ShardHandle]>,
         engine: Engine,
         shared: Arc<Shared>,
@@ -72,9 +98,11 @@ impl Driver {
     ) -> Driver {
         Driver {
             id: engine.id(),
+            handle: peers[engine.id()].clone(),
             poll,
             listener,
             rx,
+            publish_rx,
             peers,
             shared,
             stats,
@@ -85,17 +113,23 @@ impl Driver {
             latency: Latency::default(),
             last_gauges: Instant::now(),
             outbound_bytes: 0,
+            backlog: Backlog::default(),
         }
     }
 
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
-                .engine
-                .poll_timeout()
-                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
-                .map_or(GAUGE_REFRESH, |t| t.min(GAUGE_REFRESH));
+            let timeout = if self.backlog.is_empty() {
+                self.engine
+                    .poll_timeout()
+                    .map(|d| {
+                        d.saturating_duration_since(Instant::now()) + Duration::from_micros(500)
+                    })
+                    .map_or(GAUGE_REFRESH, |t| t.min(GAUGE_REFRESH))
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
@@ -103,6 +137,7 @@ impl Driver {
                 }
             }
             let now = now();
+            self.take_backlog(now);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now),
@@ -135,12 +170,25 @@ impl Driver {
         }
     }
 
+    /// Continues what the last turn's budget cut short.
+    fn take_backlog(&mut self, now: Now) {
+        if std::mem::take(&mut self.backlog.publishes) {
+            self.drain_inbox(now);
+        }
+        if std::mem::take(&mut self.backlog.accepts) {
+            self.accept(now);
+        }
+        for c in std::mem::take(&mut self.backlog.reads) {
+            self.read(now, c, true);
+        }
+    }
+
     fn accept(&mut self, now: Now) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.engine.accepts_connections() {
-                        self.adopt(now, stream, BytesMut::new());
+                        self.adopt(now, stream, None);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -152,17 +200,25 @@ impl Driver {
                 }
             }
         }
+        self.backlog.accepts = true;
     }
 
     /// Gives the engine a new connection (accepted here, or handed over with the input
     /// another shard read from it).
-    fn adopt(&mut self, now: Now, mut stream: TcpStream, buffered: BytesMut) {
+    fn adopt(&mut self, now: Now, mut stream: TcpStream, buffered: Option<BytesMut>) {
         let _ = stream.set_nodelay(true);
         let ip = stream
             .peer_addr()
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let c = self.engine.handle_adopted(now, ip, buffered);
+        let c = match buffered {
+            Some(buffered) => self.engine.handle_adopted(now, ip, buffered),
+            None => match self.engine.handle_accepted(now, ip) {
+                Some(c) => c,
+                // Its address holds its cap of TCP connections: closed as it came.
+                None => return,
+            },
+        };
         let registered = self.poll.registry().register(
             &mut stream,
             Token(c.token()),
@@ -183,7 +239,7 @@ impl Driver {
     /// a syscall per message; when the peer has also half-closed, read on to see the EOF,
     /// since edge-triggered readiness will not report it again.
     fn read(&mut self, now: Now, c: ConnId, peer_closed: bool) {
-        loop {
+        for _ in 0..READ_BUDGET {
             if !self.engine.wants_read(c) {
                 if self.engine.holds(c) && !self.paused.contains(&c) {
                     self.paused.push(c);
@@ -212,6 +268,10 @@ impl Driver {
                     return self.apply_actions(now);
                 }
             }
+        }
+        // More may wait: the next turn reads on, after everyone else had theirs.
+        if !self.backlog.reads.contains(&c) {
+            self.backlog.reads.push(c);
         }
     }
 
@@ -264,14 +324,35 @@ impl Driver {
         self.apply_actions(now);
     }
 
+    /// Control messages all; publish batches up to the turn's budget; then, once the queue is
+    /// empty, whatever overflowed it.
     fn drain_inbox(&mut self, now: Now) {
+        self.drain_control(now);
+        for _ in 0..PUBLISH_BUDGET {
+            let Ok(m) = self.publish_rx.try_recv() else {
+                if let Some(overflow) = self.handle.take_overflow() {
+                    tracing::warn!(
+                        shard = self.id,
+                        batches = overflow.batches,
+                        lossless_rooms = overflow.lossless.len(),
+                        "the shard fell behind its publishes: latest values conflated, lossless rooms' members sent to recover"
+                    );
+                    self.engine.handle_overflow(now, overflow);
+                    self.apply_actions(now);
+                }
+                return;
+            };
+            self.engine.handle_publish(now, &m.batch, m.created);
+            self.apply_actions(now);
+        }
+        self.backlog.publishes = true;
+    }
+
+    fn drain_control(&mut self, now: Now) {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                ShardMsg::Publish { batch, created } => {
-                    self.engine.handle_publish(now, &batch, created)
-                }
                 ShardMsg::Adopt { stream, buffered } => {
-                    self.adopt(now, TcpStream::from_std(stream), buffered)
+                    self.adopt(now, TcpStream::from_std(stream), Some(buffered))
                 }
                 ShardMsg::Shutdown => self.engine.handle_shutdown(now),
                 ShardMsg::Restored { ticket, record } => {

@@ -1,11 +1,18 @@
-//! How the rest of the process talks to shards: a channel plus a waker per shard. A publish is
-//! one message per shard carrying the whole batch, whatever the number of subscribers.
+//! How the rest of the process talks to shards: channels plus a waker per shard. A publish is
+//! one message per shard carrying the whole batch, whatever the number of subscribers. A
+//! shard's publish queue is bounded: a shard that falls behind gets an `Overflow` in place of
+//! the batches it could not take (latest values conflated, lossless streams handed to
+//! connection state recovery), so ingest never waits on it and memory stays bounded.
 
 use crate::codec::WireMessage;
-use crate::market::Publish;
-use crate::recovery::{RestoreTicket, SessionRecord};
+use crate::market::book::BookView;
+use crate::market::{Publish, StreamClass};
+use crate::recovery::{Offset, RestoreTicket, SessionRecord};
 use bytes::BytesMut;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,12 +32,6 @@ pub struct RoomEmit {
 }
 
 pub enum ShardMsg {
-    /// A batch of broadcasts, and when ingest handed it over (for the fan-out latency
-    /// histogram).
-    Publish {
-        batch: Arc<[Broadcast]>,
-        created: Instant,
-    },
     /// A connection whose request names a session this shard owns.
     Adopt {
         stream: std::net::TcpStream,
@@ -52,9 +53,74 @@ pub enum ShardMsg {
     },
 }
 
+/// A batch of broadcasts, and when ingest handed it over (for the fan-out latency histogram).
+pub struct PublishMsg {
+    pub batch: Arc<[Broadcast]>,
+    pub created: Instant,
+}
+
+/// Publish batches a shard may have waiting before it is overloaded.
+pub const PUBLISH_QUEUE: usize = 1024;
+
+/// What a shard that fell behind its publishes is owed, instead of every batch: the newest
+/// value of each latest-only stream, the newest view of each order book, and the lossless
+/// rooms whose events it will not get (their members are disconnected to recover them from
+/// the replay log). Bounded by the number of rooms, however long the shard stays behind.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    /// Newest delivered value per latest-only room.
+    pub latest: HashMap<Arc<str>, Broadcast>,
+    /// Newest value kept for new subscribers, per room.
+    pub retained: HashMap<Arc<str>, WireMessage>,
+    /// Newest order book view per book room.
+    pub books: HashMap<Arc<str>, Arc<BookView>>,
+    /// Rooms whose lossless events were lost.
+    pub lossless: HashSet<Arc<str>>,
+    /// The newest recovery offset among what was lost.
+    pub last_offset: Option<Offset>,
+    /// Batches folded in.
+    pub batches: u64,
+    pub created: Option<Instant>,
+}
+
+impl Overflow {
+    fn fold(&mut self, batch: &[Broadcast], created: Instant) {
+        self.batches += 1;
+        self.created.get_or_insert(created);
+        for b in batch {
+            self.last_offset = self.last_offset.max(b.offset);
+            if b.retain {
+                self.retained.insert(b.room.clone(), b.body.clone());
+            }
+            if let Some(view) = &b.book {
+                self.books.insert(b.room.clone(), view.clone());
+            }
+            if !b.deliver {
+                continue;
+            }
+            match b.class {
+                StreamClass::Latest => {
+                    self.latest.insert(b.room.clone(), b.clone());
+                }
+                StreamClass::Lossless => {
+                    self.lossless.insert(b.room.clone());
+                }
+                StreamClass::BookDelta | StreamClass::BookSnapshot => {}
+            }
+        }
+    }
+}
+
+/// One shard's inbox: control messages (few, never dropped), publish batches (bounded), and
+/// the overflow that takes the batches a full queue cannot.
 #[derive(Clone)]
 pub struct ShardHandle {
     pub tx: Sender<ShardMsg>,
+    pub publish_tx: Sender<PublishMsg>,
+    pub overflow: Arc<Mutex<Overflow>>,
+    /// Set while the overflow holds something: later batches go there too, so none overtakes
+    /// what was folded before it.
+    pub overflowing: Arc<AtomicBool>,
     pub waker: Arc<mio::Waker>,
 }
 
@@ -64,6 +130,39 @@ impl ShardHandle {
             // A failed wake means the shard is gone; there is nobody left to tell.
             let _ = self.waker.wake();
         }
+    }
+
+    /// Queues a batch, or folds it into the overflow when the shard is behind.
+    pub fn publish(&self, batch: Arc<[Broadcast]>, created: Instant) {
+        if !self.overflowing.load(Ordering::Acquire) {
+            match self.publish_tx.try_send(PublishMsg { batch, created }) {
+                Ok(()) => {
+                    let _ = self.waker.wake();
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(m)) => return self.fold(&m.batch, m.created),
+            }
+        }
+        self.fold(&batch, created);
+    }
+
+    fn fold(&self, batch: &[Broadcast], created: Instant) {
+        let mut overflow = self.overflow.lock();
+        overflow.fold(batch, created);
+        self.overflowing.store(true, Ordering::Release);
+        drop(overflow);
+        let _ = self.waker.wake();
+    }
+
+    /// Takes what the overflow holds, once the queue before it is empty.
+    pub fn take_overflow(&self) -> Option<Overflow> {
+        if !self.overflowing.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut overflow = self.overflow.lock();
+        self.overflowing.store(false, Ordering::Release);
+        Some(std::mem::take(&mut *overflow))
     }
 }
 
@@ -84,10 +183,7 @@ impl Fanout {
         }
         let batch: Arc<[Broadcast]> = batch.into();
         for s in self.shards.iter() {
-            s.send(ShardMsg::Publish {
-                batch: batch.clone(),
-                created,
-            });
+            s.publish(batch.clone(), created);
         }
     }
 

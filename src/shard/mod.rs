@@ -43,14 +43,16 @@ pub struct ServerSettings {
     pub max_payload: usize,
     /// Origins allowed for cross-origin polling; `*` allows any.
     pub cors_origins: Vec<String>,
-    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
-    pub trust_proxy: bool,
+    /// Take the client address from `X-Forwarded-For` of these proxies (none: never).
+    pub trust_proxy: Option<crate::http::forwarded::ProxyTrust>,
     /// Serve the demo trading view at `/`.
     pub demo_page: bool,
     /// Outbound bytes queued for one connection past which the slow-consumer policy applies.
     pub outbound_soft_limit: usize,
     /// Outbound bytes queued for one connection past which it is disconnected.
     pub outbound_hard_limit: usize,
+    /// How long a closing connection may take to accept what it is owed before it is reset.
+    pub close_linger: Duration,
     pub app: App,
 }
 
@@ -95,6 +97,25 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails if another process listens on `addr`. The shards bind it with `SO_REUSEPORT`, which
+/// would otherwise let a second gateway of the same user silently share the port (and its
+/// clients) with the first.
+fn refuse_shared_port(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let probe = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    // Address reuse lets the probe bind over connections in TIME_WAIT, not over a listener.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{e} (is another gateway listening on {addr}?)"),
+        )
+    })
+}
+
 /// A running set of shards.
 pub struct Reactor {
     pub handles: Arc<[ShardHandle]>,
@@ -112,6 +133,7 @@ impl Reactor {
         shared: Arc<Shared>,
     ) -> io::Result<Reactor> {
         let n = n.clamp(1, 256);
+        refuse_shared_port(addr)?;
         let first = bind_reuseport(addr)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
@@ -125,8 +147,15 @@ impl Reactor {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = crossbeam_channel::unbounded();
-            handles.push(ShardHandle { tx, waker });
-            receivers.push(rx);
+            let (publish_tx, publish_rx) = crossbeam_channel::bounded(handle::PUBLISH_QUEUE);
+            handles.push(ShardHandle {
+                tx,
+                publish_tx,
+                overflow: Default::default(),
+                overflowing: Default::default(),
+                waker,
+            });
+            receivers.push((rx, publish_rx));
             polls.push(poll);
         }
         let handles: Arc<[ShardHandle]> = handles.into();

@@ -22,6 +22,10 @@ pub struct Counters {
     pub protocol_errors: u64,
     /// Closing connections reset because their peer did not take what it was owed in time.
     pub linger_resets: u64,
+    /// TCP connections closed as they were accepted (their address held its cap).
+    pub tcp_refused: u64,
+    /// Publish batches this shard could not queue (it was behind) and took conflated.
+    pub overflowed_batches: u64,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +47,8 @@ pub struct ShardStats {
     auth_failures: AtomicU64,
     protocol_errors: AtomicU64,
     linger_resets: AtomicU64,
+    tcp_refused: AtomicU64,
+    overflowed_batches: AtomicU64,
 }
 
 macro_rules! fields {
@@ -63,7 +69,9 @@ macro_rules! fields {
             handshakes_refused,
             auth_failures,
             protocol_errors,
-            linger_resets
+            linger_resets,
+            tcp_refused,
+            overflowed_batches
         )
     };
 }

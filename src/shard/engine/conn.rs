@@ -64,6 +64,12 @@ pub(super) struct Conn {
     pub fate: Option<Fate>,
     /// Released because its peer would not take what it was owed: reset, not closed.
     pub reset: bool,
+    /// Counted against its address's TCP connection cap (peers that are not trusted proxies).
+    pub tcp_counted: bool,
+    /// Input beyond the free allowance, charged to its address's input budget.
+    pub input_charged: usize,
+    /// Holding more input than the free allowance, it must complete the message by then.
+    pub input_deadline: Option<Instant>,
     pub requests: u32,
     /// `requests` when the idle deadline was last set: a connection still at that count and
     /// between requests at the deadline is closed (slow first requests, idle keep-alive).
@@ -83,6 +89,9 @@ impl Conn {
             closing: false,
             fate: None,
             reset: false,
+            tcp_counted: false,
+            input_charged: 0,
+            input_deadline: None,
             requests: 0,
             idle_requests: 0,
             idle_deadline: None,

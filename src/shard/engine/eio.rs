@@ -210,6 +210,11 @@ impl Engine {
         let app = self.settings.app.clone();
         let limits = &self.shared.limits;
         let mut admit = |u: &Arc<str>| limits.admit_user(u);
+        let rooms = &self.rooms;
+        let mut admit_rooms = |new: &[Arc<str>]| {
+            let missing = new.iter().filter(|r| rooms.get(r).is_none()).count();
+            limits.rooms_available(missing)
+        };
         let Some(session) = self
             .sessions
             .get_mut(s.key())
@@ -221,6 +226,7 @@ impl Engine {
             now_ms: self.now.unix_ms,
             handshake_token: session.handshake_token.as_deref(),
             admit_user: &mut admit,
+            admit_rooms: &mut admit_rooms,
         };
         input(&mut session.sockets, &app, &mut ctx, &mut out);
         self.apply_outputs(s, out);
@@ -235,7 +241,7 @@ impl Engine {
                 // Closed by an earlier output. What the layer already let go of must still be
                 // let go of here: `reap` only releases what the layer holds at the end.
                 match o {
-                    Output::Leave(room) => self.rooms.leave(&room, s),
+                    Output::Leave(room) => self.leave_room(&room, s),
                     Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
                     _ => {}
                 }
@@ -267,7 +273,7 @@ impl Engine {
                             rooms_changed = true;
                         }
                     }
-                    self.rooms.join(room, s);
+                    self.join_room(room, s);
                 }
                 Output::Leave(room) => {
                     if let Some(session) = self.live_session_mut(s) {
@@ -277,7 +283,7 @@ impl Engine {
                         }
                         session.owed.retain(|r| *r != room);
                     }
-                    self.rooms.leave(&room, s);
+                    self.leave_room(&room, s);
                 }
                 Output::Restore { pid, offset } => {
                     // Completes later (possibly within this turn) through `finish_restore`.

@@ -115,13 +115,19 @@ impl Engine {
         }
     }
 
+    /// The `Access-Control-Allow-Origin` a request's origin gets: itself when listed (with
+    /// credentials), `*` when any origin is allowed (never with credentials: a wildcard
+    /// must not let every site make credentialed requests), else none.
     fn cors_origin(&self, req: &Request) -> Option<String> {
         let origin = req.origin.as_deref()?;
-        self.settings
-            .cors_origins
-            .iter()
-            .any(|o| o == "*" || o == origin)
-            .then(|| origin.to_owned())
+        let listed = &self.settings.cors_origins;
+        if listed.iter().any(|o| o == origin) {
+            Some(origin.to_owned())
+        } else if listed.iter().any(|o| o == "*") {
+            Some("*".to_owned())
+        } else {
+            None
+        }
     }
 
     fn count_request(&mut self, c: ConnId) {
@@ -175,11 +181,8 @@ impl Engine {
                     "Access-Control-Allow-Headers",
                     "Content-Type, Authorization",
                 ),
-                ("Access-Control-Allow-Credentials", "true"),
             ];
-            if let Some(o) = origin.as_deref() {
-                extra.push(("Access-Control-Allow-Origin", o));
-            }
+            extra.extend(cors_headers(origin.as_deref()));
             let keep = req.keep_alive;
             let r = response::build(204, "text/plain", &extra, keep, b"");
             return self.respond(c, r, keep);
@@ -412,14 +415,9 @@ impl Engine {
         let peer = self
             .live_conn(c)
             .map_or(IpAddr::from([0, 0, 0, 0]), |conn| conn.ip);
-        let ip = if self.settings.trust_proxy {
-            req.forwarded_for
-                .as_deref()
-                .and_then(|f| f.split(',').next())
-                .and_then(|f| f.trim().parse().ok())
-                .unwrap_or(peer)
-        } else {
-            peer
+        let ip = match &self.settings.trust_proxy {
+            Some(trust) => trust.client(peer, req.forwarded_for.as_deref()),
+            None => peer,
         };
         let token = req
             .query("token")

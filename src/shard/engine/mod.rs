@@ -179,16 +179,25 @@ impl Engine {
 
     // ---- inputs: connections ----
 
-    /// A new TCP connection from `peer`. Returns the id its socket is known by from now on.
-    pub fn handle_accepted(&mut self, now: Now, peer: IpAddr) -> ConnId {
-        self.handle_adopted(now, peer, BytesMut::new())
+    /// A new TCP connection from `peer`. Returns the id its socket is known by from now on,
+    /// or `None` when its address holds its cap of TCP connections (close the socket).
+    pub fn handle_accepted(&mut self, now: Now, peer: IpAddr) -> Option<ConnId> {
+        let counted = !self.is_trusted_proxy(peer);
+        if counted && !self.shared.limits.admit_tcp(peer, now.unix_ms) {
+            self.counters.tcp_refused += 1;
+            return None;
+        }
+        Some(self.handle_adopted(now, peer, BytesMut::new()))
     }
 
-    /// A connection another shard handed over, with the input it had read.
+    /// A connection another shard handed over (already counted against its address), with
+    /// the input it had read.
     pub fn handle_adopted(&mut self, now: Now, peer: IpAddr, buffered: BytesMut) -> ConnId {
         self.now = now;
         let generation = self.generation();
-        let c = ConnId::new(self.conns.insert(Conn::new(generation, peer, buffered)));
+        let mut conn = Conn::new(generation, peer, buffered);
+        conn.tcp_counted = !self.is_trusted_proxy(peer);
+        let c = ConnId::new(self.conns.insert(conn));
         self.counters.tcp_connections += 1;
         self.arm_request_timer(c);
         if self.conns[c.key()].inbuf.is_empty() {
@@ -212,7 +221,11 @@ impl Engine {
         let Some(conn) = self.live_conn(c) else {
             return false;
         };
-        if conn.out.charge() > self.settings.outbound_soft_limit {
+        let out = &conn.out;
+        if out.charge() > self.settings.outbound_soft_limit || out.own_charge() > OWN_OUTBOUND {
+            return false;
+        }
+        if conn.inbuf.len() >= FREE_INPUT && !self.shared.limits.input_available(conn.ip) {
             return false;
         }
         match &conn.role {
@@ -409,6 +422,61 @@ impl Engine {
         self.reap();
     }
 
+    /// What the shard's publish queue could not take while the shard was behind: newest
+    /// values are delivered, order books resynced, and the members of lossless rooms that
+    /// lost events are sent to recover them (their sessions end as recoverable, told why).
+    pub fn handle_overflow(&mut self, now: Now, overflow: super::handle::Overflow) {
+        self.now = now;
+        self.counters.overflowed_batches += overflow.batches;
+        if let Some(created) = overflow.created {
+            self.pending_publish = Some(self.pending_publish.map_or(created, |t| t.min(created)));
+        }
+        self.last_offset = self.last_offset.max(overflow.last_offset);
+        self.last_values.extend(overflow.retained);
+        let mut owed = Vec::new();
+        for (room, view) in overflow.books {
+            if let Some(r) = self.rooms.get(&room) {
+                for &s in &r.members {
+                    if let Some(session) = session::live_mut(&mut self.sessions, s) {
+                        if !session.owed.contains(&room) {
+                            session.owed.push(room.clone());
+                        }
+                        owed.push(s);
+                    }
+                }
+            }
+            self.books.insert(room, (view, None));
+        }
+        let latest: Vec<Broadcast> = overflow.latest.into_values().collect();
+        self.publish(&latest);
+        let notice = crate::notice::overloaded();
+        for room in overflow.lossless {
+            let members: Vec<SessionId> = self
+                .rooms
+                .get(&room)
+                .map(|r| r.members.iter().copied().collect())
+                .unwrap_or_default();
+            for s in members {
+                self.send_wire(s, &notice);
+                self.close_session(s, CloseReason::Overloaded);
+            }
+        }
+        // Who is not waiting on a write gets its snapshot now; the rest once written.
+        for s in owed {
+            let idle = match self.live_session(s).map(|x| x.transport) {
+                Some(session::Transport::WebSocket(c)) => {
+                    self.live_conn(c).is_some_and(|conn| conn.out.is_empty())
+                }
+                Some(session::Transport::Polling { .. }) => true,
+                None => false,
+            };
+            if idle {
+                self.pay_owed_snapshots(s);
+            }
+        }
+        self.reap();
+    }
+
     /// A socket.io Redis emitter packet.
     pub fn handle_emit(&mut self, now: Now, emit: &super::handle::RoomEmit) {
         self.now = now;
@@ -507,7 +575,7 @@ impl Engine {
     /// `c` closes once what it is owed is written; a peer that does not take it within the
     /// linger time is reset.
     fn set_closing(&mut self, c: ConnId) {
-        let at = self.now.mono + LINGER;
+        let at = self.now.mono + self.settings.close_linger;
         let Some(conn) = self.live_conn_mut(c) else {
             return;
         };
@@ -530,6 +598,41 @@ impl Engine {
                 conn.inbuf = BytesMut::new();
             }
         }
+        self.settle_input(c);
+    }
+
+    /// Charges what `c` holds of input beyond the free allowance to its address, and gives a
+    /// connection that holds that much until the handshake timeout to complete its message.
+    fn settle_input(&mut self, c: ConnId) {
+        let (now, timeout) = (self.now, self.settings.handshake_timeout);
+        let Some(conn) = conn::live_mut(&mut self.conns, c) else {
+            return;
+        };
+        let excess = conn.inbuf.len().saturating_sub(FREE_INPUT);
+        if excess != conn.input_charged {
+            self.shared
+                .limits
+                .recharge_input(conn.ip, conn.input_charged, excess, now.unix_ms);
+            conn.input_charged = excess;
+        }
+        if excess == 0 {
+            conn.input_deadline = None;
+        } else if conn.input_deadline.is_none() {
+            let at = now.mono + timeout;
+            conn.input_deadline = Some(at);
+            let generation = conn.generation;
+            self.timers
+                .schedule(at, Timer::InputDeadline(c, generation));
+        }
+    }
+
+    /// Whether `peer` is a proxy whose `X-Forwarded-For` is believed (its connections are
+    /// not counted against its own address).
+    fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.settings
+            .trust_proxy
+            .as_ref()
+            .is_some_and(|t| t.proxies.iter().any(|net| net.contains(&peer)))
     }
 
     /// Gives connection `c` until the handshake timeout to complete its next request head.
@@ -573,6 +676,16 @@ impl Engine {
                         self.close_conn(c);
                     }
                 }
+                Timer::InputDeadline(c, g) => {
+                    let now = self.now.mono;
+                    let late = self.live_conn(c).is_some_and(|conn| {
+                        conn.generation == g && conn.input_deadline.is_some_and(|d| now >= d)
+                    });
+                    if late {
+                        self.counters.protocol_errors += 1;
+                        self.close_conn(c);
+                    }
+                }
                 Timer::Linger(c, g) => {
                     let stuck = self
                         .live_conn(c)
@@ -608,7 +721,9 @@ impl Engine {
                 self.shared.limits.release_user(user);
             }
             for room in session.sockets.rooms() {
-                self.rooms.leave(room, s);
+                if self.rooms.leave(room, s) {
+                    self.shared.limits.room_changed(false);
+                }
             }
             match session.transport {
                 session::Transport::WebSocket(_) => {
@@ -626,6 +741,12 @@ impl Engine {
                 continue;
             };
             self.counters.tcp_connections = self.counters.tcp_connections.saturating_sub(1);
+            let limits = &self.shared.limits;
+            limits.recharge_input(conn.ip, conn.input_charged, 0, self.now.unix_ms);
+            let handed_off = matches!(conn.fate, Some(Fate::HandedOff { .. }));
+            if conn.tcp_counted && !handed_off {
+                limits.release_tcp(conn.ip);
+            }
             self.actions.push_back(match conn.fate {
                 Some(Fate::HandedOff { shard }) => Action::HandOff {
                     conn: c,
@@ -672,6 +793,18 @@ impl Engine {
         }
     }
 
+    fn join_room(&mut self, room: Arc<str>, s: SessionId) {
+        if self.rooms.join(room, s) {
+            self.shared.limits.room_changed(true);
+        }
+    }
+
+    fn leave_room(&mut self, room: &str, s: SessionId) {
+        if self.rooms.leave(room, s) {
+            self.shared.limits.room_changed(false);
+        }
+    }
+
     /// Sessions with a socket on the gateway namespace `/ws`.
     fn gateway_sessions(&self) -> Vec<SessionId> {
         self.sessions
@@ -690,10 +823,15 @@ impl Engine {
 
 /// While draining, how often the engine checks whether every queue is written.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a closing connection may take to accept what it is owed before it is reset.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pipelined input an HTTP connection may hold while its previous response is pending.
 const PIPELINED_INPUT: usize = 16 * 1024;
+/// Input a connection may hold without charge: beyond it (a large message on its way in) it
+/// is charged to its address's input budget and must arrive within the handshake timeout.
+const FREE_INPUT: usize = 64 * 1024;
+/// Answers and control frames queued for one client (memory only it holds) past which its
+/// connection is not read until it takes them: what a client that asks and never reads can
+/// make the gateway hold.
+const OWN_OUTBOUND: usize = 64 * 1024;
 
 #[cfg(any(test, fuzzing))]
 impl Engine {

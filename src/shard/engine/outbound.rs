@@ -25,6 +25,9 @@ struct Item {
 pub struct Outbound {
     items: VecDeque<Item>,
     bytes: usize,
+    /// The charge of frames that belong to no stream (answers, control frames): memory held
+    /// for this client alone, unlike broadcast frames every subscriber shares.
+    own: usize,
     /// The front item is partly written and must go out whole.
     front_partial: bool,
 }
@@ -41,6 +44,11 @@ impl Outbound {
         self.bytes + self.items.len() * ITEM_COST
     }
 
+    /// The part of the charge held for this client alone (frames of no stream).
+    pub fn own_charge(&self) -> usize {
+        self.own
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -54,6 +62,9 @@ impl Outbound {
     /// the same stream take its place later.
     pub fn push(&mut self, data: Bytes, tag: u64, replaceable: bool) {
         self.bytes += data.len();
+        if tag == 0 {
+            self.own += data.len() + ITEM_COST;
+        }
         self.items.push_back(Item {
             data,
             tag,
@@ -87,6 +98,7 @@ impl Outbound {
         while self.items.len() > keep {
             if let Some(item) = self.items.pop_back() {
                 self.bytes -= item.data.len();
+                self.forget(&item);
             }
         }
     }
@@ -94,10 +106,22 @@ impl Outbound {
     /// Takes up to `n` whole frames from the front (long-polling).
     pub fn take_front(&mut self, n: usize) -> Vec<Bytes> {
         let n = n.min(self.items.len());
-        let out: Vec<Bytes> = self.items.drain(..n).map(|i| i.data).collect();
-        self.bytes -= out.iter().map(Bytes::len).sum::<usize>();
+        let mut out = Vec::with_capacity(n);
+        for item in self.items.drain(..n) {
+            self.bytes -= item.data.len();
+            if item.tag == 0 {
+                self.own -= item.data.len() + ITEM_COST;
+            }
+            out.push(item.data);
+        }
         self.front_partial = false;
         out
+    }
+
+    fn forget(&mut self, item: &Item) {
+        if item.tag == 0 {
+            self.own -= item.data.len() + ITEM_COST;
+        }
     }
 
     /// Points `iov` at the queued frames, front first, as many as fit; returns how many.
@@ -120,9 +144,14 @@ impl Outbound {
             };
             if written >= front.data.len() {
                 written -= front.data.len();
-                self.items.pop_front();
+                if let Some(item) = self.items.pop_front() {
+                    self.forget(&item);
+                }
                 self.front_partial = false;
             } else {
+                if front.tag == 0 {
+                    self.own -= written;
+                }
                 front.data.advance(written);
                 self.front_partial = true;
                 written = 0;
@@ -187,5 +216,29 @@ mod tests {
         q.discard_unsent();
         assert_eq!(q.len(), 1, "the partly written frame is kept whole");
         assert_eq!(drain(&mut q, 100), b"3456");
+    }
+
+    #[test]
+    fn own_charge_counts_frames_of_no_stream() {
+        let mut q = Outbound::default();
+        q.push(Bytes::from_static(b"ack"), 0, false);
+        q.push(Bytes::from_static(b"trade"), 5, false);
+        assert_eq!(q.own_charge(), 3 + ITEM_COST);
+        assert_eq!(q.charge(), 8 + 2 * ITEM_COST);
+        q.advance(2);
+        assert_eq!(q.own_charge(), 1 + ITEM_COST);
+        q.advance(1);
+        assert_eq!(q.own_charge(), 0);
+        q.push(Bytes::from_static(b"pong"), 0, false);
+        q.discard_unsent();
+        assert_eq!(
+            q.own_charge(),
+            0,
+            "the partly written trade stays, the pong goes"
+        );
+        q.push(Bytes::from_static(b"a"), 0, false);
+        q.push(Bytes::from_static(b"b"), 0, false);
+        q.take_front(10);
+        assert_eq!((q.own_charge(), q.charge()), (0, 0));
     }
 }

@@ -19,6 +19,14 @@ impl Engine {
         let Some(session) = self.live_session(s) else {
             return;
         };
+        // Each attempt searches the replay log: attempts are rate-limited per address.
+        if !self
+            .shared
+            .limits
+            .admit_recovery(session.ip, self.now.unix_ms)
+        {
+            return self.finish_restore(s, offset, None);
+        }
         let ticket = RestoreTicket {
             shard: self.id,
             sid: session.sid.clone(),
@@ -26,6 +34,7 @@ impl Engine {
             namespace: GATEWAY_NAMESPACE.into(),
             pid,
             offset,
+            user: session.sockets.pending_user().flatten().map(Into::into),
         };
         self.actions.push_back(Action::TakeRecord(ticket));
     }
@@ -55,19 +64,16 @@ impl Engine {
         let user = user.map(str::to_owned);
         let plan = match (&self.shared.recovery, record) {
             (Some(rec), Some(record)) => {
+                // A gap bigger than the outbound hard limit would get the client dropped as a
+                // slow consumer mid-replay: a new session instead, never a partial replay.
                 let plan = recovery::plan(
                     record,
                     user.as_deref(),
                     offset,
                     &rec.log(),
                     self.last_offset,
-                )
-                // A gap bigger than the outbound hard limit would get the client dropped as a
-                // slow consumer mid-replay: a new session instead, never a partial replay.
-                .filter(|p| {
-                    p.replay.iter().map(|m| m.len()).sum::<usize>()
-                        <= self.settings.outbound_hard_limit
-                });
+                    self.settings.outbound_hard_limit,
+                );
                 let counter = if plan.is_some() {
                     &rec.counters.recovered
                 } else {

@@ -27,11 +27,14 @@ fn kind_of(room: &str) -> usize {
 }
 
 impl Rooms {
-    pub fn join(&mut self, room: Arc<str>, session: SessionId) {
+    /// Adds `session` to `room`; true if the room was created.
+    pub fn join(&mut self, room: Arc<str>, session: SessionId) -> bool {
         let room_name = room.clone();
         let next_id = &mut self.next_id;
+        let mut created = false;
         let entry = self.rooms.entry(room).or_insert_with(|| {
             *next_id += 1;
+            created = true;
             RoomEntry {
                 id: *next_id,
                 members: IndexSet::new(),
@@ -41,18 +44,23 @@ impl Rooms {
             self.subscriptions += 1;
             self.by_kind[kind_of(&room_name)] += 1;
         }
+        created
     }
 
-    pub fn leave(&mut self, room: &str, session: SessionId) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            if r.members.swap_remove(&session) {
-                self.subscriptions -= 1;
-                self.by_kind[kind_of(room)] -= 1;
-            }
-            if r.members.is_empty() {
-                self.rooms.remove(room);
-            }
+    /// Takes `session` out of `room`; true if the room was removed (it is empty).
+    pub fn leave(&mut self, room: &str, session: SessionId) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        if r.members.swap_remove(&session) {
+            self.subscriptions -= 1;
+            self.by_kind[kind_of(room)] -= 1;
         }
+        if r.members.is_empty() {
+            self.rooms.remove(room);
+            return true;
+        }
+        false
     }
 
     pub fn get(&self, room: &str) -> Option<&RoomEntry> {

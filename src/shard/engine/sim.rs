@@ -70,11 +70,18 @@ impl Sim {
         }
     }
 
-    pub fn connect(&mut self, ip: IpAddr) -> ConnId {
-        let c = self.engine.handle_accepted(self.now, ip);
+    /// A new connection from `ip`; `None` when its address holds its cap of connections.
+    pub fn try_connect(&mut self, ip: IpAddr) -> Option<ConnId> {
+        let c = self.engine.handle_accepted(self.now, ip)?;
         self.peers.insert(c, Peer::default());
         self.pump();
-        c
+        Some(c)
+    }
+
+    /// A new connection from `ip`, which must be admitted.
+    pub fn connect(&mut self, ip: IpAddr) -> ConnId {
+        self.try_connect(ip)
+            .expect("the address holds its cap of TCP connections")
     }
 
     /// The peer sends `data`; the engine reads it as a driver would, in chunks, while it
@@ -411,7 +418,7 @@ pub mod client {
 impl Sim {
     /// A polling session's handshake on a new connection: the connection and the sid.
     pub fn open_polling(&mut self, ip: IpAddr) -> Option<(ConnId, String)> {
-        let c = self.connect(ip);
+        let c = self.try_connect(ip)?;
         self.send(c, &client::polling_open());
         let got = self.take(c);
         let (responses, _) = client::responses(&got);
@@ -425,7 +432,7 @@ impl Sim {
 
     /// A WebSocket session's handshake: the connection (now a WebSocket) and the sid.
     pub fn open_websocket(&mut self, ip: IpAddr) -> Option<(ConnId, String)> {
-        let c = self.connect(ip);
+        let c = self.try_connect(ip)?;
         self.send(c, &client::websocket(None));
         let got = self.take(c);
         let (responses, rest) = client::responses(&got);

@@ -29,10 +29,11 @@ fn settings() -> ServerSettings {
         handshake_timeout: Duration::from_millis(10_000),
         max_payload: 1_000_000,
         cors_origins: Vec::new(),
-        trust_proxy: false,
+        trust_proxy: None,
         demo_page: false,
         outbound_soft_limit: 1 << 20,
         outbound_hard_limit: 8 << 20,
+        close_linger: Duration::from_millis(5_000),
         app: App::Gateway(Arc::new(GatewaySettings {
             recovery: true,
             ..GatewaySettings::default()
@@ -633,4 +634,142 @@ fn a_parked_poll_that_asked_to_close_is_answered_with_close() {
     let got = sim.take(c);
     assert!(String::from_utf8_lossy(&got).contains("Connection: close\r\n"));
     assert!(!sim.is_open(c));
+}
+
+#[test]
+fn an_overflow_conflates_latest_values_resyncs_books_and_sends_lossless_followers_to_recover() {
+    use crate::shard::handle::Overflow;
+    let shared = shared(true);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let trades = subscribed_websocket(&mut sim);
+    let (ticker, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(ticker, &client::text("40/ws,"));
+    sim.send(
+        ticker,
+        &client::text("42/ws,[\"subscribe\",{\"channel\":\"ticker\",\"symbol\":\"BTCUSDT\"}]"),
+    );
+    sim.take(ticker);
+    let latest = |n: u64| Broadcast {
+        class: StreamClass::Latest,
+        retain: true,
+        ..trade_with(
+            "ticker:BTCUSDT",
+            Payload::Json(format!("{{\"v\":{n}}}").into_bytes()),
+        )
+    };
+    let mut overflow = Overflow {
+        batches: 3,
+        ..Overflow::default()
+    };
+    overflow
+        .latest
+        .insert(Arc::from("ticker:BTCUSDT"), latest(3));
+    overflow
+        .retained
+        .insert(Arc::from("ticker:BTCUSDT"), latest(3).body);
+    overflow.lossless.insert(Arc::from("trades:BTCUSDT"));
+    sim.engine.handle_overflow(sim.now, overflow);
+    sim.pump();
+    let got = client::texts(&sim.take(ticker));
+    assert_eq!(got.len(), 1, "only the newest value: {got:?}");
+    assert!(got[0].contains("{\"v\":3}"));
+    let got = client::frames(&sim.take(trades));
+    let texts: Vec<String> = got
+        .iter()
+        .filter(|(op, _)| *op == 1)
+        .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(texts[0].contains("OVERLOADED"), "{texts:?}");
+    assert_eq!(texts[1], "1", "then an Engine.IO close");
+    assert!(sim.records_saved >= 1, "its state is kept to recover");
+    assert_eq!(sim.engine.counters().overflowed_batches, 3);
+}
+
+#[test]
+fn a_get_with_a_body_is_refused_not_read_as_the_next_request() {
+    let mut sim = sim();
+    let c = sim.connect(CLIENT);
+    let mut smuggled = b"GET /health HTTP/1.1\r\nContent-Length: 24\r\n\r\n".to_vec();
+    smuggled.extend_from_slice(b"GET /ready HTTP/1.1\r\n\r\n\r\n");
+    sim.send(c, &smuggled);
+    let got = bodies(&mut sim, c);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, 400);
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn tcp_connections_per_address_are_capped_at_accept() {
+    let mut sim = Sim::new(
+        settings(),
+        {
+            let shared = Shared::new(LimitSettings {
+                max_tcp_per_ip: 3,
+                ..LimitSettings::default()
+            });
+            Arc::new(shared)
+        },
+        1,
+    );
+    let conns: Vec<ConnId> = (0..3).map(|_| sim.connect(CLIENT)).collect();
+    assert!(sim.try_connect(CLIENT).is_none(), "the fourth is refused");
+    let other = std::net::Ipv4Addr::new(10, 0, 0, 8).into();
+    assert!(sim.try_connect(other).is_some(), "another address is not");
+    sim.reset(conns[0]);
+    assert!(
+        sim.try_connect(CLIENT).is_some(),
+        "a slot freed is a slot taken"
+    );
+    assert_eq!(sim.engine.counters().tcp_refused, 1);
+}
+
+#[test]
+fn repeated_refused_connects_end_the_session_and_long_namespaces_are_not_echoed() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    for _ in 0..11 {
+        sim.send(c, &client::text("40/nope,"));
+    }
+    let texts = client::texts(&sim.take(c));
+    assert_eq!(
+        texts.iter().filter(|t| t.starts_with("44/nope,")).count(),
+        11
+    );
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("1"),
+        "closed after the 11th"
+    );
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    let long = format!("40/{},", "n".repeat(200));
+    sim.send(c, &client::text(&long));
+    let texts = client::texts(&sim.take(c));
+    assert_eq!(
+        texts,
+        vec!["1"],
+        "no connect_error carrying the name, just the close"
+    );
+}
+
+#[test]
+fn a_large_message_that_stops_arriving_is_given_up_at_the_handshake_timeout() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    let frame = crate::codec::websocket::encode_masked_frame(
+        true,
+        1,
+        format!("4{}", "x".repeat(200_000)).as_bytes(),
+        [1, 2, 3, 4],
+        0,
+    );
+    sim.send(c, &frame[..150_000]);
+    assert!(
+        sim.shared.limits.input_buffered() > 0,
+        "charged to its address"
+    );
+    sim.advance(Duration::from_millis(9_999));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_millis(1));
+    assert!(!sim.is_open(c));
+    assert_eq!(sim.shared.limits.input_buffered(), 0, "and given back");
 }

@@ -108,14 +108,16 @@ class Child {
     this.exit = null; // {code, signal}
     this.proc = spawn(bin, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      // Every test client comes from 127.0.0.1: lift the per-address caps unless a test sets
-      // them with flags (flags win over the environment).
+      // Every test client comes from 127.0.0.1: lift the per-address caps, and let tests
+      // subscribe to symbols before anything was ingested for them, unless a test sets them
+      // with flags (flags win over the environment).
       env: {
         RUST_BACKTRACE: '1',
         ...process.env,
         GATEWAY_MAX_CONNECTIONS_PER_IP: '100000',
         GATEWAY_HANDSHAKE_RATE_PER_IP: '100000',
         GATEWAY_MAX_MESSAGES_PER_SEC: '100000',
+        GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS: 'true',
       },
     });
     children.add(this.proc);

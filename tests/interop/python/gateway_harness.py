@@ -28,10 +28,14 @@ for _k in list(os.environ):
         del os.environ[_k]
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
+# Every test client comes from loopback: lift the per-address caps, and let tests subscribe
+# to symbols before anything was ingested for them; a test of those limits passes the flags
+# explicitly (flags win over the environment).
 LOOPBACK_LIMITS = {
     "GATEWAY_MAX_CONNECTIONS_PER_IP": "100000",
     "GATEWAY_HANDSHAKE_RATE_PER_IP": "100000",
     "GATEWAY_MAX_MESSAGES_PER_SEC": "100000",
+    "GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": "true",
 }
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
