@@ -2,9 +2,9 @@
 //! connections opening, requests and frames (well-formed and not), peers closing or breaking,
 //! readers that stop reading, publishes, drains and time passing. After every operation the
 //! engine's invariants must hold (nothing closed left behind, rooms and sessions agree, queues
-//! within their limits, cap slots counted once per session), and at the end, once every
-//! connection is gone and the timeouts have passed, every cap slot, room and user count is
-//! given back.
+//! within their limits, input charged as held, cap slots counted once per session and TCP
+//! slots once per connection), and at the end, once every connection is gone and the timeouts
+//! have passed, every cap slot, room, user count and input charge is given back.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -325,4 +325,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!((census.rooms, census.subscriptions), (0, 0), "{census:?}");
     assert_eq!(world.sim.shared.limits.connections(), 0, "cap slots given back");
     assert_eq!(world.sim.shared.limits.user_connections(), 0, "user counts given back");
+    assert_eq!(world.sim.shared.limits.input_buffered(), 0, "input budget given back");
+    for n in 0..4 {
+        assert_eq!(
+            world.sim.shared.limits.tcp_connections(IpAddr::from([10, 0, 0, n])),
+            0,
+            "TCP connection slots given back"
+        );
+    }
 });

@@ -200,8 +200,27 @@ impl Session {
                         skip_until: *offset,
                     });
                     let mut more = Vec::new();
-                    self.layer
-                        .finish_connect(app, self.now_ms, restored.as_ref(), &mut more);
+                    let mut asked_later: Vec<Arc<str>> = Vec::new();
+                    {
+                        let admit = self.admit;
+                        let mut admit_user = |user: &Arc<str>| {
+                            asked_later.push(user.clone());
+                            admit
+                        };
+                        let mut ctx = Ctx {
+                            now_ms: self.now_ms,
+                            handshake_token: self.handshake_token.as_deref(),
+                            admit_user: &mut admit_user,
+                            admit_rooms: &mut |_| true,
+                        };
+                        self.layer
+                            .finish_connect(app, &mut ctx, restored.as_ref(), &mut more);
+                    }
+                    if self.admit {
+                        for user in asked_later {
+                            *self.admitted.entry(user).or_default() += 1;
+                        }
+                    }
                     out.extend(more);
                 }
             }

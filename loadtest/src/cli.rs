@@ -25,6 +25,9 @@ pub enum Cmd {
     /// Step the load up until an SLO (p99 latency, loss) breaks; report the largest load
     /// that held.
     Capacity(CapacityArgs),
+    /// Publish several times faster than the subscribers can be sent, and check the server
+    /// stays responsive, bounded, and tells every client that falls behind.
+    Overload(OverloadArgs),
     /// Internal: a worker process (started by the coordinator).
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -147,6 +150,33 @@ pub struct FanoutArgs {
     /// Extra bytes of padding in each event's data.
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct OverloadArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u64,
+    /// Rooms (trades:LT0000..); client i joins room i % rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Publishes per second, all rooms together: far more than can be delivered.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub rate: f64,
+    /// Overload time, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// New connections per second during the ramp.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp_rate: f64,
+    /// Extra bytes of padding in each event's data.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// How often, during the overload, a probe asks /health and opens a new session (ms).
+    #[arg(long, default_value_t = 250)]
+    pub probe_ms: u64,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -827,6 +827,7 @@ impl Harness {
             r.missing += f.missing;
             r.dups += f.dups;
             r.clients_with_loss += f.clients_with_loss;
+            r.clients_with_untold_loss += f.clients_with_untold_loss;
             r.silent_streams += f.silent_streams;
             for (k, v) in &f.expected_by_kind {
                 *r.expected_by_kind.entry(k.clone()).or_default() += v;

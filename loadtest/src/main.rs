@@ -33,6 +33,7 @@ fn main() {
             Cmd::Connect(a) => (a.common.clone(), scenarios::connect(a).await),
             Cmd::Capacity(a) => (a.common.clone(), scenarios::capacity(a).await),
             Cmd::Mixed(a) => (a.common.clone(), scenarios::mixed(a).await),
+            Cmd::Overload(a) => (a.common.clone(), scenarios::overload(a).await),
             Cmd::Worker => unreachable!(),
         };
         match res {

@@ -166,6 +166,8 @@ pub struct FinalReport {
     pub missing: u64,
     pub dups: u64,
     pub clients_with_loss: u64,
+    /// Clients that lost messages without the server telling them (a notice or a close).
+    pub clients_with_untold_loss: u64,
     /// Lossless streams that a client subscribed after publishing started and never saw.
     pub silent_streams: u64,
     /// Per kind: expected / missing.

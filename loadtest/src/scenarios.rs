@@ -1,4 +1,4 @@
-//! The scenarios: fanout, connect, capacity, mixed.
+//! The scenarios: fanout, connect, capacity, mixed, overload.
 
 use crate::cli::*;
 use crate::harness::{Harness, OpenResult, WindowResult};
@@ -9,6 +9,8 @@ use crate::report::*;
 use crate::sys::{self, ProcSample};
 use crate::worker::now_us;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn workers_for(common: &Common, clients: u64) -> usize {
@@ -353,6 +355,169 @@ pub async fn fanout(a: FanoutArgs) -> Result<(RunReport, Harness), String> {
         rate_secs: Some(pub_secs),
     };
     let r = build(&h, "fanout", serde_json::to_value(&a).unwrap(), parts);
+    Ok((r, h))
+}
+
+/// What the overload probe saw: how long `/health` and a new session's handshake took while
+/// the server was flooded, and how many did not answer.
+#[derive(Default)]
+struct ProbeSeen {
+    health_ms: Vec<f64>,
+    handshake_ms: Vec<f64>,
+    failures: u64,
+}
+
+async fn probe(target: std::net::SocketAddr, every: Duration, stop: Arc<AtomicBool>) -> ProbeSeen {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let mut seen = ProbeSeen::default();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        match client.get(format!("http://{target}/health")).send().await {
+            Ok(r) if r.status().is_success() => {
+                seen.health_ms.push(t.elapsed().as_secs_f64() * 1e3)
+            }
+            _ => seen.failures += 1,
+        }
+        let t = Instant::now();
+        let open = client
+            .get(format!(
+                "http://{target}/socket.io/?EIO=4&transport=polling"
+            ))
+            .send()
+            .await;
+        match open {
+            Ok(r) if r.status().is_success() => {
+                seen.handshake_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                // Close the session again: `0{"sid":"..."}`.
+                let body = r.text().await.unwrap_or_default();
+                if let Some(sid) = body.split('"').nth(3) {
+                    let _ = client
+                        .post(format!(
+                            "http://{target}/socket.io/?EIO=4&transport=polling&sid={sid}"
+                        ))
+                        .body("1")
+                        .send()
+                        .await;
+                }
+            }
+            _ => seen.failures += 1,
+        }
+        tokio::time::sleep(every).await;
+    }
+    seen
+}
+
+fn worst(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+pub async fn overload(a: OverloadArgs) -> Result<(RunReport, Harness), String> {
+    check_bounds(a.clients, a.rate, a.duration)?;
+    if a.rooms == 0 || a.rooms > 10_000 {
+        return Err("--rooms must be 1..10000".into());
+    }
+    let budget = Duration::from_secs_f64(
+        a.clients as f64 / a.ramp_rate.max(1.0) + a.duration + a.common.drain_secs + 60.0,
+    );
+    let mut h = Harness::new(a.common.clone(), "overload", budget).await?;
+    let hook = h.require_hook()?;
+    h.start_workers(workers_for(&a.common, a.clients)).await?;
+    let base = h.server_sample();
+    let symbols: Vec<String> = (0..a.rooms).map(symbol).collect();
+    let plan = Plan {
+        transport: Transport::Websocket,
+        subs: vec![trades_sub(&symbols, 1)],
+        auth: None,
+        ack: !a.common.no_ack,
+        strict: false,
+    };
+    h.phase = "ramp".into();
+    let open = h.open(&plan, a.clients, a.ramp_rate).await?;
+    fail_if_none_connected(&open)?;
+    h.phase = "hold".into();
+    h.run_for(Duration::from_millis(1500)).await;
+    let connected = h.server_sample();
+    h.phase = "overload".into();
+    let m0 = msgs_out(&h);
+    h.begin_window("measure");
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = tokio::spawn(probe(
+        h.target,
+        Duration::from_millis(a.probe_ms.max(10)),
+        stop.clone(),
+    ));
+    let publisher = Publisher::start(
+        hook.clone(),
+        a.rate,
+        Box::new(TradeSource::new(a.rooms, a.payload_bytes)),
+    );
+    h.publishers.push(publisher.stats.clone());
+    let t = Instant::now();
+    h.run_for(Duration::from_secs_f64(a.duration)).await;
+    let stats = publisher.stop().await;
+    let pub_secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let seen = prober.await.unwrap_or_default();
+    // Long enough for what the server still holds to be written, or the clients told.
+    h.phase = "drain".into();
+    h.run_for(Duration::from_secs_f64(a.common.drain_secs.max(5.0)))
+        .await;
+    let window = h.end_window("measure");
+    let last = stats.seqs.lock().unwrap().clone();
+    let finals = h
+        .finals(
+            last,
+            stats.started_us.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .await;
+    let end = h.server_sample();
+    let m1 = msgs_out(&h);
+    h.shutdown().await;
+    let publish = publish_summary(&hook, &stats, a.rate, pub_secs);
+    let untold = finals.clients_with_untold_loss;
+    let told = finals.clients_with_loss - untold;
+    let notes = vec![
+        format!(
+            "overload: /health answered {} times, worst {:.1} ms; new sessions opened {} times, worst {:.1} ms; {} probes failed",
+            seen.health_ms.len(),
+            worst(&seen.health_ms),
+            seen.handshake_ms.len(),
+            worst(&seen.handshake_ms),
+            seen.failures
+        ),
+        format!(
+            "overload: {} clients caught up, {} fell behind and were told (SLOW_CONSUMER, OVERLOADED or a close), {} lost messages untold",
+            finals.clients.saturating_sub(finals.clients_with_loss),
+            told,
+            untold
+        ),
+    ];
+    let parts = Parts {
+        requested: a.clients,
+        transport: "websocket".into(),
+        open,
+        window,
+        finals,
+        publish: Some(publish),
+        base,
+        connected,
+        end,
+        msgs_out: m0.zip(m1).map(|(a, b)| b.saturating_sub(a)),
+        latency_kinds: (0..8).collect(),
+        rate_secs: Some(pub_secs),
+    };
+    let mut r = build(&h, "overload", serde_json::to_value(&a).unwrap(), parts);
+    r.notes.extend(notes);
+    if untold > 0 || seen.failures > 0 {
+        r.warnings.push(format!(
+            "overload: {untold} clients lost messages untold and {} probes failed",
+            seen.failures
+        ));
+    }
     Ok((r, h))
 }
 

@@ -44,6 +44,9 @@ struct ConnRec {
     sub_us: u64,
     streams: Vec<StreamTrack>,
     books: Vec<(String, u64)>,
+    /// The server told this client it fell behind (`SLOW_CONSUMER`, `OVERLOADED`) or closed
+    /// its connection: a gap in what it received is not silent.
+    told: bool,
 }
 
 struct Group {
@@ -342,6 +345,9 @@ fn final_report(st: &Shared, last_seq: &BTreeMap<u32, u64>, publish_start_us: u6
         }
         if lost_here > 0 {
             r.clients_with_loss += 1;
+            if !c.told {
+                r.clients_with_untold_loss += 1;
+            }
         }
     }
     r.drop_reasons = s.drop_reasons.clone();
@@ -590,6 +596,7 @@ async fn client(
     let mut s = st.borrow_mut();
     s.connected -= 1;
     s.conns[idx].open = false;
+    s.conns[idx].told |= reason.is_some();
     if let Some(r) = reason {
         s.dropped += 1;
         *s.drop_reasons.entry(short(&r)).or_default() += 1;
@@ -978,7 +985,11 @@ impl Conn {
                     .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(String::from))
                     .unwrap_or_else(|| "error".into());
                 self.sub_error.get_or_insert(code.clone());
-                *self.st.borrow_mut().acc.errors.entry(code).or_default() += 1;
+                let mut s = self.st.borrow_mut();
+                if matches!(code.as_str(), "SLOW_CONSUMER" | "OVERLOADED") {
+                    s.conns[self.idx].told = true;
+                }
+                *s.acc.errors.entry(code).or_default() += 1;
                 return;
             }
             _ => {}

@@ -74,6 +74,8 @@ const ABUSE_FACTOR: f64 = 10.0;
 const MAX_NAMESPACE: usize = 128;
 /// Refused CONNECTs (bad namespace, token or cap) one session may send before it is closed.
 const MAX_REFUSED_CONNECTS: u32 = 10;
+/// Input a session may send while a CONNECT waits for its recovery lookup.
+const MAX_HELD_BYTES: usize = 64 * 1024;
 
 /// Whether a client packet fits the connection's event rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,11 @@ pub struct NsSocket {
 struct PendingConnect {
     namespace: Box<str>,
     identity: Option<Identity>,
+    /// Packets for the namespace that arrived while its CONNECT waited (a client need not
+    /// wait for the answer): handled, in order, once the socket exists.
+    held: Vec<Packet>,
+    /// Input taken while waiting, text and attachments: bounded by `MAX_HELD_BYTES`.
+    held_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +153,7 @@ impl SocketLayer {
     pub fn finish_connect(
         &mut self,
         app: &App,
-        now_ms: u64,
+        ctx: &mut Ctx<'_>,
         restored: Option<&Restored>,
         out: &mut Vec<Output>,
     ) {
@@ -157,10 +164,27 @@ impl SocketLayer {
                 p.identity,
                 None,
                 restored,
-                now_ms,
+                ctx.now_ms,
                 out,
             );
+            for packet in p.held {
+                self.on_packet(app, packet, ctx, out);
+            }
         }
+    }
+
+    /// Counts input taken while a CONNECT waits; false (and the session closes) past the
+    /// bound, since none of it can be handled yet.
+    fn hold_input(&mut self, bytes: usize, out: &mut Vec<Output>) -> bool {
+        let Some(p) = self.pending.as_mut() else {
+            return true;
+        };
+        p.held_bytes += bytes;
+        if p.held_bytes > MAX_HELD_BYTES {
+            out.push(Output::Close(Violation::EventFlood));
+            return false;
+        }
+        true
     }
 
     /// When `on_tick` is next needed (token notices and expiries).
@@ -188,6 +212,9 @@ impl SocketLayer {
     }
 
     pub fn on_text(&mut self, app: &App, text: &str, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
+        if !self.hold_input(text.len(), out) {
+            return;
+        }
         if self.binary.is_waiting() {
             out.push(Output::Close(Violation::TextDuringAttachments));
             return;
@@ -210,6 +237,9 @@ impl SocketLayer {
         ctx: &mut Ctx<'_>,
         out: &mut Vec<Output>,
     ) {
+        if !self.hold_input(data.len(), out) {
+            return;
+        }
         match self.binary.push(data) {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
@@ -228,10 +258,15 @@ impl SocketLayer {
             .position(|s| *s.namespace == *packet.namespace);
         let pending = self
             .pending
-            .as_ref()
-            .is_some_and(|p| *p.namespace == *packet.namespace);
+            .as_mut()
+            .filter(|p| *p.namespace == *packet.namespace);
+        if let Some(p) = pending {
+            if packet.kind == Kind::Connect {
+                return out.push(Output::Close(Violation::SecondConnect));
+            }
+            return p.held.push(packet);
+        }
         match (packet.kind, index) {
-            (Kind::Connect, None) if pending => out.push(Output::Close(Violation::SecondConnect)),
             (Kind::Connect, None) => match self.take_token(app, ctx.now_ms, out) {
                 Admit::Yes => self.connect(app, packet, ctx, out),
                 Admit::No => {
@@ -358,6 +393,8 @@ impl SocketLayer {
                     self.pending = Some(PendingConnect {
                         namespace: ns.into_boxed_str(),
                         identity,
+                        held: Vec::new(),
+                        held_bytes: 0,
                     });
                     out.push(Output::Restore { pid, offset });
                     return;

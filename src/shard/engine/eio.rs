@@ -201,7 +201,7 @@ impl Engine {
 
     /// Runs one input through the session's Socket.IO layer, lending it the time, the
     /// handshake token and the per-user cap, then applies what it asks for.
-    fn feed_sockets(
+    pub(super) fn feed_sockets(
         &mut self,
         s: SessionId,
         input: impl FnOnce(&mut SocketLayer, &App, &mut Ctx<'_>, &mut Vec<Output>),
@@ -438,9 +438,9 @@ impl Engine {
         self.timers.schedule(at, Timer::Heartbeat(s, generation));
     }
 
-    /// Ends a session: records it for recovery when the client is expected back, tells the
-    /// client when the reason says so, and lets go of its connections. It leaves its rooms
-    /// and gives back its cap slots when the current call ends (`reap`).
+    /// Ends a session: records it for recovery when the client is expected back, gives back
+    /// its cap slots, tells the client when the reason says so, and lets go of its
+    /// connections. It leaves its rooms when the current call ends (`reap`).
     pub(super) fn close_session(&mut self, s: SessionId, reason: CloseReason) {
         if self.live_session(s).is_none() {
             return;
@@ -452,11 +452,17 @@ impl Engine {
             self.counters.protocol_errors += 1;
         }
         let shard = self.id;
-        let Some(session) = self.live_session_mut(s) else {
+        let Some(session) = super::session::live_mut(&mut self.sessions, s) else {
             return;
         };
         session.closing = Some(reason);
         tracing::debug!(shard, sid = %session.sid, %reason, "session closed");
+        // Cap slots are given back at once: a new handshake later in the same input (a
+        // close, then a new session, in one write) must find them free.
+        self.shared.limits.release(session.ip);
+        for user in session.sockets.users() {
+            self.shared.limits.release_user(user);
+        }
         let (probe, transport) = (session.probe.take(), session.transport);
         self.closed_sessions.push(s);
         if let Some(p) = probe {

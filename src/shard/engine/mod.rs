@@ -708,18 +708,14 @@ impl Engine {
         self.live_session(s).is_some_and(|x| x.generation == g)
     }
 
-    /// Removes what this call closed: sessions leave their rooms and give back their cap
-    /// slots; connections' sockets are released or handed off by the driver.
+    /// Removes what this call closed: sessions leave their rooms (their cap slots were given
+    /// back as they closed); connections' sockets are released or handed off by the driver.
     fn reap(&mut self) {
         while let Some(s) = self.closed_sessions.pop() {
             let Some(session) = self.sessions.try_remove(s.key()) else {
                 continue;
             };
             self.sids.remove(&session.sid);
-            self.shared.limits.release(session.ip);
-            for user in session.sockets.users() {
-                self.shared.limits.release_user(user);
-            }
             for room in session.sockets.rooms() {
                 if self.rooms.leave(room, s) {
                     self.shared.limits.room_changed(false);
@@ -888,9 +884,30 @@ impl Engine {
                 self.rooms.subscription_count()
             ));
         }
+        let (hard, input_cap) = (
+            self.settings.outbound_hard_limit,
+            self.settings.max_payload + 64 * 1024,
+        );
+        let mut tcp: HashMap<IpAddr, usize> = HashMap::new();
         for (k, c) in self.conns.iter() {
             if c.fate.is_some() {
                 return Err(format!("connection {k} was let go of but not reaped"));
+            }
+            if c.tcp_counted {
+                *tcp.entry(c.ip).or_default() += 1;
+            }
+            if c.inbuf.len() > input_cap {
+                return Err(format!(
+                    "connection {k} holds {} bytes of input",
+                    c.inbuf.len()
+                ));
+            }
+            if c.input_charged != c.inbuf.len().saturating_sub(FREE_INPUT) {
+                return Err(format!("connection {k}'s input charge is stale"));
+            }
+            let carries = matches!(&c.role, Role::WebSocket(ws) if !ws.probing);
+            if carries && !c.closing && c.out.charge() > hard {
+                return Err(format!("connection {k} holds {} queued", c.out.charge()));
             }
             let user = match &c.role {
                 Role::WebSocket(ws) => Some(ws.session),
@@ -901,6 +918,13 @@ impl Engine {
                 if self.sessions.get(s.key()).is_none() {
                     return Err(format!("connection {k} serves a session that is gone"));
                 }
+            }
+        }
+        for (ip, n) in tcp {
+            if self.shared.limits.tcp_connections(ip) != n {
+                return Err(format!(
+                    "{ip} holds {n} connections, the cap counts otherwise"
+                ));
             }
         }
         Ok(())

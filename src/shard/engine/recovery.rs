@@ -6,7 +6,6 @@
 use super::ids::SessionId;
 use super::{Action, Engine};
 use crate::recovery::{self, Offset, RestoreTicket, SessionRecord};
-use crate::session::sockets::Output;
 use crate::GATEWAY_NAMESPACE;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -88,7 +87,6 @@ impl Engine {
             }
             _ => None,
         };
-        let (app, now_ms) = (self.settings.app.clone(), self.now.unix_ms);
         let Some(session) = self.live_session_mut(s) else {
             return;
         };
@@ -96,11 +94,11 @@ impl Engine {
             session.joined = p.rooms.clone();
             session.skip_until = p.skip_until;
         }
-        let mut out: Vec<Output> = Vec::new();
-        session
-            .sockets
-            .finish_connect(&app, now_ms, plan.as_ref(), &mut out);
-        self.apply_outputs(s, out);
+        // Packets the client sent before the answer were held: they are handled now, after
+        // the CONNECT answer and before the replay.
+        self.feed_sockets(s, |layer, app, ctx, out| {
+            layer.finish_connect(app, ctx, plan.as_ref(), out)
+        });
         if let (Some(p), Some(rec)) = (plan, &self.shared.recovery) {
             rec.counters
                 .replayed_events

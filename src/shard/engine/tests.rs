@@ -773,3 +773,51 @@ fn a_large_message_that_stops_arriving_is_given_up_at_the_handshake_timeout() {
     assert!(!sim.is_open(c));
     assert_eq!(sim.shared.limits.input_buffered(), 0, "and given back");
 }
+
+#[test]
+fn packets_sent_right_after_a_recovery_connect_wait_for_it() {
+    let shared = shared(true);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    let answer = client::texts(&sim.take(c))[0].clone();
+    let pid = serde_json::from_str::<serde_json::Value>(&answer["40/ws,".len()..]).unwrap()["pid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sim.reset(c);
+    let (c2, _) = sim.open_websocket(CLIENT).unwrap();
+    // The CONNECT and a subscribe in one write, without waiting for the answer.
+    let mut both = client::text(&format!("40/ws,{{\"pid\":\"{pid}\"}}"));
+    both.extend(client::text(
+        "42/ws,5[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]",
+    ));
+    sim.send(c2, &both);
+    let texts = client::texts(&sim.take(c2));
+    assert!(texts[0].contains(&pid), "recovered: {texts:?}");
+    assert!(
+        texts.iter().any(|t| t.starts_with("43/ws,5[{\"ok\":true")),
+        "the subscribe is answered after the CONNECT: {texts:?}"
+    );
+    assert!(sim.is_open(c2));
+}
+
+#[test]
+fn a_close_and_a_new_handshake_in_one_write_find_the_cap_slot_free() {
+    let shared = Arc::new(Shared::new(LimitSettings {
+        max_connections_per_ip: 1,
+        ..LimitSettings::default()
+    }));
+    let mut sim = Sim::new(settings(), shared, 1);
+    let (_, sid) = sim.open_polling(CLIENT).unwrap();
+    let c = sim.connect(CLIENT);
+    let mut both = client::post(&sid, b"1");
+    both.extend(client::polling_open());
+    sim.send(c, &both);
+    let got = bodies(&mut sim, c);
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![200, 200],
+        "{got:?}"
+    );
+}

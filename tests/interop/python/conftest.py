@@ -8,9 +8,9 @@ import pytest
 from gateway_harness import Gateway, connect_client
 
 
-def _launch(flags, log_dir, name):
+def _launch(flags, log_dir, name, env=None):
     try:
-        return Gateway(flags, log_dir=log_dir, name=name).start()
+        return Gateway(flags, log_dir=log_dir, name=name, env=env).start()
     except RuntimeError as e:
         pytest.fail(str(e), pytrace=False)
 
@@ -36,11 +36,12 @@ def gateway(gateway_log_dir):
 
 @pytest.fixture
 def gateway_factory(gateway_log_dir, request):
-    """start(*flags) -> Gateway; each one is stopped with SIGTERM (exit 0 asserted) afterwards."""
+    """start(*flags, env=None) -> Gateway; each one is stopped with SIGTERM (exit 0 asserted)
+    afterwards. `env` sets variables over the harness defaults (None removes one)."""
     started = []
 
-    def start(*flags):
-        gw = _launch(flags, gateway_log_dir, request.node.name[:40].replace("/", "_"))
+    def start(*flags, env=None):
+        gw = _launch(flags, gateway_log_dir, request.node.name[:40].replace("/", "_"), env)
         started.append(gw)
         return gw
 

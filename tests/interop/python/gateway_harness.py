@@ -80,8 +80,10 @@ def parse_json(raw):
 class Gateway:
     """One gateway process on fresh loopback ports."""
 
-    def __init__(self, flags=(), log_dir=None, name="gw"):
+    def __init__(self, flags=(), log_dir=None, name="gw", env=None):
         self.flags = [str(f) for f in flags]
+        # Environment set for this gateway over the defaults; None removes a variable.
+        self.env = dict(env or {})
         self.log_dir = Path(log_dir) if log_dir else Path("/tmp")
         self.name = name
         self.proc = None
@@ -114,6 +116,11 @@ class Gateway:
             # Every test client comes from 127.0.0.1: lift the per-address caps unless a test
             # sets them with flags (flags win over the environment).
             env.update(LOOPBACK_LIMITS)
+            for k, v in self.env.items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = v
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          env=env)
             log.close()

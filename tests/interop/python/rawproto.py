@@ -35,14 +35,18 @@ class Response:
 class Conn:
     """A TCP connection with a read buffer and an overall deadline per read call."""
 
-    def __init__(self, port, timeout=5.0, rcvbuf=None):
-        if rcvbuf is None:
+    def __init__(self, port, timeout=5.0, rcvbuf=None, source=None):
+        if rcvbuf is None and source is None:
             self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         else:
             # a small receive buffer (set before connect, so the advertised window stays small)
-            # lets a test that stops reading push the server's backlog up quickly
+            # lets a test that stops reading push the server's backlog up quickly; a source
+            # address (any of 127.0.0.0/8) makes the connection another client address
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if rcvbuf is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if source is not None:
+                self.sock.bind((source, 0))
             self.sock.settimeout(timeout)
             self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -272,8 +276,8 @@ class RawWS:
     """Hand-written WebSocket client over a raw socket."""
 
     def __init__(self, port, target="/socket.io/?EIO=4&transport=websocket", timeout=5.0,
-                 headers=None, rcvbuf=None):
-        self.conn = Conn(port, timeout, rcvbuf=rcvbuf)
+                 headers=None, rcvbuf=None, source=None):
+        self.conn = Conn(port, timeout, rcvbuf=rcvbuf, source=source)
         self.key = base64.b64encode(os.urandom(16)).decode()
         h = {"Host": f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
              "Sec-WebSocket-Key": self.key, "Sec-WebSocket-Version": "13"}
@@ -393,18 +397,18 @@ class RawWS:
                 self.send_frame(OP_PONG, payload)
 
 
-def ws_open(port, target="/socket.io/?EIO=4&transport=websocket", rcvbuf=None):
+def ws_open(port, target="/socket.io/?EIO=4&transport=websocket", rcvbuf=None, source=None):
     """Raw WebSocket Engine.IO session; returns (RawWS, open-packet dict)."""
-    ws = RawWS(port, target, rcvbuf=rcvbuf)
+    ws = RawWS(port, target, rcvbuf=rcvbuf, source=source)
     assert ws.handshake_ok(), ws.response
     pkt = ws.recv_eio()
     assert pkt.startswith("0"), pkt
     return ws, json.loads(pkt[1:])
 
 
-def ws_open_namespace(port, nsp="/ws", rcvbuf=None):
+def ws_open_namespace(port, nsp="/ws", rcvbuf=None, source=None):
     """Raw session connected to a Socket.IO namespace; returns (RawWS, namespace sid)."""
-    ws, _ = ws_open(port, rcvbuf=rcvbuf)
+    ws, _ = ws_open(port, rcvbuf=rcvbuf, source=source)
     ws.send_text(f"40{nsp},")
     deadline = time.monotonic() + 5
     sid = None
