@@ -30,6 +30,7 @@ fn engine_with_subscribers(members: usize) -> Sim {
         outbound_soft_limit: 1 << 20,
         outbound_hard_limit: 8 << 20,
         close_linger: Duration::from_millis(5_000),
+        outbound_total_limit: usize::MAX,
         app: App::Gateway(Arc::new(GatewaySettings::default())),
     };
     let shared = Arc::new(Shared::new(LimitSettings {

@@ -44,6 +44,7 @@ fn main() {
         outbound_soft_limit: 64 * 1024 * 1024,
         outbound_hard_limit: 64 * 1024 * 1024,
         close_linger: Duration::from_millis(5_000),
+        outbound_total_limit: usize::MAX,
         app: App::Conformance,
     };
     // The protocol suites open many sessions from one address in a burst.

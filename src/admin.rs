@@ -83,12 +83,18 @@ fn stats(state: &InternalState) -> Response<Body> {
     for c in &shards {
         total.add(c);
     }
+    let outbound: u64 = state
+        .stats
+        .iter()
+        .map(|s| s.gauges.outbound_queue_bytes())
+        .sum();
     json_response(
         StatusCode::OK,
         json!({
             "ingest": {"events": state.ingest.events(), "encodes": state.ingest.encodes()},
             "market": state.ingest.market_counters(),
             "total": total,
+            "outbound_queue_bytes": outbound,
             "shards": shards,
         }),
     )

@@ -108,6 +108,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_OUTBOUND_HARD_LIMIT", default_value_t = 8 * 1024 * 1024)]
     pub outbound_hard_limit: usize,
 
+    /// Outbound bytes all connections together may have queued (each counts the frames it
+    /// shares with others in full); past it the connections with the longest backlogs are
+    /// disconnected as slow consumers.
+    #[arg(long, env = "GATEWAY_OUTBOUND_TOTAL_LIMIT", default_value_t = 512 * 1024 * 1024)]
+    pub outbound_total_limit: usize,
+
     /// HS256 shared secret for client JWTs (enables private channels).
     #[arg(
         long,

@@ -94,6 +94,7 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         max_payload: config.max_payload,
         trust_proxy: proxy_trust(config)?,
         close_linger: Duration::from_millis(config.close_linger_ms),
+        outbound_total_limit: config.outbound_total_limit,
         demo_page: config.demo,
         outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),

@@ -67,6 +67,8 @@ fn one_encode_per_publish_for_every_subscriber_on_every_shard() {
         "127.0.0.1:0",
         "--shards",
         "2",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
     ]);
     let gw = Gateway::start(&config).expect("gateway starts");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -269,6 +269,7 @@ fuzz_target!(|data: &[u8]| {
         outbound_soft_limit: soft,
         outbound_hard_limit: hard,
         close_linger: Duration::from_millis(5_000),
+        outbound_total_limit: usize::MAX,
         app: if flags & 32 != 0 {
             App::Conformance
         } else {

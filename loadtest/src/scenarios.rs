@@ -462,10 +462,24 @@ pub async fn overload(a: OverloadArgs) -> Result<(RunReport, Harness), String> {
     let pub_secs = t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let seen = prober.await.unwrap_or_default();
-    // Long enough for what the server still holds to be written, or the clients told.
+    // Until what the server still holds is written (its clients caught up or told), within a
+    // minute; a server without the gauge gets the usual drain time.
     h.phase = "drain".into();
-    h.run_for(Duration::from_secs_f64(a.common.drain_secs.max(5.0)))
+    let until = Instant::now() + Duration::from_secs(60);
+    h.run_for(Duration::from_secs_f64(a.common.drain_secs))
         .await;
+    while Instant::now() < until {
+        let queued = h
+            .gateway_stats
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|v| v["outbound_queue_bytes"].as_u64());
+        if queued.is_none_or(|q| q == 0) {
+            break;
+        }
+        h.run_for(Duration::from_secs(1)).await;
+    }
     let window = h.end_window("measure");
     let last = stats.seqs.lock().unwrap().clone();
     let finals = h

@@ -32,6 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Work one loop turn does before it writes and comes back for more: so publishes, new
 /// connections and one busy client cannot starve everyone else's writes and timers.
 const PUBLISH_BUDGET: usize = 64;
+/// Deliveries a turn queues before it writes them (a batch is never split).
+const DELIVERY_BUDGET: u64 = 32 * 1024;
 const ACCEPT_BUDGET: usize = 256;
 /// Chunks read from one connection per turn.
 const READ_BUDGET: usize = 16;
@@ -328,7 +330,11 @@ impl Driver {
     /// empty, whatever overflowed it.
     fn drain_inbox(&mut self, now: Now) {
         self.drain_control(now);
+        let mut deliveries = 0;
         for _ in 0..PUBLISH_BUDGET {
+            if deliveries >= DELIVERY_BUDGET {
+                break;
+            }
             let Ok(m) = self.publish_rx.try_recv() else {
                 if let Some(overflow) = self.handle.take_overflow() {
                     tracing::warn!(
@@ -342,7 +348,7 @@ impl Driver {
                 }
                 return;
             };
-            self.engine.handle_publish(now, &m.batch, m.created);
+            deliveries += self.engine.handle_publish(now, &m.batch, m.created);
             self.apply_actions(now);
         }
         self.backlog.publishes = true;

@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub outbound_hard_limit: usize,
     /// How long a closing connection may take to accept what it is owed before it is reset.
     pub close_linger: Duration,
+    /// Outbound bytes all connections together may have queued (each shard holds its share).
+    pub outbound_total_limit: usize,
     pub app: App,
 }
 

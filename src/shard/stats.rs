@@ -26,6 +26,8 @@ pub struct Counters {
     pub tcp_refused: u64,
     /// Publish batches this shard could not queue (it was behind) and took conflated.
     pub overflowed_batches: u64,
+    /// Slow consumers dropped to keep all outbound queues together under their budget.
+    pub outbound_budget_drops: u64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +51,7 @@ pub struct ShardStats {
     linger_resets: AtomicU64,
     tcp_refused: AtomicU64,
     overflowed_batches: AtomicU64,
+    outbound_budget_drops: AtomicU64,
 }
 
 macro_rules! fields {
@@ -71,7 +74,8 @@ macro_rules! fields {
             protocol_errors,
             linger_resets,
             tcp_refused,
-            overflowed_batches
+            overflowed_batches,
+            outbound_budget_drops
         )
     };
 }

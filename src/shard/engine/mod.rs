@@ -134,6 +134,8 @@ pub struct Engine {
     last_offset: Option<Offset>,
     /// When live recovery records were last rewritten.
     last_refresh: Instant,
+    /// When the outbound queues were last added up against the budget.
+    last_budget_check: Instant,
 }
 
 impl Engine {
@@ -169,6 +171,7 @@ impl Engine {
             stopped: false,
             drain_deadline: None,
             last_refresh: now.mono,
+            last_budget_check: now.mono,
         }
     }
 
@@ -369,6 +372,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Now) {
         self.now = now;
         self.fire_timers();
+        self.enforce_outbound_budget();
         self.refresh_records();
         if self.drain_deadline.is_some() {
             self.drain_step();
@@ -415,11 +419,15 @@ impl Engine {
     // ---- the shard's inbox ----
 
     /// A published batch, already encoded.
-    pub fn handle_publish(&mut self, now: Now, batch: &[Broadcast], created: Instant) {
+    /// A published batch, already encoded. Returns how many deliveries it queued (the
+    /// driver budgets a loop turn's publishing by them).
+    pub fn handle_publish(&mut self, now: Now, batch: &[Broadcast], created: Instant) -> u64 {
         self.now = now;
         self.pending_publish = Some(self.pending_publish.map_or(created, |t| t.min(created)));
+        let before = self.counters.messages_out;
         self.publish(batch);
         self.reap();
+        self.counters.messages_out - before
     }
 
     /// What the shard's publish queue could not take while the shard was behind: newest
@@ -801,6 +809,46 @@ impl Engine {
         }
     }
 
+    /// Keeps what all of the shard's outbound queues hold under its share of
+    /// `--max-outbound-total`: past it, the sessions with the longest backlogs are dropped as
+    /// slow consumers until the total is back under nine tenths of it. Each queue stays under
+    /// the per-connection hard limit anyway; this bounds them together (checked every
+    /// `BUDGET_CHECK`, since it walks every queue).
+    fn enforce_outbound_budget(&mut self) {
+        if self.now.mono.duration_since(self.last_budget_check) < BUDGET_CHECK {
+            return;
+        }
+        self.last_budget_check = self.now.mono;
+        let budget = self.settings.outbound_total_limit / self.shard_count.max(1);
+        let mut held: Vec<(usize, SessionId)> = Vec::new();
+        let mut total = 0usize;
+        for (k, s) in self.sessions.iter().filter(|(_, s)| s.closing.is_none()) {
+            let charge = match s.transport {
+                session::Transport::WebSocket(c) => {
+                    self.conns.get(c.key()).map_or(0, |x| x.out.charge())
+                }
+                session::Transport::Polling { .. } => s.queue.charge(),
+            };
+            total += charge;
+            if charge > 0 {
+                held.push((charge, SessionId::new(k)));
+            }
+        }
+        if total <= budget {
+            return;
+        }
+        held.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let target = budget / 10 * 9;
+        for (charge, s) in held {
+            if total <= target {
+                break;
+            }
+            total -= charge;
+            self.counters.outbound_budget_drops += 1;
+            self.drop_slow_consumer(s);
+        }
+    }
+
     /// Sessions with a socket on the gateway namespace `/ws`.
     fn gateway_sessions(&self) -> Vec<SessionId> {
         self.sessions
@@ -819,6 +867,8 @@ impl Engine {
 
 /// While draining, how often the engine checks whether every queue is written.
 const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often all outbound queues are added up against the shard's budget.
+const BUDGET_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Pipelined input an HTTP connection may hold while its previous response is pending.
 const PIPELINED_INPUT: usize = 16 * 1024;
 /// Input a connection may hold without charge: beyond it (a large message on its way in) it

@@ -34,6 +34,7 @@ fn settings() -> ServerSettings {
         outbound_soft_limit: 1 << 20,
         outbound_hard_limit: 8 << 20,
         close_linger: Duration::from_millis(5_000),
+        outbound_total_limit: usize::MAX,
         app: App::Gateway(Arc::new(GatewaySettings {
             recovery: true,
             ..GatewaySettings::default()

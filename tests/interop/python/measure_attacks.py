@@ -1,0 +1,256 @@
+"""Figures for the attacks of the bounded-cost suite, against any gateway binary: for each
+attack, the gateway's RSS growth during it, what became of the attacker, and what the
+bystander (trades every 50 ms, its own address) lost and how late it got the rest. Unlike
+test_attacks.py it asserts nothing, so it also runs against older builds.
+
+    GATEWAY_BIN=target/release/maven-gateway tests/interop/python/.venv/bin/python \\
+        tests/interop/python/measure_attacks.py [attack ...]
+"""
+
+import json
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
+from gateway_harness import Gateway, http, unique_symbol  # noqa: E402
+from rawproto import Conn, OP_PING, encode_frame, ws_open, ws_open_namespace  # noqa: E402
+
+ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
+DEFAULTS = ["--max-connections-per-ip", "200", "--handshake-rate-per-ip", "20",
+            "--max-messages-per-sec", "50", "--shards", "2"]
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def send_for(sock, data, seconds):
+    sock.setblocking(False)
+    sent, view, deadline = 0, memoryview(data), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            n = sock.send(view)
+            sent += n
+            view = view[n:] if n < len(view) else memoryview(data)
+        except BlockingIOError:
+            time.sleep(0.005)
+        except OSError:
+            break
+    return sent
+
+
+class Watch:
+    def __init__(self, gw):
+        self.gw, self.stop, self.sent, self.got, self.rss_max = gw, threading.Event(), 0, [], 0
+        self.symbol = unique_symbol("BY")
+        gw.ingest({"type": "trade", "symbol": self.symbol, "data": {"seq": -1, "t": 0}})
+        self.ws, _ = ws_open_namespace(gw.port, source=BYSTANDER)
+        self.ws.send_text(f'42/ws,1["subscribe",{{"channel":"trades","symbol":"{self.symbol}"}}]')
+        self.ws.recv_eio()
+        self.rss0 = rss(gw.proc.pid)
+        for f in (self._pub, self._recv, self._rss):
+            threading.Thread(target=f, daemon=True).start()
+
+    def _pub(self):
+        while not self.stop.is_set():
+            try:
+                self.gw.ingest({"type": "trade", "symbol": self.symbol,
+                                "data": {"seq": self.sent, "t": time.time()}})
+                self.sent += 1
+            except OSError:
+                pass
+            self.stop.wait(0.05)
+
+    def _recv(self):
+        while True:
+            try:
+                text = self.ws.recv_eio(timeout=1)
+            except Exception:  # noqa: BLE001 - the end of the bystander
+                if self.stop.is_set():
+                    return
+                continue
+            if text.startswith('42/ws,["trade"'):
+                d = json.loads(text[6:])[1]["data"]
+                if d["seq"] >= 0:
+                    self.got.append((d["seq"], time.time() - d["t"]))
+
+    def _rss(self):
+        while not self.stop.is_set():
+            try:
+                self.rss_max = max(self.rss_max, rss(self.gw.proc.pid))
+            except OSError:
+                return
+            time.sleep(0.01)
+
+    def report(self, name, attacker):
+        self.stop.set()
+        time.sleep(1.5)
+        alive = self.gw.alive()
+        lost = self.sent - len({s for s, _ in self.got})
+        worst = max((lat for _, lat in self.got), default=0)
+        print(f"{name:<22} RSS +{(self.rss_max - self.rss0) / 2**20:7.1f} MiB  "
+              f"attacker: {attacker:<34} bystander: {lost} of {self.sent} lost, "
+              f"worst {worst * 1000:.0f} ms  gateway {'alive' if alive else 'DEAD'}")
+
+
+def ws_ping_flood(gw):
+    ws, _ = ws_open(gw.port, source=ATTACKER, rcvbuf=4096)
+    sent = send_for(ws.conn.sock, encode_frame(0x1, b"2") * 4000, 6)
+    return f"sent {sent / 2**20:.0f} MiB of '2' pings"
+
+
+def ws_control_ping_flood(gw):
+    ws, _ = ws_open(gw.port, source=ATTACKER, rcvbuf=4096)
+    sent = send_for(ws.conn.sock, encode_frame(OP_PING, b"p" * 125) * 200, 6)
+    return f"sent {sent / 2**20:.0f} MiB of ping frames"
+
+
+def polling_ping_bodies(gw):
+    c = Conn(gw.port, source=ATTACKER)
+    c.send(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+    sid = json.loads(c.read_response(5).body.decode()[1:])["sid"]
+    statuses = []
+    for _ in range(6):
+        body = b"\x1e".join([b"2"] * 333_333)
+        c.send(b"POST /socket.io/?EIO=4&transport=polling&sid=%s HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Length: %d\r\n\r\n" % (sid.encode(), len(body)) + body)
+        try:
+            statuses.append(c.read_response(10).status)
+        except Exception:  # noqa: BLE001
+            statuses.append("closed")
+            break
+    return f"POST answers {statuses}"
+
+
+def pipelined_health(gw):
+    c = Conn(gw.port, source=ATTACKER, rcvbuf=4096)
+    sent = send_for(c.sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000, 6)
+    return f"sent {sent // 33:,} requests"
+
+
+def tcp_connections(gw):
+    socks = []
+    for _ in range(3000):
+        s = socket.socket()
+        s.bind((ATTACKER, 0))
+        try:
+            s.connect(("127.0.0.1", gw.port))
+            socks.append(s)
+        except OSError:
+            s.close()
+    time.sleep(1)
+    held = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            held += s.recv(1) != b""
+        except BlockingIOError:
+            held += 1
+        except OSError:
+            pass
+    for s in socks:
+        s.close()
+    return f"{held} of {len(socks)} held"
+
+
+def rooms(gw):
+    ws, _ = ws_open_namespace(gw.port, source=ATTACKER)
+    for b in range(40):
+        syms = [unique_symbol("U")[:14] + f"{b:02d}{i:04d}" for i in range(1000)]
+        ws.send_text("42/ws," + json.dumps(["subscribe", {"channel": "trades", "symbols": syms}]))
+        time.sleep(0.03)
+    time.sleep(1)
+    _, raw, _ = http("GET", gw.internal_url + "/stats")
+    return f"{json.loads(raw)['total']['rooms']:,} rooms made"
+
+
+def connect_flood(gw):
+    ws, _ = ws_open(gw.port, source=ATTACKER)
+    ws.send_raw(b"".join(encode_frame(0x1, b"40/nope,") for _ in range(2000)))
+    closed, _, packets = ws.wait_closed(timeout=5)
+    return f"{len(packets)} CONNECT refusals, {'closed' if closed else 'open'}"
+
+
+def get_with_body(gw):
+    c = Conn(gw.port, source=ATTACKER)
+    inner = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    c.send(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner)
+    answers = []
+    try:
+        while True:
+            answers.append(c.read_response(2).status)
+    except Exception:  # noqa: BLE001
+        pass
+    return f"answers {answers}"
+
+
+def recovery_scan(gw):
+    """A socket in 1,024 rooms comes back over a log of 400,000 events of other rooms."""
+    syms = [unique_symbol("R")[:12] + f"{i:04d}" for i in range(1024)]
+    gw.ingest_ndjson([{"type": "trade", "symbol": s, "data": {}} for s in syms])
+    ws, _ = ws_open(gw.port, source=ATTACKER)
+    ws.send_text("40/ws,")
+    pid = json.loads(ws.recv_eio()[6:])["pid"]
+    ws.send_text("42/ws,1" + json.dumps(["subscribe", {"channel": "trades", "symbols": syms}]))
+    while not ws.recv_eio().startswith("43/ws,1"):
+        pass
+    ws.close()
+    other = unique_symbol("O")
+    for _ in range(80):
+        gw.ingest_ndjson([{"type": "trade", "symbol": other, "data": {}}] * 5000)
+    ws, _ = ws_open(gw.port, source=ATTACKER)
+    t = time.monotonic()
+    ws.send_text(f'40/ws,{{"pid":"{pid}"}}')
+    stalls = []
+    done = threading.Event()
+
+    def ingest_during():
+        while not done.is_set():
+            t0 = time.monotonic()
+            gw.ingest({"type": "trade", "symbol": other, "data": {}})
+            stalls.append(time.monotonic() - t0)
+
+    threading.Thread(target=ingest_during, daemon=True).start()
+    answer = ws.recv_eio(timeout=30)
+    took = time.monotonic() - t
+    done.set()
+    time.sleep(0.2)
+    return (f"recovered={pid in answer} in {took * 1000:.0f} ms, "
+            f"worst ingest {max(stalls, default=0) * 1000:.0f} ms")
+
+
+ATTACKS = {f.__name__: f for f in (ws_ping_flood, ws_control_ping_flood, polling_ping_bodies,
+                                   pipelined_health, tcp_connections, rooms, connect_flood,
+                                   get_with_body, recovery_scan)}
+
+
+def main(names):
+    extra = {"tcp_connections": ["--max-connections-per-ip", "10"],
+             "recovery_scan": ["--max-subscriptions", "1024"]}
+    # Builds from before the symbol rule ignore the variable.
+    env = {"recovery_scan": {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": "true"}}
+    for name in names or ATTACKS:
+        # Old builds read limits from flags only: pass the defaults, lift nothing.
+        gw = Gateway(DEFAULTS + extra.get(name, []),
+                     env=env.get(name, {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": None})).start()
+        try:
+            w = Watch(gw)
+            what = ATTACKS[name](gw)
+            time.sleep(1)
+            w.report(name, what)
+        finally:
+            gw.kill()
+
+
+if __name__ == "__main__":
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    main(sys.argv[1:])
