@@ -116,7 +116,8 @@ pub struct SocketLayer {
     refused_since: u64,
     refused: u32,
     connect_refusals: u32,
-    pending: Option<PendingConnect>,
+    /// Boxed: rare, and every session would otherwise carry its size.
+    pending: Option<Box<PendingConnect>>,
 }
 
 impl SocketLayer {
@@ -390,12 +391,12 @@ impl SocketLayer {
         if let App::Gateway(settings) = app {
             if settings.recovery && ns == GATEWAY_NAMESPACE {
                 if let Some((pid, offset)) = recovery_claim(packet.data.as_ref()) {
-                    self.pending = Some(PendingConnect {
+                    self.pending = Some(Box::new(PendingConnect {
                         namespace: ns.into_boxed_str(),
                         identity,
                         held: Vec::new(),
                         held_bytes: 0,
-                    });
+                    }));
                     out.push(Output::Restore { pid, offset });
                     return;
                 }
