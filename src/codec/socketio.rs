@@ -12,6 +12,10 @@ use thiserror::Error;
 /// gateway must not let a peer make it wait for (and buffer) millions of frames.
 pub const MAX_ATTACHMENTS: usize = 64;
 
+/// Upper bound on the bytes of all attachments of one packet together: each frame is already
+/// bounded by the maximum payload, but 64 of them held at once would be 64 times that.
+pub const MAX_ATTACHMENT_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Connect,
@@ -81,6 +85,8 @@ pub enum PacketError {
     UnexpectedAttachment,
     #[error("placeholder refers to a missing attachment")]
     BadPlaceholder,
+    #[error("attachments of one packet over {MAX_ATTACHMENT_BYTES} bytes")]
+    AttachmentsTooLarge,
 }
 
 impl Packet {
@@ -210,6 +216,7 @@ impl Packet {
 #[derive(Debug, Default)]
 pub struct BinaryAssembler {
     pending: Option<(Packet, usize)>,
+    held: usize,
 }
 
 impl BinaryAssembler {
@@ -228,6 +235,7 @@ impl BinaryAssembler {
             return Ok(Some(packet));
         }
         self.pending = Some((packet, expected));
+        self.held = 0;
         Ok(None)
     }
 
@@ -236,6 +244,10 @@ impl BinaryAssembler {
             .pending
             .take()
             .ok_or(PacketError::UnexpectedAttachment)?;
+        self.held += buf.len();
+        if self.held > MAX_ATTACHMENT_BYTES {
+            return Err(PacketError::AttachmentsTooLarge);
+        }
         packet.attachments.push(buf);
         if packet.attachments.len() < expected {
             self.pending = Some((packet, expected));
@@ -342,5 +354,24 @@ mod tests {
             asm.push(Bytes::new()),
             Err(PacketError::UnexpectedAttachment)
         );
+    }
+
+    #[test]
+    fn bounds_the_bytes_held_for_one_packet() {
+        let (p, n) = Packet::decode("53-[\"e\"]").unwrap();
+        let mut asm = BinaryAssembler::default();
+        asm.start(p, n).unwrap();
+        let half = Bytes::from(vec![0u8; MAX_ATTACHMENT_BYTES / 2]);
+        assert_eq!(asm.push(half.clone()).unwrap(), None);
+        assert_eq!(asm.push(half.clone()).unwrap(), None);
+        assert_eq!(
+            asm.push(Bytes::from_static(b"x")),
+            Err(PacketError::AttachmentsTooLarge)
+        );
+        assert!(!asm.is_waiting());
+        // The count starts again with the next packet.
+        let (p, n) = Packet::decode("51-[\"e\"]").unwrap();
+        asm.start(p, n).unwrap();
+        assert!(asm.push(half).unwrap().is_some());
     }
 }

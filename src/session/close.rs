@@ -31,6 +31,8 @@ pub enum Violation {
     NamespaceTooLong,
     /// CONNECTs refused again and again.
     ConnectFlood,
+    /// Binary attachments of one packet over their byte bound.
+    AttachmentsTooLarge,
 }
 
 impl Violation {
@@ -47,6 +49,7 @@ impl Violation {
             Violation::PingFromClient => "invalid heartbeat direction",
             Violation::NamespaceTooLong => "namespace name too long",
             Violation::ConnectFlood => "too many refused CONNECTs",
+            Violation::AttachmentsTooLarge => "binary attachments too large",
         }
     }
 }

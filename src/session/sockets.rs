@@ -3,7 +3,7 @@
 //! application. Pure: messages and the time in, outputs out.
 
 use crate::auth::Identity;
-use crate::codec::socketio::{BinaryAssembler, Kind, Packet};
+use crate::codec::socketio::{BinaryAssembler, Kind, Packet, PacketError};
 use crate::conformance;
 use crate::gateway::api::{self, Effect};
 use crate::gateway::{GatewaySettings, GatewaySocket};
@@ -244,6 +244,9 @@ impl SocketLayer {
         match self.binary.push(data) {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
+            Err(PacketError::AttachmentsTooLarge) => {
+                out.push(Output::Close(Violation::AttachmentsTooLarge))
+            }
             Err(_) => out.push(Output::Close(Violation::ParseError)),
         }
     }
