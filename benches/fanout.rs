@@ -31,6 +31,7 @@ fn engine_with_subscribers(members: usize) -> Sim {
         outbound_hard_limit: 8 << 20,
         close_linger: Duration::from_millis(5_000),
         outbound_total_limit: usize::MAX,
+        work_rate_per_ip: 1000.0,
         app: App::Gateway(Arc::new(GatewaySettings::default())),
     };
     let shared = Arc::new(Shared::new(LimitSettings {

@@ -45,6 +45,7 @@ fn main() {
         outbound_hard_limit: 64 * 1024 * 1024,
         close_linger: Duration::from_millis(5_000),
         outbound_total_limit: usize::MAX,
+        work_rate_per_ip: 1000.0,
         app: App::Conformance,
     };
     // The protocol suites open many sessions from one address in a burst.

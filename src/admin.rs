@@ -3,6 +3,7 @@
 //! from the shards.
 
 use crate::ingest::{Ingest, IngestError};
+use crate::log_rate::LogRate;
 use crate::shard::{Counters, ShardStats};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,6 +24,7 @@ pub struct InternalState {
     pub ingest: Arc<Ingest>,
     pub token: Option<String>,
     pub stats: Vec<Arc<ShardStats>>,
+    pub shared: Arc<crate::shard::Shared>,
     pub metrics: crate::metrics::Metrics,
     /// Cluster mode: ingest appends here instead of applying locally.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -95,6 +97,8 @@ fn stats(state: &InternalState) -> Response<Body> {
             "market": state.ingest.market_counters(),
             "total": total,
             "outbound_queue_bytes": outbound,
+            "input_buffered_bytes": state.shared.limits.input_buffered(),
+            "tcp_connections": state.shared.limits.tcp_total(),
             "shards": shards,
         }),
     )
@@ -164,11 +168,14 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
 
 /// Serves the internal listener until the runtime stops.
 pub async fn serve(listener: TcpListener, state: Arc<InternalState>) {
+    let mut accept_errors = LogRate::new(1000);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "internal accept failed");
+                if let Some(skipped) = accept_errors.due(crate::clock::unix_ms()) {
+                    tracing::warn!(error = %e, skipped, "internal accept failed");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

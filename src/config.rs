@@ -195,14 +195,29 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_TCP_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_tcp_connections_per_ip: usize,
 
-    /// Input one client address may have buffered beyond 64 KiB per connection (large
-    /// messages and bodies on their way in), in bytes; past it its connections wait.
+    /// Input one client address's connections may hold of messages still arriving, in
+    /// bytes; past it they are not read until some completes.
     #[arg(long, env = "GATEWAY_MAX_INPUT_PER_IP", default_value_t = 8 * 1024 * 1024)]
     pub max_input_per_ip: usize,
 
-    /// Input all clients together may have buffered beyond 64 KiB per connection, in bytes.
-    #[arg(long, env = "GATEWAY_MAX_INPUT", default_value_t = 256 * 1024 * 1024)]
+    /// The same, all clients together, in bytes (a connection holding under 4 KiB may
+    /// still read, so ordinary small messages always flow).
+    #[arg(long, env = "GATEWAY_MAX_INPUT", default_value_t = 32 * 1024 * 1024)]
     pub max_input: usize,
+
+    /// TCP connections the gateway holds at most; past it, the connection idle longest
+    /// without a request makes room, or the new one is closed. 0: the process's descriptor
+    /// limit (raised to its hard limit at start) less a reserve for the internal listener,
+    /// Redis and logs.
+    #[arg(long, env = "GATEWAY_MAX_TCP_CONNECTIONS", default_value_t = 0)]
+    pub max_tcp_connections: usize,
+
+    /// Work one client address may make the gateway do, in events per second (burst: twice
+    /// as many): an event is one client message under 4 KiB; each further 4 KiB of input, 16
+    /// rooms joined or left and 64 KiB of answers (snapshots) count as one more. Past it the
+    /// address's connections are not read until the debt is paid.
+    #[arg(long, env = "GATEWAY_WORK_RATE_PER_IP", default_value_t = 1000.0)]
+    pub work_rate_per_ip: f64,
 
     /// Rooms the gateway holds at most (each distinct channel and symbol subscribed); past
     /// it subscriptions to new rooms are refused with SUBSCRIPTION_LIMIT.

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod limits;
+pub mod log_rate;
 pub mod market;
 pub mod metrics;
 pub mod notice;

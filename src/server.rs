@@ -10,7 +10,7 @@ use crate::gateway::GatewaySettings;
 use crate::http::forwarded::ProxyTrust;
 use crate::ingest::demo::DemoMarket;
 use crate::ingest::Ingest;
-use crate::limits::LimitSettings;
+use crate::limits::{descriptors, LimitSettings};
 use crate::market::MarketSettings;
 use crate::metrics::Metrics;
 use crate::recovery::{Recovery, RecoverySettings};
@@ -65,9 +65,12 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             "orderbook depth must be at least 1".into(),
         ));
     }
-    if config.max_messages_per_sec <= 0.0 || config.handshake_rate_per_ip <= 0.0 {
+    if config.max_messages_per_sec <= 0.0
+        || config.handshake_rate_per_ip <= 0.0
+        || config.work_rate_per_ip <= 0.0
+    {
         return Err(StartError::Config(
-            "message and handshake rates must be positive".into(),
+            "message, handshake and work rates must be positive".into(),
         ));
     }
     if config.ping_interval_ms == 0 || config.ping_timeout_ms == 0 {
@@ -95,6 +98,7 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         trust_proxy: proxy_trust(config)?,
         close_linger: Duration::from_millis(config.close_linger_ms),
         outbound_total_limit: config.outbound_total_limit,
+        work_rate_per_ip: config.work_rate_per_ip,
         demo_page: config.demo,
         outbound_soft_limit: config.outbound_soft_limit,
         cors_origins: config.cors_origin.clone(),
@@ -112,6 +116,40 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             recovery: config.recovery_window_ms > 0,
         })),
     })
+}
+
+/// The TCP connection cap: as configured, or what the descriptor limit allows. A configured
+/// cap above that limit is kept, with a warning: connections past it would fail to accept.
+fn max_tcp_connections(config: &Config) -> usize {
+    let limit = match descriptors::raise_limit() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the descriptor limit");
+            None
+        }
+    };
+    let allowed = limit.map_or(usize::MAX, descriptors::tcp_cap);
+    let cap = match config.max_tcp_connections {
+        0 => allowed,
+        n => {
+            if n > allowed {
+                tracing::warn!(
+                    max_tcp_connections = n,
+                    descriptor_limit = limit,
+                    "--max-tcp-connections is above what the descriptor limit allows"
+                );
+            }
+            n
+        }
+    };
+    if config.max_connections > cap {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            max_tcp_connections = cap,
+            "--max-connections is above the TCP connection cap; raise the descriptor limit"
+        );
+    }
+    cap
 }
 
 fn proxy_trust(config: &Config) -> Result<Option<ProxyTrust>, StartError> {
@@ -180,6 +218,7 @@ impl Gateway {
             max_input_per_ip: config.max_input_per_ip,
             max_input: config.max_input,
             max_rooms: config.max_rooms,
+            max_tcp: max_tcp_connections(config),
         });
         let (store_tx, store_rx) = tokio::sync::mpsc::unbounded_channel();
         let recovery_settings = RecoverySettings {
@@ -275,6 +314,7 @@ impl Gateway {
             ingest: ingest.clone(),
             token: config.ingest_token.clone(),
             stats: reactor.stats.clone(),
+            shared: shared.clone(),
             metrics: Metrics::new(
                 reactor.stats.clone(),
                 shared.clone(),

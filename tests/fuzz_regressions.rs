@@ -375,14 +375,19 @@ fn socket_layer_refuses_protocol_abuse_cleanly() {
         let mut layer = SocketLayer::default();
         let out = text(&mut layer, &app, "0/ws,", 0);
         assert!(!out.is_empty());
-        // A text packet while attachments are pending.
+        // A text packet while attachments are pending (the gateway has answered the binary
+        // packet already, and drops its attachments as they come; the conformance server
+        // waits for them).
         let out = text(
             &mut layer,
             &app,
             r#"52-["message",{"_placeholder":true,"num":1}]"#,
             0,
         );
-        assert!(out.is_empty());
+        match app {
+            App::Gateway(_) => assert!(!out.is_empty()),
+            App::Conformance => assert!(out.is_empty()),
+        }
         let out = text(&mut layer, &app, "2[\"x\"]", 0);
         assert!(matches!(out[..], [Output::Close(_)]), "{out:?}");
         // More attachments than the limit.

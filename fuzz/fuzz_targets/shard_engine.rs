@@ -270,6 +270,7 @@ fuzz_target!(|data: &[u8]| {
         outbound_hard_limit: hard,
         close_linger: Duration::from_millis(5_000),
         outbound_total_limit: usize::MAX,
+        work_rate_per_ip: 1000.0,
         app: if flags & 32 != 0 {
             App::Conformance
         } else {

@@ -111,6 +111,13 @@ impl Packet {
     /// Decodes the text part of a packet. Binary kinds then expect `attachments_expected()`
     /// binary messages, fed to a [`BinaryAssembler`].
     pub fn decode(raw: &str) -> Result<(Packet, usize), PacketError> {
+        Packet::decode_head(raw)?.decode()
+    }
+
+    /// Decodes a packet's type, attachment count, namespace and ack id, leaving its JSON
+    /// undecoded: decoding takes many times the JSON's size in memory, and a receiver may
+    /// refuse a packet by its size first.
+    pub fn decode_head(raw: &str) -> Result<Head<'_>, PacketError> {
         let bytes = raw.as_bytes();
         let kind = Kind::from_digit(*bytes.first().ok_or(PacketError::Empty)?)
             .ok_or(PacketError::UnknownType)?;
@@ -151,13 +158,43 @@ impl Packet {
         } else {
             None
         };
-        let data = if pos < bytes.len() {
+        Ok(Head {
+            kind,
+            attachments,
+            namespace,
+            id,
+            json: &raw[pos..],
+        })
+    }
+}
+
+/// A packet with its JSON not decoded yet (see [`Packet::decode_head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head<'a> {
+    pub kind: Kind,
+    pub attachments: usize,
+    pub namespace: String,
+    pub id: Option<u64>,
+    pub json: &'a str,
+}
+
+impl Head<'_> {
+    /// Decodes the JSON and checks it fits the packet type.
+    pub fn decode(self) -> Result<(Packet, usize), PacketError> {
+        let Head {
+            kind,
+            attachments,
+            namespace,
+            id,
+            json,
+        } = self;
+        let data = if json.is_empty() {
+            None
+        } else {
             Some(
-                serde_json::from_str::<Value>(&raw[pos..])
+                serde_json::from_str::<Value>(json)
                     .map_err(|e| PacketError::BadJson(e.to_string()))?,
             )
-        } else {
-            None
         };
         let valid = match kind {
             Kind::Connect => matches!(data, None | Some(Value::Object(_))),
@@ -181,7 +218,9 @@ impl Packet {
             attachments,
         ))
     }
+}
 
+impl Packet {
     /// Appends the text form of the packet (without the Engine.IO type digit).
     pub fn encode(&self, dst: &mut BytesMut) {
         let kind = match (self.kind, self.attachments.is_empty()) {
@@ -217,11 +256,19 @@ impl Packet {
 pub struct BinaryAssembler {
     pending: Option<(Packet, usize)>,
     held: usize,
+    /// Attachments still to come of a packet answered without them.
+    discarding: usize,
 }
 
 impl BinaryAssembler {
     pub fn is_waiting(&self) -> bool {
-        self.pending.is_some()
+        self.pending.is_some() || self.discarding > 0
+    }
+
+    /// The packet whose header was just decoded is handled without its `count` attachments:
+    /// they are dropped as they arrive.
+    pub fn discard(&mut self, count: usize) {
+        self.discarding = count;
     }
 
     /// Takes a freshly decoded packet; returns it at once when it needs no attachments.
@@ -240,6 +287,10 @@ impl BinaryAssembler {
     }
 
     pub fn push(&mut self, buf: Bytes) -> Result<Option<Packet>, PacketError> {
+        if self.discarding > 0 {
+            self.discarding -= 1;
+            return Ok(None);
+        }
         let (mut packet, expected) = self
             .pending
             .take()
@@ -373,5 +424,19 @@ mod tests {
         let (p, n) = Packet::decode("51-[\"e\"]").unwrap();
         asm.start(p, n).unwrap();
         assert!(asm.push(half).unwrap().is_some());
+    }
+
+    #[test]
+    fn drops_the_attachments_of_a_packet_answered_without_them() {
+        let mut asm = BinaryAssembler::default();
+        asm.discard(2);
+        assert!(asm.is_waiting());
+        assert_eq!(asm.push(Bytes::from_static(b"a")).unwrap(), None);
+        assert_eq!(asm.push(Bytes::from_static(b"b")).unwrap(), None);
+        assert!(!asm.is_waiting());
+        assert_eq!(
+            asm.push(Bytes::new()),
+            Err(PacketError::UnexpectedAttachment)
+        );
     }
 }

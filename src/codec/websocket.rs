@@ -258,6 +258,11 @@ impl MessageAssembler {
         self.partial.is_none()
     }
 
+    /// Bytes held for a fragmented message still arriving.
+    pub fn held(&self) -> usize {
+        self.partial.as_ref().map_or(0, |(_, b)| b.capacity())
+    }
+
     /// Feeds one frame; returns a message when one is complete.
     pub fn push(
         &mut self,

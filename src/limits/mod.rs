@@ -3,6 +3,8 @@
 //! message rates live with each session (`bucket`).
 
 pub mod bucket;
+pub mod cost;
+pub mod descriptors;
 
 use bucket::TokenBucket;
 use parking_lot::Mutex;
@@ -20,9 +22,13 @@ pub struct LimitSettings {
     pub handshake_burst_per_ip: f64,
     /// TCP connections one address may hold, whatever they carry.
     pub max_tcp_per_ip: usize,
-    /// Input one address may have buffered beyond the free allowance per connection.
+    /// TCP connections the gateway holds at most (below its descriptor limit, so the
+    /// internal listener, Redis and the log always have descriptors).
+    pub max_tcp: usize,
+    /// Input one address's connections may hold buffered (partial messages).
     pub max_input_per_ip: usize,
-    /// The same, all addresses together.
+    /// The same, all addresses together (connections holding less than `SMALL_INPUT` may
+    /// read past it).
     pub max_input: usize,
     /// Rooms all shards together hold at most.
     pub max_rooms: usize,
@@ -37,8 +43,9 @@ impl Default for LimitSettings {
             handshakes_per_sec_per_ip: 20.0,
             handshake_burst_per_ip: 40.0,
             max_tcp_per_ip: 408,
+            max_tcp: 100_000,
             max_input_per_ip: 8 << 20,
-            max_input: 256 << 20,
+            max_input: 32 << 20,
             max_rooms: 100_000,
         }
     }
@@ -54,22 +61,25 @@ pub enum Refusal {
     MaxConnectionsPerUser,
     /// A TCP connection over the per-address cap, closed as it is accepted.
     TcpConnectionsPerIp,
+    /// A TCP connection over the gateway's cap, closed as it is accepted.
+    TcpConnections,
     /// The gateway is draining for a restart.
     Draining,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::MaxConnections,
         Refusal::MaxConnectionsPerIp,
         Refusal::HandshakeRate,
         Refusal::MaxConnectionsPerUser,
         Refusal::TcpConnectionsPerIp,
+        Refusal::TcpConnections,
     ];
 
     pub fn status(self) -> u16 {
         match self {
-            Refusal::MaxConnections | Refusal::Draining => 503,
+            Refusal::MaxConnections | Refusal::TcpConnections | Refusal::Draining => 503,
             Refusal::MaxConnectionsPerIp
             | Refusal::HandshakeRate
             | Refusal::MaxConnectionsPerUser
@@ -84,6 +94,7 @@ impl Refusal {
             Refusal::HandshakeRate => "HANDSHAKE_RATE",
             Refusal::MaxConnectionsPerUser => "CONNECTION_LIMIT",
             Refusal::TcpConnectionsPerIp => "TCP_CONNECTIONS_PER_IP",
+            Refusal::TcpConnections => "TCP_CONNECTIONS",
             Refusal::Draining => "DRAINING",
         }
     }
@@ -95,8 +106,31 @@ impl Refusal {
             Refusal::HandshakeRate => "too many handshakes from this address; slow down",
             Refusal::MaxConnectionsPerUser => "too many connections for this user",
             Refusal::TcpConnectionsPerIp => "too many TCP connections from this address",
+            Refusal::TcpConnections => "the gateway is at its TCP connection capacity",
             Refusal::Draining => "the gateway is restarting; reconnect shortly",
         }
+    }
+}
+
+/// Input a connection may hold whatever the gateway's input budget: ordinary messages keep
+/// flowing while large ones on their way in have used the budget up.
+pub const SMALL_INPUT: usize = 4096;
+
+/// One address's buffered input. Each connection holds its address's account, so charging
+/// and checking it on every read takes no lock.
+#[derive(Debug, Clone, Default)]
+pub struct InputAccount(Option<Arc<AtomicUsize>>);
+
+impl InputAccount {
+    /// An account charged to no address (a trusted proxy's connection before a request
+    /// names its client): only the gateway's budget applies.
+    pub fn unattributed() -> InputAccount {
+        InputAccount(None)
+    }
+
+    /// Input buffered by this account's address (0 when unattributed).
+    pub fn held(&self) -> usize {
+        self.0.as_ref().map_or(0, |a| a.load(Ordering::Relaxed))
     }
 }
 
@@ -105,8 +139,8 @@ struct IpEntry {
     /// Engine.IO sessions.
     connections: usize,
     tcp: usize,
-    /// Buffered input charged to this address.
-    input: usize,
+    /// Buffered input charged to this address, shared with its connections.
+    input: Arc<AtomicUsize>,
     handshakes: TokenBucket,
     recoveries: TokenBucket,
 }
@@ -115,7 +149,8 @@ impl IpEntry {
     fn holds_nothing(&self, now_ms: u64) -> bool {
         self.connections == 0
             && self.tcp == 0
-            && self.input == 0
+            && Arc::strong_count(&self.input) == 1
+            && self.input.load(Ordering::Relaxed) == 0
             && self.handshakes.is_full(now_ms)
             && self.recoveries.is_full(now_ms)
     }
@@ -128,8 +163,9 @@ const SWEEP_EVERY_MS: u64 = 10_000;
 pub struct Limits {
     settings: LimitSettings,
     /// Refusals by reason, in `Refusal::ALL` order.
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; 6],
     total: AtomicUsize,
+    tcp: AtomicUsize,
     input: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, IpEntry>>,
     per_user: Mutex<HashMap<Arc<str>, usize>>,
@@ -143,6 +179,7 @@ impl Limits {
             settings,
             refused: Default::default(),
             total: AtomicUsize::new(0),
+            tcp: AtomicUsize::new(0),
             input: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
@@ -156,7 +193,7 @@ impl Limits {
     }
 
     /// Refusals so far, by reason.
-    pub fn refusals(&self) -> [(Refusal, u64); 5] {
+    pub fn refusals(&self) -> [(Refusal, u64); 6] {
         std::array::from_fn(|i| (Refusal::ALL[i], self.refused[i].load(Ordering::Relaxed)))
     }
 
@@ -176,7 +213,7 @@ impl Limits {
         per_ip.entry(ip).or_insert_with(|| IpEntry {
             connections: 0,
             tcp: 0,
-            input: 0,
+            input: Arc::default(),
             handshakes: TokenBucket::new(
                 s.handshakes_per_sec_per_ip,
                 s.handshake_burst_per_ip,
@@ -233,49 +270,90 @@ impl Limits {
         }
     }
 
-    /// Counts a TCP connection from `ip` as it is accepted, unless the address holds its cap.
-    pub fn admit_tcp(&self, ip: IpAddr, now_ms: u64) -> bool {
+    /// Counts a TCP connection as it is accepted, against the gateway's cap and, given its
+    /// address (none for a trusted proxy), against that address's, or says which is full.
+    /// `making_room`: the caller closes another connection right after, so the gateway's cap
+    /// may be passed by one meanwhile.
+    pub fn admit_tcp(
+        &self,
+        ip: Option<IpAddr>,
+        now_ms: u64,
+        making_room: bool,
+    ) -> Result<(), Refusal> {
+        let cap = self.settings.max_tcp + usize::from(making_room);
+        if self.tcp.fetch_add(1, Ordering::Relaxed) >= cap {
+            self.tcp.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::TcpConnections);
+        }
+        let Some(ip) = ip else {
+            return Ok(());
+        };
         let mut per_ip = self.per_ip.lock();
         let entry = self.entry(&mut per_ip, ip, now_ms);
         if entry.tcp >= self.settings.max_tcp_per_ip {
             drop(per_ip);
-            self.count(Refusal::TcpConnectionsPerIp);
-            return false;
+            self.tcp.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::TcpConnectionsPerIp);
         }
         entry.tcp += 1;
-        true
+        Ok(())
     }
 
-    pub fn release_tcp(&self, ip: IpAddr) {
+    /// Counts a refusal of `admit_tcp` that stands (the caller found no room to make).
+    pub fn refused_tcp(&self, r: Refusal) {
+        self.count(r);
+    }
+
+    pub fn release_tcp(&self, ip: Option<IpAddr>) {
+        self.tcp.fetch_sub(1, Ordering::Relaxed);
+        let Some(ip) = ip else {
+            return;
+        };
         if let Some(e) = self.per_ip.lock().get_mut(&ip) {
             e.tcp = e.tcp.saturating_sub(1);
         }
     }
 
-    /// Whether `ip` may buffer more input beyond the free allowance: its own budget and the
-    /// gateway's both have room.
-    pub fn input_available(&self, ip: IpAddr) -> bool {
-        if self.input.load(Ordering::Relaxed) >= self.settings.max_input {
-            return false;
-        }
-        self.per_ip
-            .lock()
-            .get(&ip)
-            .is_none_or(|e| e.input < self.settings.max_input_per_ip)
+    /// TCP connections held, all addresses together.
+    pub fn tcp_total(&self) -> usize {
+        self.tcp.load(Ordering::Relaxed)
     }
 
-    /// Moves `ip`'s buffered-input charge from `from` to `to` bytes.
-    pub fn recharge_input(&self, ip: IpAddr, from: usize, to: usize, now_ms: u64) {
-        if from == to {
-            return;
-        }
+    /// The input account of `ip`, for a connection to hold.
+    pub fn input_account(&self, ip: IpAddr, now_ms: u64) -> InputAccount {
         let mut per_ip = self.per_ip.lock();
-        let entry = self.entry(&mut per_ip, ip, now_ms);
-        entry.input = (entry.input + to).saturating_sub(from);
+        InputAccount(Some(self.entry(&mut per_ip, ip, now_ms).input.clone()))
+    }
+
+    /// How many more bytes a connection holding `held` and charging `account` may read now:
+    /// what is left of its address's budget, and of the gateway's (or, when that is spent,
+    /// up to `SMALL_INPUT`).
+    pub fn input_allowance(&self, account: &InputAccount, held: usize) -> usize {
+        let own = account.0.as_ref().map_or(usize::MAX, |a| {
+            self.settings
+                .max_input_per_ip
+                .saturating_sub(a.load(Ordering::Relaxed))
+        });
+        let all = self
+            .settings
+            .max_input
+            .saturating_sub(self.input.load(Ordering::Relaxed))
+            .max(SMALL_INPUT.saturating_sub(held));
+        own.min(all)
+    }
+
+    /// Moves a connection's input charge from `from` to `to` bytes.
+    pub fn recharge_input(&self, account: &InputAccount, from: usize, to: usize) {
         if to > from {
             self.input.fetch_add(to - from, Ordering::Relaxed);
-        } else {
+            if let Some(a) = &account.0 {
+                a.fetch_add(to - from, Ordering::Relaxed);
+            }
+        } else if from > to {
             self.input.fetch_sub(from - to, Ordering::Relaxed);
+            if let Some(a) = &account.0 {
+                a.fetch_sub(from - to, Ordering::Relaxed);
+            }
         }
     }
 
@@ -393,24 +471,55 @@ mod tests {
     fn tcp_connections_and_input_per_address() {
         let l = Limits::new(LimitSettings {
             max_tcp_per_ip: 2,
-            max_input_per_ip: 100,
-            max_input: 150,
+            max_input_per_ip: 10_000,
+            max_input: 15_000,
             ..Default::default()
         });
-        assert!(l.admit_tcp(ip(1), 0) && l.admit_tcp(ip(1), 0));
-        assert!(!l.admit_tcp(ip(1), 0));
-        assert!(l.admit_tcp(ip(2), 0));
-        l.release_tcp(ip(1));
-        assert!(l.admit_tcp(ip(1), 0));
+        let one = Some(ip(1));
+        assert!(l.admit_tcp(one, 0, false).is_ok() && l.admit_tcp(one, 0, false).is_ok());
+        assert_eq!(
+            l.admit_tcp(one, 0, false),
+            Err(Refusal::TcpConnectionsPerIp)
+        );
+        l.refused_tcp(Refusal::TcpConnectionsPerIp);
+        assert!(l.admit_tcp(Some(ip(2)), 0, false).is_ok());
+        l.release_tcp(one);
+        assert!(l.admit_tcp(one, 0, false).is_ok());
         assert_eq!(l.refusals()[4], (Refusal::TcpConnectionsPerIp, 1));
-        l.recharge_input(ip(1), 0, 100, 0);
-        assert!(!l.input_available(ip(1)), "its own budget is full");
-        assert!(l.input_available(ip(2)));
-        l.recharge_input(ip(2), 0, 60, 0);
-        assert!(!l.input_available(ip(3)), "the gateway's budget is full");
-        l.recharge_input(ip(1), 100, 10, 0);
-        assert!(l.input_available(ip(1)) && l.input_available(ip(3)));
-        assert_eq!(l.input_buffered(), 70);
+        assert_eq!(l.tcp_total(), 3);
+        let (a1, a2) = (l.input_account(ip(1), 0), l.input_account(ip(2), 0));
+        l.recharge_input(&a1, 0, 10_000);
+        assert_eq!(l.input_allowance(&a1, 10_000), 0, "its own budget is spent");
+        assert_eq!(l.input_allowance(&a2, 0), 5_000);
+        l.recharge_input(&a2, 0, 6_000);
+        let a3 = l.input_account(ip(3), 0);
+        assert_eq!(
+            l.input_allowance(&a3, 0),
+            SMALL_INPUT,
+            "the gateway's budget is spent: small messages still flow"
+        );
+        assert_eq!(l.input_allowance(&a3, SMALL_INPUT), 0);
+        l.recharge_input(&a1, 10_000, 1_000);
+        assert_eq!(l.input_allowance(&a1, 1_000), 8_000);
+        assert_eq!(l.input_allowance(&InputAccount::unattributed(), 0), 8_000);
+        assert_eq!(l.input_buffered(), 7_000);
+    }
+
+    #[test]
+    fn the_gateway_caps_tcp_connections_of_every_address_and_proxy() {
+        let l = Limits::new(LimitSettings {
+            max_tcp: 2,
+            ..Default::default()
+        });
+        assert!(l.admit_tcp(None, 0, false).is_ok());
+        assert!(l.admit_tcp(Some(ip(1)), 0, false).is_ok());
+        assert_eq!(
+            l.admit_tcp(Some(ip(2)), 0, false),
+            Err(Refusal::TcpConnections)
+        );
+        assert_eq!(l.tcp_connections(ip(2)), 0, "a refused one is not counted");
+        l.release_tcp(None);
+        assert!(l.admit_tcp(Some(ip(2)), 0, false).is_ok());
     }
 
     #[test]

@@ -194,6 +194,37 @@ impl Collector for GatewayCollector {
             "Connections closed for protocol errors, by shard",
             per_shard(&counters, |c| ConstCounter::new(c.protocol_errors)),
         )?;
+        let mut total = Counters::default();
+        for c in &counters {
+            total.add(c);
+        }
+        let limit_actions = [
+            ("tcp_refused", total.tcp_refused),
+            ("idle_evicted", total.idle_evictions),
+            ("input_timeout", total.input_timeouts),
+            ("work_paused", total.work_pauses),
+            ("linger_reset", total.linger_resets),
+            ("outbound_budget_drop", total.outbound_budget_drops),
+            ("publish_overflow", total.overflowed_batches),
+        ]
+        .into_iter()
+        .map(|(k, n)| (vec![("action", k.to_owned())], ConstCounter::new(n)))
+        .collect();
+        family(
+            &mut enc,
+            "gateway_client_limit_actions",
+            "What the per-client bounds did: connections refused, evicted, timed out or reset, addresses paused for their work, slow consumers dropped for the total budget, publish batches that overflowed a shard",
+            limit_actions,
+        )?;
+        family(
+            &mut enc,
+            "gateway_input_buffered_bytes",
+            "Bytes of client messages still arriving, held by all connections",
+            vec![(
+                Labels::new(),
+                ConstGauge::new(self.shared.limits.input_buffered() as i64),
+            )],
+        )?;
         family(
             &mut enc,
             "gateway_outbound_queue_bytes",

@@ -33,6 +33,8 @@ pub enum Violation {
     ConnectFlood,
     /// Binary attachments of one packet over their byte bound.
     AttachmentsTooLarge,
+    /// A packet other than an event over the size the gateway's API takes.
+    PacketTooLarge,
 }
 
 impl Violation {
@@ -50,6 +52,7 @@ impl Violation {
             Violation::NamespaceTooLong => "namespace name too long",
             Violation::ConnectFlood => "too many refused CONNECTs",
             Violation::AttachmentsTooLarge => "binary attachments too large",
+            Violation::PacketTooLarge => "packet too large",
         }
     }
 }

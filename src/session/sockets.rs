@@ -3,11 +3,12 @@
 //! application. Pure: messages and the time in, outputs out.
 
 use crate::auth::Identity;
-use crate::codec::socketio::{BinaryAssembler, Kind, Packet, PacketError};
+use crate::codec::socketio::{BinaryAssembler, Head, Kind, Packet, PacketError};
 use crate::conformance;
 use crate::gateway::api::{self, Effect};
 use crate::gateway::{GatewaySettings, GatewaySocket};
 use crate::limits::bucket::TokenBucket;
+use crate::limits::cost;
 use crate::notice::{self, ApiError, ConnectRefusal, ErrorCode};
 use crate::recovery::{Offset, Restored};
 use crate::session::sid::new_socket_id;
@@ -72,10 +73,14 @@ const ABUSE_FACTOR: f64 = 10.0;
 /// Longest namespace name taken; a longer one ends the session (the gateway serves `/` and
 /// `/ws`, so no real client comes near it).
 const MAX_NAMESPACE: usize = 128;
+/// Largest JSON a gateway packet may carry. The API's largest request (a subscribe naming a
+/// thousand symbols) is a few tens of KiB, and decoding takes many times the size in memory.
+const MAX_API_JSON: usize = 64 * 1024;
 /// Refused CONNECTs (bad namespace, token or cap) one session may send before it is closed.
 const MAX_REFUSED_CONNECTS: u32 = 10;
-/// Input a session may send while a CONNECT waits for its recovery lookup.
-const MAX_HELD_BYTES: usize = 64 * 1024;
+/// Input a session may send while a CONNECT waits for its recovery lookup (the official
+/// client sends nothing before the answer).
+const MAX_HELD_BYTES: usize = 16 * 1024;
 
 /// Whether a client packet fits the connection's event rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,11 +106,18 @@ pub struct NsSocket {
 struct PendingConnect {
     namespace: Box<str>,
     identity: Option<Identity>,
-    /// Packets for the namespace that arrived while its CONNECT waited (a client need not
-    /// wait for the answer): handled, in order, once the socket exists.
-    held: Vec<Packet>,
-    /// Input taken while waiting, text and attachments: bounded by `MAX_HELD_BYTES`.
+    /// Messages that arrived while the CONNECT waited (a client need not wait for the
+    /// answer), kept as they came, not decoded (a decoded packet can take many times its
+    /// size): handled, in order, once the socket exists.
+    held: Vec<HeldInput>,
+    /// Bytes of `held`: bounded by `MAX_HELD_BYTES`.
     held_bytes: usize,
+}
+
+#[derive(Debug)]
+enum HeldInput {
+    Text(Box<str>),
+    Binary(bytes::Bytes),
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +125,8 @@ pub struct SocketLayer {
     pub sockets: SmallVec<[NsSocket; 1]>,
     binary: BinaryAssembler,
     bucket: Option<TokenBucket>,
+    /// Size of the packet being handled, text and attachments (its cost grows with it).
+    input_bytes: usize,
     refused_since: u64,
     refused: u32,
     connect_refusals: u32,
@@ -168,22 +182,29 @@ impl SocketLayer {
                 ctx.now_ms,
                 out,
             );
-            for packet in p.held {
-                self.on_packet(app, packet, ctx, out);
+            for input in p.held {
+                match input {
+                    HeldInput::Text(t) => self.on_text(app, &t, ctx, out),
+                    HeldInput::Binary(b) => self.on_binary(app, b, ctx, out),
+                }
             }
         }
     }
 
-    /// Counts input taken while a CONNECT waits; false (and the session closes) past the
-    /// bound, since none of it can be handled yet.
-    fn hold_input(&mut self, bytes: usize, out: &mut Vec<Output>) -> bool {
+    /// Keeps a message that arrived while a CONNECT waits; false when there is no such
+    /// wait. Past the bound the session closes, since none of it can be handled yet.
+    fn hold(&mut self, input: HeldInput, out: &mut Vec<Output>) -> bool {
         let Some(p) = self.pending.as_mut() else {
-            return true;
+            return false;
         };
-        p.held_bytes += bytes;
+        p.held_bytes += match &input {
+            HeldInput::Text(t) => t.len(),
+            HeldInput::Binary(b) => b.len(),
+        };
         if p.held_bytes > MAX_HELD_BYTES {
             out.push(Output::Close(Violation::EventFlood));
-            return false;
+        } else {
+            p.held.push(input);
         }
         true
     }
@@ -213,18 +234,35 @@ impl SocketLayer {
     }
 
     pub fn on_text(&mut self, app: &App, text: &str, ctx: &mut Ctx<'_>, out: &mut Vec<Output>) {
-        if !self.hold_input(text.len(), out) {
+        if self.pending.is_some() && self.hold(HeldInput::Text(text.into()), out) {
             return;
         }
         if self.binary.is_waiting() {
             out.push(Output::Close(Violation::TextDuringAttachments));
             return;
         }
-        let (packet, attachments) = match Packet::decode(text) {
+        let head = match Packet::decode_head(text) {
+            Ok(h) => h,
+            Err(_) => return out.push(Output::Close(Violation::ParseError)),
+        };
+        self.input_bytes = text.len();
+        if matches!(app, App::Gateway(_)) && head.json.len() > MAX_API_JSON {
+            return self.refuse_oversized(app, head, ctx, out);
+        }
+        let (packet, attachments) = match head.decode() {
             Ok(p) => p,
             Err(_) => return out.push(Output::Close(Violation::ParseError)),
         };
-        match self.binary.start(packet, attachments) {
+        // The gateway API takes no binary data: the packet is answered now and its
+        // attachments are dropped as they come, so nothing waits for them.
+        let started = match app {
+            App::Gateway(_) if attachments > 0 => {
+                self.binary.discard(attachments);
+                Ok(Some(packet))
+            }
+            _ => self.binary.start(packet, attachments),
+        };
+        match started {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
             Err(_) => out.push(Output::Close(Violation::ParseError)),
@@ -238,9 +276,10 @@ impl SocketLayer {
         ctx: &mut Ctx<'_>,
         out: &mut Vec<Output>,
     ) {
-        if !self.hold_input(data.len(), out) {
+        if self.pending.is_some() && self.hold(HeldInput::Binary(data.clone()), out) {
             return;
         }
+        self.input_bytes += data.len();
         match self.binary.push(data) {
             Ok(Some(p)) => self.on_packet(app, p, ctx, out),
             Ok(None) => {}
@@ -248,6 +287,48 @@ impl SocketLayer {
                 out.push(Output::Close(Violation::AttachmentsTooLarge))
             }
             Err(_) => out.push(Output::Close(Violation::ParseError)),
+        }
+    }
+
+    /// A gateway packet whose JSON is over `MAX_API_JSON`, refused without decoding it: an
+    /// event is answered `BAD_REQUEST` (charged like any event of its size), anything else
+    /// ends the session.
+    fn refuse_oversized(
+        &mut self,
+        app: &App,
+        head: Head<'_>,
+        ctx: &mut Ctx<'_>,
+        out: &mut Vec<Output>,
+    ) {
+        if head.attachments > 0 {
+            self.binary.discard(head.attachments);
+        }
+        let index = self
+            .sockets
+            .iter()
+            .position(|s| *s.namespace == *head.namespace);
+        let (Kind::Event | Kind::BinaryEvent, Some(i)) = (head.kind, index) else {
+            return out.push(Output::Close(Violation::PacketTooLarge));
+        };
+        let size = head.json.len();
+        let packet = Packet {
+            kind: head.kind,
+            namespace: head.namespace,
+            id: head.id,
+            data: None,
+            attachments: Vec::new(),
+        };
+        if self.admit_event(app, i, &packet, ctx.now_ms, out) {
+            let error = ApiError::new(
+                ErrorCode::BadRequest,
+                format!("an event of {size} bytes; the gateway takes at most {MAX_API_JSON}"),
+            );
+            out.push(Output::Send(notice::api_error(
+                &packet.namespace,
+                packet.id,
+                &error,
+                Value::Null,
+            )));
         }
     }
 
@@ -260,16 +341,6 @@ impl SocketLayer {
             .sockets
             .iter()
             .position(|s| *s.namespace == *packet.namespace);
-        let pending = self
-            .pending
-            .as_mut()
-            .filter(|p| *p.namespace == *packet.namespace);
-        if let Some(p) = pending {
-            if packet.kind == Kind::Connect {
-                return out.push(Output::Close(Violation::SecondConnect));
-            }
-            return p.held.push(packet);
-        }
         match (packet.kind, index) {
             (Kind::Connect, None) => match self.take_token(app, ctx.now_ms, out) {
                 Admit::Yes => self.connect(app, packet, ctx, out),
@@ -294,7 +365,15 @@ impl SocketLayer {
             }
             (Kind::Event | Kind::BinaryEvent, Some(i)) => {
                 if self.admit_event(app, i, &packet, ctx.now_ms, out) {
-                    self.event(app, i, packet, ctx, out)
+                    let before = out.len();
+                    self.event(app, i, packet, ctx, out);
+                    let rooms = out[before..]
+                        .iter()
+                        .filter(|o| matches!(o, Output::Join(_) | Output::Leave(_)))
+                        .count();
+                    if let Some(bucket) = self.bucket.as_mut() {
+                        bucket.charge(cost::event_surcharge(0, rooms), ctx.now_ms);
+                    }
                 }
             }
             // Acks answer server emits with an ack; the gateway never asks for one.
@@ -313,6 +392,7 @@ impl SocketLayer {
             TokenBucket::new(settings.message_rate, settings.message_burst, now_ms)
         });
         if bucket.take(now_ms) {
+            bucket.charge(cost::event_surcharge(self.input_bytes, 0), now_ms);
             return Admit::Yes;
         }
         if now_ms.saturating_sub(self.refused_since) > ABUSE_WINDOW_MS {
@@ -483,7 +563,7 @@ impl SocketLayer {
                     Some(Value::String(s)) => s.clone(),
                     _ => return,
                 };
-                let refusal = if !packet.attachments.is_empty() {
+                let refusal = if packet.kind == Kind::BinaryEvent {
                     Some("binary payloads are not supported by the gateway API")
                 } else if ns != GATEWAY_NAMESPACE {
                     Some("the gateway API is on namespace /ws")

@@ -17,8 +17,10 @@ use super::handle::{PublishMsg, ShardHandle, ShardMsg};
 use super::stats::{Latency, ShardStats};
 use super::Shared;
 use crate::clock::unix_ms;
+use crate::log_rate::LogRate;
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
+use indexmap::IndexSet;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, IoSlice, Read, Write};
@@ -56,8 +58,10 @@ pub(super) struct Driver {
     pub sockets: Vec<Option<TcpStream>>,
     /// Connections whose reading the engine paused, to read again once it wants to (with
     /// edge-triggered readiness, input that arrived meanwhile is not reported again).
-    pub paused: Vec<ConnId>,
+    pub paused: IndexSet<ConnId>,
     pub scratch: Box<[u8]>,
+    /// Accept failures are logged at most once a second (a descriptor shortage repeats them).
+    pub accept_errors: LogRate,
     pub latency: Latency,
     pub last_gauges: Instant,
     pub outbound_bytes: u64,
@@ -71,7 +75,7 @@ pub struct Backlog {
     publishes: bool,
     accepts: bool,
     /// Connections with input still to read.
-    reads: Vec<ConnId>,
+    reads: IndexSet<ConnId>,
 }
 
 impl Backlog {
@@ -110,8 +114,9 @@ impl Driver {
             stats,
             engine,
             sockets: Vec::new(),
-            paused: Vec::new(),
+            paused: IndexSet::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            accept_errors: LogRate::new(1000),
             latency: Latency::default(),
             last_gauges: Instant::now(),
             outbound_bytes: 0,
@@ -197,7 +202,9 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors and the like: keep serving the connections we have.
-                    tracing::warn!(shard = self.id, error = %e, "accept failed");
+                    if let Some(skipped) = self.accept_errors.due(now.unix_ms) {
+                        tracing::warn!(shard = self.id, error = %e, skipped, "accept failed");
+                    }
                     return;
                 }
             }
@@ -242,16 +249,18 @@ impl Driver {
     /// since edge-triggered readiness will not report it again.
     fn read(&mut self, now: Now, c: ConnId, peer_closed: bool) {
         for _ in 0..READ_BUDGET {
-            if !self.engine.wants_read(c) {
-                if self.engine.holds(c) && !self.paused.contains(&c) {
-                    self.paused.push(c);
+            // Never more than the input budgets have room for.
+            let allowed = self.engine.read_allowance(c).min(self.scratch.len());
+            if allowed == 0 {
+                if self.engine.holds(c) {
+                    self.paused.insert(c);
                 }
                 return;
             }
             let Some(sock) = self.sockets.get_mut(c.token()).and_then(Option::as_mut) else {
                 return;
             };
-            match sock.read(&mut self.scratch) {
+            match sock.read(&mut self.scratch[..allowed]) {
                 Ok(0) => {
                     self.engine.handle_peer_closed(now, c);
                     return self.apply_actions(now);
@@ -259,7 +268,7 @@ impl Driver {
                 Ok(n) => {
                     self.engine.handle_input(now, c, &self.scratch[..n]);
                     self.apply_actions(now);
-                    if n < self.scratch.len() && !peer_closed {
+                    if n < allowed && !peer_closed {
                         return;
                     }
                 }
@@ -272,9 +281,7 @@ impl Driver {
             }
         }
         // More may wait: the next turn reads on, after everyone else had theirs.
-        if !self.backlog.reads.contains(&c) {
-            self.backlog.reads.push(c);
-        }
+        self.backlog.reads.insert(c);
     }
 
     /// Reads the paused connections the engine wants to read again; true if any was read.
@@ -284,9 +291,9 @@ impl Driver {
         while i < self.paused.len() {
             let c = self.paused[i];
             if !self.engine.holds(c) {
-                self.paused.swap_remove(i);
+                self.paused.swap_remove_index(i);
             } else if self.engine.wants_read(c) {
-                self.paused.swap_remove(i);
+                self.paused.swap_remove_index(i);
                 // Read to the end: an EOF seen while paused is not reported again.
                 self.read(now, c, true);
                 resumed = true;

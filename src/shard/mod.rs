@@ -55,6 +55,8 @@ pub struct ServerSettings {
     pub close_linger: Duration,
     /// Outbound bytes all connections together may have queued (each shard holds its share).
     pub outbound_total_limit: usize,
+    /// Work one client address may cause, in events per second (each shard has its share).
+    pub work_rate_per_ip: f64,
     pub app: App,
 }
 

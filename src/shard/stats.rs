@@ -28,6 +28,13 @@ pub struct Counters {
     pub overflowed_batches: u64,
     /// Slow consumers dropped to keep all outbound queues together under their budget.
     pub outbound_budget_drops: u64,
+    /// Times a client address's work left it in debt, so its connections paused.
+    pub work_pauses: u64,
+    /// Connections that never sent a request, closed to make room for a new one at the
+    /// gateway's TCP connection cap.
+    pub idle_evictions: u64,
+    /// Connections closed for not completing a message within the handshake timeout.
+    pub input_timeouts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +59,9 @@ pub struct ShardStats {
     tcp_refused: AtomicU64,
     overflowed_batches: AtomicU64,
     outbound_budget_drops: AtomicU64,
+    work_pauses: AtomicU64,
+    idle_evictions: AtomicU64,
+    input_timeouts: AtomicU64,
 }
 
 macro_rules! fields {
@@ -75,7 +85,10 @@ macro_rules! fields {
             linger_resets,
             tcp_refused,
             overflowed_batches,
-            outbound_budget_drops
+            outbound_budget_drops,
+            work_pauses,
+            idle_evictions,
+            input_timeouts
         )
     };
 }

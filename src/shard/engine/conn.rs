@@ -5,6 +5,7 @@ use super::ids::{ConnId, SessionId};
 use super::outbound::Outbound;
 use crate::codec::websocket::MessageAssembler;
 use crate::http::Request;
+use crate::limits::InputAccount;
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use std::net::IpAddr;
@@ -52,6 +53,11 @@ pub(super) struct Conn {
     pub generation: u64,
     /// The peer's address (the proxy's, behind one).
     pub ip: IpAddr,
+    /// The client its input and work are charged to: the peer, or behind a trusted proxy the
+    /// address its latest request named (none before one did).
+    pub client: Option<IpAddr>,
+    /// The input budget of `client`.
+    pub input: InputAccount,
     pub role: Role,
     /// Bytes read and not yet consumed. Empty (no allocation) while the peer is idle.
     pub inbuf: BytesMut,
@@ -66,9 +72,9 @@ pub(super) struct Conn {
     pub reset: bool,
     /// Counted against its address's TCP connection cap (peers that are not trusted proxies).
     pub tcp_counted: bool,
-    /// Input beyond the free allowance, charged to its address's input budget.
+    /// Input held (messages still arriving), as charged to the input budgets.
     pub input_charged: usize,
-    /// Holding more input than the free allowance, it must complete the message by then.
+    /// Holding input, it must complete its message by then.
     pub input_deadline: Option<Instant>,
     pub requests: u32,
     /// `requests` when the idle deadline was last set: a connection still at that count and
@@ -78,10 +84,17 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub fn new(generation: u64, ip: IpAddr, inbuf: BytesMut) -> Conn {
+    pub fn new(
+        generation: u64,
+        ip: IpAddr,
+        (client, input): (Option<IpAddr>, InputAccount),
+        inbuf: BytesMut,
+    ) -> Conn {
         Conn {
             generation,
             ip,
+            client,
+            input,
             role: Role::Http(HttpState::Head),
             inbuf,
             out: Outbound::default(),
@@ -101,6 +114,15 @@ impl Conn {
     /// Queues bytes that belong to no stream (handshakes, answers, control frames).
     pub fn push(&mut self, bytes: Bytes) {
         self.out.push(bytes, 0, false);
+    }
+
+    /// Memory held of messages still arriving.
+    pub fn held_input(&self) -> usize {
+        let fragments = match &self.role {
+            Role::WebSocket(ws) => ws.assembler.held(),
+            Role::Http(_) => 0,
+        };
+        self.inbuf.capacity() + fragments
     }
 
     pub fn is_websocket(&self) -> bool {

@@ -61,7 +61,7 @@ impl Engine {
             ip,
             handshake_token,
             socket_timer: None,
-            joined: Vec::new(),
+            joined: Default::default(),
             skip_until: None,
             closing: None,
         }));
@@ -149,6 +149,7 @@ impl Engine {
         via: Option<(ConnId, bool)>,
     ) {
         let (now, interval) = (self.now.mono, self.settings.ping_interval);
+        self.count_work(|w| w.messages += 1);
         let Some(session) = self.live_session_mut(s) else {
             return;
         };
@@ -250,10 +251,12 @@ impl Engine {
             match o {
                 Output::Send(p) => {
                     for m in WireMessage::socket(&p) {
+                        self.count_work(|w| w.output_bytes += m.ws_frame().len());
                         self.send_wire(s, &m);
                     }
                 }
                 Output::Join(room) => {
+                    self.count_work(|w| w.rooms += 1);
                     if let Some(last) = self.last_values.get(&room) {
                         joined.push(last.clone());
                     } else if let Some((view, cached)) = self.books.get_mut(&room) {
@@ -267,21 +270,22 @@ impl Engine {
                     let at = self.last_offset.unwrap_or(Offset::ZERO);
                     if let Some(session) = self.live_session_mut(s) {
                         if tracks_rooms {
-                            if !session.joined.iter().any(|(r, _)| *r == room) {
-                                session.joined.push((room.clone(), at));
-                            }
+                            session.joined.entry(room.clone()).or_insert(at);
                             rooms_changed = true;
                         }
                     }
                     self.join_room(room, s);
                 }
                 Output::Leave(room) => {
+                    self.count_work(|w| w.rooms += 1);
                     if let Some(session) = self.live_session_mut(s) {
                         if tracks_rooms {
-                            session.joined.retain(|(r, _)| *r != room);
+                            session.joined.swap_remove(&room);
                             rooms_changed = true;
                         }
-                        session.owed.retain(|r| *r != room);
+                        if !session.owed.is_empty() {
+                            session.owed.retain(|r| *r != room);
+                        }
                     }
                     self.leave_room(&room, s);
                 }
@@ -308,6 +312,7 @@ impl Engine {
         self.arm_socket_timer(s);
         // A new subscriber gets the room's latest value right after its answer.
         for m in joined {
+            self.count_work(|w| w.output_bytes += m.ws_frame().len());
             self.send_wire(s, &m);
         }
     }

@@ -138,6 +138,14 @@ impl Engine {
 
     fn on_request(&mut self, c: ConnId, req: Request) {
         let keep = req.keep_alive;
+        self.count_work(|w| w.messages += 1);
+        let proxied = self
+            .live_conn(c)
+            .is_some_and(|x| self.is_trusted_proxy(x.ip));
+        if proxied {
+            let (client, _) = self.client_identity(c, &req);
+            self.attribute(c, client);
+        }
         match self.endpoint(&req.path) {
             Endpoint::Health => {
                 self.count_request(c);

@@ -25,6 +25,7 @@ mod eio;
 mod emit;
 mod http;
 mod ids;
+mod input;
 pub mod outbound;
 mod publish;
 mod recovery;
@@ -136,6 +137,13 @@ pub struct Engine {
     last_refresh: Instant,
     /// When the outbound queues were last added up against the budget.
     last_budget_check: Instant,
+    /// Each client address's work budget on this shard.
+    work: input::AddressWork,
+    /// The work of the read being handled, while one is.
+    work_done: Option<crate::limits::cost::Work>,
+    /// Connections in the order they were accepted, to find the longest idle one that has
+    /// sent no request when the gateway is at its TCP cap (stale entries are skipped).
+    arrivals: VecDeque<(ConnId, u64)>,
 }
 
 impl Engine {
@@ -150,7 +158,6 @@ impl Engine {
             id,
             shard_count,
             last_offset: shared.recovery.as_ref().and_then(|r| r.origin()),
-            settings,
             shared,
             counters: Counters::default(),
             conns: Slab::new(),
@@ -172,6 +179,10 @@ impl Engine {
             drain_deadline: None,
             last_refresh: now.mono,
             last_budget_check: now.mono,
+            work: input::AddressWork::new(settings.work_rate_per_ip / shard_count.max(1) as f64),
+            work_done: None,
+            arrivals: VecDeque::new(),
+            settings,
         }
     }
 
@@ -183,22 +194,53 @@ impl Engine {
     // ---- inputs: connections ----
 
     /// A new TCP connection from `peer`. Returns the id its socket is known by from now on,
-    /// or `None` when its address holds its cap of TCP connections (close the socket).
+    /// or `None` when it is over a TCP connection cap (close the socket). At the gateway's
+    /// cap, the connection idle longest without a request is closed to make room.
     pub fn handle_accepted(&mut self, now: Now, peer: IpAddr) -> Option<ConnId> {
-        let counted = !self.is_trusted_proxy(peer);
-        if counted && !self.shared.limits.admit_tcp(peer, now.unix_ms) {
+        self.now = now;
+        let per_ip = (!self.is_trusted_proxy(peer)).then_some(peer);
+        let limits = &self.shared.limits;
+        let mut admitted = limits.admit_tcp(per_ip, now.unix_ms, false);
+        let mut evict = None;
+        if admitted == Err(crate::limits::Refusal::TcpConnections) {
+            evict = self.longest_idle();
+            if evict.is_some() {
+                admitted = self.shared.limits.admit_tcp(per_ip, now.unix_ms, true);
+            }
+        }
+        if let Err(r) = admitted {
+            if let Some(idle) = evict {
+                self.arrivals.push_front(idle);
+            }
+            self.shared.limits.refused_tcp(r);
             self.counters.tcp_refused += 1;
             return None;
         }
-        Some(self.handle_adopted(now, peer, BytesMut::new()))
+        // The new connection takes its slot before the idle one gives its own back, so the
+        // driver never sees an id released and reused in one call.
+        let c = self.handle_adopted(now, peer, BytesMut::new());
+        if let Some(conn) = self.conns.get(c.key()) {
+            self.arrivals.push_back((c, conn.generation));
+        }
+        if let Some((idle, _)) = evict {
+            self.counters.idle_evictions += 1;
+            self.close_conn(idle);
+            self.reap();
+        }
+        if self.arrivals.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.arrivals
+                .retain(|(c, g)| conns.get(c.key()).is_some_and(|x| x.generation == *g));
+        }
+        Some(c)
     }
 
-    /// A connection another shard handed over (already counted against its address), with
-    /// the input it had read.
+    /// A connection another shard handed over (already counted against the caps), with the
+    /// input it had read.
     pub fn handle_adopted(&mut self, now: Now, peer: IpAddr, buffered: BytesMut) -> ConnId {
         self.now = now;
         let generation = self.generation();
-        let mut conn = Conn::new(generation, peer, buffered);
+        let mut conn = Conn::new(generation, peer, self.account_of(peer), buffered);
         conn.tcp_counted = !self.is_trusted_proxy(peer);
         let c = ConnId::new(self.conns.insert(conn));
         self.counters.tcp_connections += 1;
@@ -211,32 +253,33 @@ impl Engine {
         c
     }
 
+    /// The connection accepted longest ago that has not completed a request head, if any: at
+    /// the gateway's TCP cap, connections that only hold a descriptor (or trickle a head, as
+    /// a real client never does) give way to new ones.
+    fn longest_idle(&mut self) -> Option<(ConnId, u64)> {
+        while let Some((c, g)) = self.arrivals.pop_front() {
+            let idle = self.live_conn(c).is_some_and(|conn| {
+                conn.generation == g
+                    && conn.requests == 0
+                    && !conn.closing
+                    && conn.out.is_empty()
+                    && matches!(conn.role, Role::Http(HttpState::Head))
+            });
+            if idle {
+                return Some((c, g));
+            }
+        }
+        None
+    }
+
     /// Whether `c` is a connection the engine still holds (its socket is the driver's).
     pub fn holds(&self, c: ConnId) -> bool {
         self.live_conn(c).is_some()
     }
 
-    /// Whether the driver should read from `c` now. Reading pauses while the connection
-    /// holds more outbound than the soft limit (its client is not reading what it asked for)
-    /// and while a plain HTTP connection has a response pending and a request's worth of
-    /// pipelined input waiting; the driver reads again once this turns true.
+    /// Whether the driver should read from `c` now (see `read_allowance`).
     pub fn wants_read(&self, c: ConnId) -> bool {
-        let Some(conn) = self.live_conn(c) else {
-            return false;
-        };
-        let out = &conn.out;
-        if out.charge() > self.settings.outbound_soft_limit || out.own_charge() > OWN_OUTBOUND {
-            return false;
-        }
-        if conn.inbuf.len() >= FREE_INPUT && !self.shared.limits.input_available(conn.ip) {
-            return false;
-        }
-        match &conn.role {
-            Role::WebSocket(_) => true,
-            Role::Http(HttpState::Body { .. }) => true,
-            Role::Http(HttpState::Head) if conn.out.is_empty() => true,
-            Role::Http(_) => conn.inbuf.len() < PIPELINED_INPUT,
-        }
+        self.read_allowance(c) > 0
     }
 
     /// Bytes read from `c`.
@@ -250,7 +293,12 @@ impl Engine {
                 self.close_conn(c);
             } else {
                 conn.inbuf.extend_from_slice(data);
+                self.begin_work(data.len());
                 self.process_input(c);
+                // Charged to the address the input came from, even if the request named
+                // another one behind a proxy on the way.
+                let client = self.conns.get(c.key()).and_then(|x| x.client);
+                self.end_work(client);
             }
         }
         self.reap();
@@ -372,6 +420,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Now) {
         self.now = now;
         self.fire_timers();
+        self.work.sweep(now.unix_ms);
         self.enforce_outbound_budget();
         self.refresh_records();
         if self.drain_deadline.is_some() {
@@ -609,31 +658,6 @@ impl Engine {
         self.settle_input(c);
     }
 
-    /// Charges what `c` holds of input beyond the free allowance to its address, and gives a
-    /// connection that holds that much until the handshake timeout to complete its message.
-    fn settle_input(&mut self, c: ConnId) {
-        let (now, timeout) = (self.now, self.settings.handshake_timeout);
-        let Some(conn) = conn::live_mut(&mut self.conns, c) else {
-            return;
-        };
-        let excess = conn.inbuf.len().saturating_sub(FREE_INPUT);
-        if excess != conn.input_charged {
-            self.shared
-                .limits
-                .recharge_input(conn.ip, conn.input_charged, excess, now.unix_ms);
-            conn.input_charged = excess;
-        }
-        if excess == 0 {
-            conn.input_deadline = None;
-        } else if conn.input_deadline.is_none() {
-            let at = now.mono + timeout;
-            conn.input_deadline = Some(at);
-            let generation = conn.generation;
-            self.timers
-                .schedule(at, Timer::InputDeadline(c, generation));
-        }
-    }
-
     /// Whether `peer` is a proxy whose `X-Forwarded-For` is believed (its connections are
     /// not counted against its own address).
     fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
@@ -690,7 +714,7 @@ impl Engine {
                         conn.generation == g && conn.input_deadline.is_some_and(|d| now >= d)
                     });
                     if late {
-                        self.counters.protocol_errors += 1;
+                        self.counters.input_timeouts += 1;
                         self.close_conn(c);
                     }
                 }
@@ -746,10 +770,10 @@ impl Engine {
             };
             self.counters.tcp_connections = self.counters.tcp_connections.saturating_sub(1);
             let limits = &self.shared.limits;
-            limits.recharge_input(conn.ip, conn.input_charged, 0, self.now.unix_ms);
+            limits.recharge_input(&conn.input, conn.input_charged, 0);
             let handed_off = matches!(conn.fate, Some(Fate::HandedOff { .. }));
-            if conn.tcp_counted && !handed_off {
-                limits.release_tcp(conn.ip);
+            if !handed_off {
+                limits.release_tcp(conn.tcp_counted.then_some(conn.ip));
             }
             self.actions.push_back(match conn.fate {
                 Some(Fate::HandedOff { shard }) => Action::HandOff {
@@ -871,9 +895,6 @@ const DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 const BUDGET_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 /// Pipelined input an HTTP connection may hold while its previous response is pending.
 const PIPELINED_INPUT: usize = 16 * 1024;
-/// Input a connection may hold without charge: beyond it (a large message on its way in) it
-/// is charged to its address's input budget and must arrive within the handshake timeout.
-const FREE_INPUT: usize = 64 * 1024;
 /// Answers and control frames queued for one client (memory only it holds) past which its
 /// connection is not read until it takes them: what a client that asks and never reads can
 /// make the gateway hold.
@@ -952,7 +973,7 @@ impl Engine {
                     c.inbuf.len()
                 ));
             }
-            if c.input_charged != c.inbuf.len().saturating_sub(FREE_INPUT) {
+            if c.input_charged != c.held_input() {
                 return Err(format!("connection {k}'s input charge is stale"));
             }
             let carries = matches!(&c.role, Role::WebSocket(ws) if !ws.probing);

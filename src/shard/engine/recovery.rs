@@ -91,7 +91,7 @@ impl Engine {
             return;
         };
         if let Some(p) = &plan {
-            session.joined = p.rooms.clone();
+            session.joined = p.rooms.iter().cloned().collect();
             session.skip_until = p.skip_until;
         }
         // Packets the client sent before the answer were held: they are handled now, after

@@ -7,6 +7,7 @@ use crate::recovery::Offset;
 use crate::session::heartbeat::Heartbeat;
 use crate::session::sockets::SocketLayer;
 use crate::session::CloseReason;
+use indexmap::IndexMap;
 use slab::Slab;
 use smallvec::SmallVec;
 use std::net::IpAddr;
@@ -46,7 +47,8 @@ pub(super) struct Session {
     /// The socket-layer deadline (unix ms) a timer is armed for.
     pub socket_timer: Option<u64>,
     /// With recovery on: each room and the offset this shard had delivered when it was joined.
-    pub joined: Vec<(Arc<str>, Offset)>,
+    /// A map, so a packet joining or leaving a thousand rooms costs a thousand steps.
+    pub joined: IndexMap<Arc<str>, Offset>,
     /// A recovered client already has lossless events up to here (see `recovery::Restored`).
     pub skip_until: Option<Offset>,
     /// Set when the session is closed; it is removed as the engine's call ends.

@@ -113,7 +113,8 @@ impl Sim {
         let ids: Vec<ConnId> = self.peers.keys().copied().collect();
         for c in ids {
             while let Some(p) = self.peers.get_mut(&c).filter(|p| !p.closed) {
-                if !self.engine.wants_read(c) {
+                let allowed = self.engine.read_allowance(c).min(16 * 1024);
+                if allowed == 0 {
                     break;
                 }
                 if p.unread.is_empty() {
@@ -124,7 +125,7 @@ impl Sim {
                     }
                     break;
                 }
-                let n = p.unread.len().min(16 * 1024);
+                let n = p.unread.len().min(allowed);
                 let chunk: Vec<u8> = p.unread.drain(..n).collect();
                 self.engine.handle_input(self.now, c, &chunk);
                 fed = true;

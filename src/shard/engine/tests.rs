@@ -35,6 +35,7 @@ fn settings() -> ServerSettings {
         outbound_hard_limit: 8 << 20,
         close_linger: Duration::from_millis(5_000),
         outbound_total_limit: usize::MAX,
+        work_rate_per_ip: 1000.0,
         app: App::Gateway(Arc::new(GatewaySettings {
             recovery: true,
             ..GatewaySettings::default()
@@ -820,5 +821,189 @@ fn a_close_and_a_new_handshake_in_one_write_find_the_cap_slot_free() {
         got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![200, 200],
         "{got:?}"
+    );
+}
+
+fn with_limits(limits: LimitSettings, settings: ServerSettings) -> Sim {
+    let shared = Shared::new(limits);
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Sim::new(settings, Arc::new(shared), 1)
+}
+
+const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 8));
+
+#[test]
+fn a_small_message_that_stops_arriving_is_given_up_too() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    let frame = crate::codec::websocket::encode_masked_frame(true, 1, b"4hello", [1, 2, 3, 4], 0);
+    sim.send(c, &frame[..4]);
+    assert!(
+        sim.shared.limits.input_buffered() > 0,
+        "what it holds is charged"
+    );
+    sim.advance(Duration::from_millis(10_000));
+    assert!(!sim.is_open(c));
+    assert_eq!(sim.engine.counters().input_timeouts, 1);
+    assert_eq!(sim.shared.limits.input_buffered(), 0);
+}
+
+#[test]
+fn an_address_holds_no_more_input_than_its_budget() {
+    let budget = 64 * 1024;
+    let mut sim = with_limits(
+        LimitSettings {
+            max_input_per_ip: budget,
+            ..LimitSettings::default()
+        },
+        settings(),
+    );
+    let body = format!("4{}", "x".repeat(200_000));
+    let frame = crate::codec::websocket::encode_masked_frame(true, 1, body.as_bytes(), [1; 4], 0);
+    let conns: Vec<ConnId> = (0..4)
+        .map(|_| sim.open_websocket(CLIENT).unwrap().0)
+        .collect();
+    for &c in &conns {
+        sim.send(c, &frame[..30_000]);
+    }
+    // Reads stop at the budget; one buffer's growth on the last read may pass it.
+    let held = sim.shared.limits.input_buffered();
+    assert!(held <= budget + 32 * 1024, "{held} bytes held");
+    assert!(
+        conns.iter().any(|&c| sim.unread(c) > 0),
+        "the rest waits in the sockets"
+    );
+    // Another address is not held back.
+    let (c, _) = sim.open_websocket(OTHER).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    assert!(client::texts(&sim.take(c))[0].starts_with("40/ws,"));
+    // Those holding input are given up at the deadline; the others then read, and follow.
+    sim.advance(Duration::from_millis(10_000));
+    assert!(conns.iter().any(|&c| !sim.is_open(c)));
+    sim.advance(Duration::from_millis(10_000));
+    assert!(conns.iter().all(|&c| !sim.is_open(c)));
+    assert_eq!(sim.shared.limits.input_buffered(), 0);
+}
+
+#[test]
+fn an_address_past_its_work_budget_waits_and_others_do_not() {
+    let mut sim = Sim::new(
+        ServerSettings {
+            work_rate_per_ip: 20.0,
+            ..settings()
+        },
+        shared(false),
+        1,
+    );
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.take(c);
+    // 64 rooms per request: each costs 1 + 4 events of rooms, and more of answers.
+    let symbols: Vec<String> = (0..64).map(|i| format!("\"S{i}USDT\"")).collect();
+    let subscribe = format!(
+        "42/ws,[\"subscribe\",{{\"channel\":\"trades\",\"symbols\":[{}]}}]",
+        symbols.join(",")
+    );
+    let unsubscribe = subscribe.replace("\"subscribe\"", "\"unsubscribe\"");
+    for _ in 0..20 {
+        sim.send(c, &client::text(&subscribe));
+        sim.send(c, &client::text(&unsubscribe));
+    }
+    assert!(sim.unread(c) > 0, "paused once in debt");
+    assert!(sim.engine.counters().work_pauses > 0);
+    let (o, _) = sim.open_websocket(OTHER).unwrap();
+    sim.send(o, &client::text("40/ws,"));
+    assert!(client::texts(&sim.take(o))[0].starts_with("40/ws,"));
+    // About 5 events a request at 20 a second: read to the end within 20 s (before the
+    // unanswered heartbeat ends the session).
+    for _ in 0..20 {
+        sim.advance(Duration::from_millis(1_000));
+    }
+    assert_eq!(sim.unread(c), 0, "read again as the debt is paid");
+    assert!(sim.is_open(c));
+}
+
+#[test]
+fn at_the_tcp_cap_the_connection_idle_longest_makes_room() {
+    let mut sim = with_limits(
+        LimitSettings {
+            max_tcp: 3,
+            ..LimitSettings::default()
+        },
+        settings(),
+    );
+    let busy = sim.connect(CLIENT);
+    sim.send(busy, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let idle = sim.connect(CLIENT);
+    sim.send(idle, b"GET /hea");
+    let idle2 = sim.connect(OTHER);
+    let newcomer = sim.connect(OTHER);
+    assert!(
+        !sim.is_open(idle),
+        "the oldest one without a request gave way"
+    );
+    assert!(sim.is_open(busy) && sim.is_open(idle2) && sim.is_open(newcomer));
+    sim.send(idle2, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.send(newcomer, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        sim.try_connect(CLIENT).is_none(),
+        "none idle: the new one is refused"
+    );
+    assert_eq!(sim.engine.counters().idle_evictions, 1);
+    assert_eq!(sim.shared.limits.tcp_total(), 3);
+}
+
+#[test]
+fn binary_events_on_the_gateway_are_refused_at_once_and_their_attachments_dropped() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.take(c);
+    sim.send(
+        c,
+        &client::text("451-/ws,7[\"subscribe\",{\"_placeholder\":true,\"num\":0}]"),
+    );
+    let texts = client::texts(&sim.take(c));
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("43/ws,7") && t.contains("binary payloads")),
+        "answered before its attachment: {texts:?}"
+    );
+    sim.send(
+        c,
+        &crate::codec::websocket::encode_masked_frame(true, 2, b"\x04abc", [1; 4], 0),
+    );
+    sim.send(c, &client::text("42/ws,8[\"ping\"]"));
+    let texts = client::texts(&sim.take(c));
+    assert!(texts.iter().any(|t| t.starts_with("43/ws,8")), "{texts:?}");
+    assert!(sim.is_open(c));
+}
+
+#[test]
+fn events_larger_than_the_api_takes_are_refused_without_decoding() {
+    let mut sim = sim();
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.take(c);
+    let big = format!("42/ws,9[\"subscribe\",[{}0]]", "0,".repeat(100_000));
+    sim.send(c, &client::text(&big));
+    let texts = client::texts(&sim.take(c));
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("43/ws,9") && t.contains("at most 65536")),
+        "{texts:?}"
+    );
+    assert!(sim.is_open(c), "an event is answered, not punished");
+    sim.send(
+        c,
+        &client::text(&format!("40/x,{{\"a\":\"{}\"}}", "a".repeat(70_000))),
+    );
+    assert!(
+        !sim.is_open(c),
+        "anything else over the size ends the session"
     );
 }

@@ -20,8 +20,10 @@ pub(super) enum Timer {
     RequestTimeout(ConnId, u64),
     /// A closing connection whose peer has not taken what is owed to it by now is reset.
     Linger(ConnId, u64),
-    /// A connection holding a large message still arriving must have it by now.
+    /// A connection holding a message still arriving must have it by now.
     InputDeadline(ConnId, u64),
+    /// An address's work debt is paid: its connections may be read again.
+    WorkPaid,
 }
 
 #[derive(Debug, Default)]

@@ -5,6 +5,7 @@ Everything here targets 127.0.0.1 only.
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -80,8 +81,10 @@ def parse_json(raw):
 class Gateway:
     """One gateway process on fresh loopback ports."""
 
-    def __init__(self, flags=(), log_dir=None, name="gw", env=None):
+    def __init__(self, flags=(), log_dir=None, name="gw", env=None, nofile=None):
         self.flags = [str(f) for f in flags]
+        # The gateway's descriptor limit (soft and hard), when a test sets one.
+        self.nofile = nofile
         # Environment set for this gateway over the defaults; None removes a variable.
         self.env = dict(env or {})
         self.log_dir = Path(log_dir) if log_dir else Path("/tmp")
@@ -121,8 +124,12 @@ class Gateway:
                     env.pop(k, None)
                 else:
                     env[k] = v
+            limit = None
+            if self.nofile:
+                limit = lambda n=self.nofile: resource.setrlimit(  # noqa: E731
+                    resource.RLIMIT_NOFILE, (n, n))
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         env=env)
+                                         env=env, preexec_fn=limit)
             log.close()
             try:
                 self._wait_ready()

@@ -8,6 +8,7 @@ test_attacks.py it asserts nothing, so it also runs against older builds.
 """
 
 import json
+import multiprocessing
 import socket
 import sys
 import threading
@@ -16,7 +17,9 @@ import time
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 from gateway_harness import Gateway, http, unique_symbol  # noqa: E402
-from rawproto import Conn, OP_PING, encode_frame, ws_open, ws_open_namespace  # noqa: E402
+from rawproto import (  # noqa: E402
+    Conn, OP_PING, churn_subscriptions, encode_frame, hold_partial_frames, open_tcp,
+    peer_keeps_open, ws_open, ws_open_namespace)
 
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
 DEFAULTS = ["--max-connections-per-ip", "200", "--handshake-rate-per-ip", "20",
@@ -55,7 +58,8 @@ class Watch:
         self.ws.send_text(f'42/ws,1["subscribe",{{"channel":"trades","symbol":"{self.symbol}"}}]')
         self.ws.recv_eio()
         self.rss0 = rss(gw.proc.pid)
-        for f in (self._pub, self._recv, self._rss):
+        self.health = []
+        for f in (self._pub, self._recv, self._rss, self._health):
             threading.Thread(target=f, daemon=True).start()
 
     def _pub(self):
@@ -81,6 +85,16 @@ class Watch:
                 if d["seq"] >= 0:
                     self.got.append((d["seq"], time.time() - d["t"]))
 
+    def _health(self):
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                http("GET", f"http://127.0.0.1:{self.gw.port}/health", timeout=5)
+                self.health.append(time.monotonic() - t0)
+            except OSError:
+                self.health.append(float("inf"))
+            self.stop.wait(0.2)
+
     def _rss(self):
         while not self.stop.is_set():
             try:
@@ -95,9 +109,11 @@ class Watch:
         alive = self.gw.alive()
         lost = self.sent - len({s for s, _ in self.got})
         worst = max((lat for _, lat in self.got), default=0)
+        health = max(self.health, default=0)
         print(f"{name:<22} RSS +{(self.rss_max - self.rss0) / 2**20:7.1f} MiB  "
               f"attacker: {attacker:<34} bystander: {lost} of {self.sent} lost, "
-              f"worst {worst * 1000:.0f} ms  gateway {'alive' if alive else 'DEAD'}")
+              f"worst {worst * 1000:.0f} ms  /health worst {health * 1000:.0f} ms  "
+              f"gateway {'alive' if alive else 'DEAD'}")
 
 
 def ws_ping_flood(gw):
@@ -136,25 +152,9 @@ def pipelined_health(gw):
 
 
 def tcp_connections(gw):
-    socks = []
-    for _ in range(3000):
-        s = socket.socket()
-        s.bind((ATTACKER, 0))
-        try:
-            s.connect(("127.0.0.1", gw.port))
-            socks.append(s)
-        except OSError:
-            s.close()
+    socks = open_tcp(gw.port, ATTACKER, 3000)
     time.sleep(1)
-    held = 0
-    for s in socks:
-        s.setblocking(False)
-        try:
-            held += s.recv(1) != b""
-        except BlockingIOError:
-            held += 1
-        except OSError:
-            pass
+    held = sum(peer_keeps_open(s) for s in socks)
     for s in socks:
         s.close()
     return f"{held} of {len(socks)} held"
@@ -226,23 +226,122 @@ def recovery_scan(gw):
             f"worst ingest {max(stalls, default=0) * 1000:.0f} ms")
 
 
+def binary_header(gw):
+    """30 sessions each send a 990 KB BINARY_EVENT header whose attachment never comes."""
+    header = '451-/ws,7["x",{"_placeholder":true,"num":0},[' + "0," * 494_000 + "0]]"
+    socks, answers = [], 0
+    for _ in range(30):
+        ws, _ = ws_open_namespace(gw.port, source=ATTACKER)
+        ws.send_text(header)
+        socks.append(ws)
+    for ws in socks:
+        try:
+            answers += ws.recv_eio(timeout=5).startswith("43/ws,7")
+        except Exception:  # noqa: BLE001 - older builds wait for the attachment
+            pass
+    time.sleep(5)
+    return f"{answers} of 30 answered at once"
+
+
+def subscribe_churn(gw):
+    """100 connections alternate subscribe / unsubscribe of 1,024 known symbols at the
+    allowed packet rate, reading every answer."""
+    syms = [unique_symbol("C")[:12] + f"{i:04d}" for i in range(1024)]
+    gw.ingest_ndjson([{"type": "trade", "symbol": s, "data": {}} for s in syms])
+    sub = "42/ws," + json.dumps(["subscribe", {"channel": "trades", "symbols": syms}])
+    unsub = sub.replace('"subscribe"', '"unsubscribe"', 1)
+    stop = threading.Event()
+
+    def churn():
+        try:
+            ws, _ = ws_open_namespace(gw.port, source=ATTACKER)
+        except Exception:  # noqa: BLE001 - past the handshake rate
+            return
+        churn_subscriptions(ws, (sub, unsub), stop)
+
+    threads = [threading.Thread(target=churn, daemon=True) for _ in range(100)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    time.sleep(10)
+    stop.set()
+    return f"{sum(t.is_alive() for t in threads)} churning"
+
+
+def partial_input(gw):
+    """8 addresses x 200 connections, each holding 999 KB of an unfinished 1 MB frame."""
+    partial = encode_frame(0x1, b"4" + b"x" * 999_999)[:999_000]
+    socks = hold_partial_frames(gw.port, [f"127.0.1.{i}" for i in range(1, 9)], 200, partial)
+    time.sleep(5)
+    _, raw, _ = http("GET", gw.internal_url + "/stats")
+    held = json.loads(raw).get("input_buffered_bytes")
+    return f"{len(socks)} connections, {held} B held"
+
+
+def idle_tcp(gw):
+    """12 addresses x 408 idle TCP connections (each address at its TCP cap), reconnecting
+    as they are closed, against a descriptor limit of 4,096."""
+    stop = threading.Event()
+
+    def hold(source):
+        socks = []
+        while not stop.is_set():
+            socks += open_tcp(gw.port, source, 408 - len(socks))
+            alive = [s for s in socks if peer_keeps_open(s)]
+            for s in set(socks) - set(alive):
+                s.close()
+            socks = alive
+            stop.wait(0.2)
+        for s in socks:
+            s.close()
+
+    threads = [threading.Thread(target=hold, args=(f"127.0.2.{i}",), daemon=True)
+               for i in range(1, 13)]
+    for t in threads:
+        t.start()
+    time.sleep(17)
+    stop.set()
+    for t in threads:
+        t.join()
+    _, raw, _ = http("GET", gw.internal_url + "/stats")
+    total = json.loads(raw)["total"]
+    return f"{total.get('idle_evictions', 0):,} evicted"
+
+
 ATTACKS = {f.__name__: f for f in (ws_ping_flood, ws_control_ping_flood, polling_ping_bodies,
                                    pipelined_health, tcp_connections, rooms, connect_flood,
-                                   get_with_body, recovery_scan)}
+                                   get_with_body, recovery_scan, binary_header, subscribe_churn,
+                                   partial_input, idle_tcp)}
+
+
+def run_apart(attack, gw):
+    """Runs an attack in a process of its own, so its client threads do not delay the
+    bystander's (they would share one interpreter lock)."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=lambda: out.put(attack(gw)), daemon=True)
+    p.start()
+    what = out.get()
+    p.join()
+    return what
 
 
 def main(names):
     extra = {"tcp_connections": ["--max-connections-per-ip", "10"],
+             "idle_tcp": ["--max-connections", "2000"],
              "recovery_scan": ["--max-subscriptions", "1024"]}
     # Builds from before the symbol rule ignore the variable.
-    env = {"recovery_scan": {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": "true"}}
+    env = {"recovery_scan": {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": "true"},
+           "subscribe_churn": {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": "true"}}
+    nofile = {"idle_tcp": 4096}
     for name in names or ATTACKS:
         # Old builds read limits from flags only: pass the defaults, lift nothing.
         gw = Gateway(DEFAULTS + extra.get(name, []),
-                     env=env.get(name, {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": None})).start()
+                     env=env.get(name, {"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": None}),
+                     nofile=nofile.get(name)).start()
         try:
             w = Watch(gw)
-            what = ATTACKS[name](gw)
+            what = run_apart(ATTACKS[name], gw)
             time.sleep(1)
             w.report(name, what)
         finally:

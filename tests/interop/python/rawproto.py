@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -419,3 +420,74 @@ def ws_open_namespace(port, nsp="/ws", rcvbuf=None, source=None):
         if pkt.startswith(f"42{nsp},") and '"connected"' in pkt:
             return ws, sid
     raise AssertionError("no CONNECT reply / connected event")
+
+
+def open_tcp(port, source, count):
+    """Tries `count` bare TCP connections from `source`; returns the ones that connected."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind((source, 0))
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    return socks
+
+
+def peer_keeps_open(sock):
+    """True while the peer has neither closed nor reset `sock` (it may have sent data)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except BlockingIOError:
+        return True  # open and silent
+    except OSError:
+        return False
+
+
+def churn_subscriptions(ws, texts, stop, pause=0.02):
+    """Sends each of `texts` in turn until `stop` is set, reading every answer so the
+    connection is never a slow consumer. Returns when the gateway closes it."""
+    ws.conn.sock.settimeout(pause)
+    while not stop.is_set():
+        for text in texts:
+            try:
+                ws.send_text(text)
+                while True:
+                    ws.recv_eio(timeout=pause)
+            except (socket.timeout, TimeoutError):
+                pass
+            except (Closed, OSError):
+                return
+            stop.wait(pause)
+
+
+def hold_partial_frames(port, sources, per_source, partial):
+    """From each source address, `per_source` namespace sessions that each send `partial`
+    (an unfinished frame) as far as the socket buffers take it, all addresses at once.
+    Returns the sessions that opened; sessions refused by a handshake limit are skipped."""
+    opened = []
+
+    def attack(source):
+        for _ in range(per_source):
+            try:
+                ws, _ = ws_open_namespace(port, source=source)
+            except (Closed, OSError, AssertionError):
+                time.sleep(0.05)
+                continue
+            opened.append(ws)
+            ws.conn.sock.setblocking(False)
+            try:
+                ws.conn.sock.send(partial)
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=attack, args=(s,), daemon=True) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return opened

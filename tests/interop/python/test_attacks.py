@@ -19,6 +19,10 @@ import pytest
 
 from gateway_harness import http, unique_symbol
 from rawproto import (
+    churn_subscriptions,
+    hold_partial_frames,
+    open_tcp,
+    peer_keeps_open,
     Closed,
     Conn,
     OP_PING,
@@ -284,26 +288,10 @@ def test_tcp_connections_per_address_are_capped(gateway_factory):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     gw = gateway_factory(*DEFAULT_LIMITS, "--max-connections-per-ip", "10")
     arena = Arena(gw)
-    socks = []
-    for _ in range(3000):
-        s = socket.socket()
-        s.bind((ATTACKER, 0))
-        try:
-            s.connect(("127.0.0.1", gw.port))
-        except OSError:
-            s.close()
-            continue
-        socks.append(s)
+    socks = open_tcp(gw.port, ATTACKER, 3000)
     time.sleep(1.0)
-    alive = 0
+    alive = sum(peer_keeps_open(s) for s in socks)
     for s in socks:
-        s.setblocking(False)
-        try:
-            alive += s.recv(1) != b""
-        except BlockingIOError:
-            alive += 1  # open and silent: held by the gateway
-        except OSError:
-            pass
         s.close()
     assert alive <= 2 * 10 + 8, f"{alive} TCP connections held for one address"
     assert stats(gw)["total"]["tcp_refused"] >= 3000 - alive
@@ -586,6 +574,86 @@ def test_a_second_websocket_for_an_upgraded_session_is_closed_not_refused(gatewa
     first.send_text("40")
     assert first.recv_eio().startswith("40{")
     first.close()
+
+
+# ---- found by review: memory held for a packet, CPU per request, botnets --------------------------------
+
+
+def test_binary_headers_whose_attachments_never_come_hold_nothing(gateway_factory):
+    gw = gateway_factory(*DEFAULT_LIMITS)
+    arena = Arena(gw)
+    # ~990 KB of JSON that would decode to ~35 MiB, waiting for an attachment never sent.
+    header = '451-/ws,7["x",{"_placeholder":true,"num":0},[' + "0," * 494_000 + "0]]"
+    socks = []
+    for _ in range(30):
+        ws = attacker_ws(gw, rcvbuf=None)
+        ws.send_text(header)
+        socks.append(ws)
+    for ws in socks:
+        answer = ws.recv_eio(timeout=5)
+        assert answer.startswith("43/ws,7") and "BAD_REQUEST" in answer, answer[:200]
+    time.sleep(1.0)
+    arena.finish()
+    for ws in socks:
+        ws.close()
+
+
+def test_subscribe_churn_over_a_thousand_symbols_slows_only_the_churner(gateway_factory):
+    gw = gateway_factory(*DEFAULT_LIMITS, env={"GATEWAY_SUBSCRIBE_UNKNOWN_SYMBOLS": None})
+    symbols = [unique_symbol("C")[:12] + f"{i:04d}" for i in range(1024)]
+    for i in range(0, len(symbols), 256):
+        gw.ingest_ok([{"type": "trade", "symbol": s, "data": {}} for s in symbols[i:i + 256]])
+    arena = Arena(gw)
+    sub = "42/ws," + json.dumps(["subscribe", {"channel": "trades", "symbols": symbols}])
+    unsub = sub.replace('"subscribe"', '"unsubscribe"', 1)
+    stop = threading.Event()
+
+    def churn():
+        ws = attacker_ws(gw, rcvbuf=None)
+        churn_subscriptions(ws, (sub, unsub), stop)
+        ws.close()
+
+    churners = [threading.Thread(target=churn, daemon=True) for _ in range(20)]
+    for t in churners:
+        t.start()
+    time.sleep(6.0)
+    stop.set()
+    for t in churners:
+        t.join(timeout=5)
+    assert stats(gw)["total"]["work_pauses"] > 0, "the churning address was paused"
+    arena.finish()
+
+
+def test_partial_messages_from_many_addresses_stay_within_the_input_budget(gateway_factory):
+    gw = gateway_factory(*DEFAULT_LIMITS, "--handshake-rate-per-ip", "1000")
+    arena = Arena(gw)
+    # Under 64 KiB each: once free of any budget, now charged from the first byte.
+    partial = encode_frame(0x1, b"4" + b"x" * 64_000)[:63_000]
+    socks = hold_partial_frames(gw.port, [f"127.0.1.{i}" for i in range(1, 9)], 150, partial)
+    assert len(socks) >= 8 * 100, f"only {len(socks)} attackers connected"
+    # The gateway's budget, past which only connections holding under 4 KiB still read.
+    held = stats(gw)["input_buffered_bytes"]
+    assert held <= 32 * MIB + len(socks) * 4096 + MIB, f"{held} bytes of input held"
+    arena.finish()
+    for ws in socks:
+        ws.close()
+
+
+def test_idle_connections_at_the_tcp_cap_give_way_to_new_clients(gateway_factory):
+    gw = gateway_factory(*DEFAULT_LIMITS, "--max-tcp-connections", "400")
+    arena = Arena(gw)
+    socks = []
+    for source in ("127.0.2.1", "127.0.2.2", "127.0.2.3"):
+        socks += open_tcp(gw.port, source, 200)
+    time.sleep(0.5)
+    # Past the cap each new one made room (or, on a shard with none idle, was refused).
+    total = stats(gw)["total"]
+    assert total["idle_evictions"] + total["tcp_refused"] >= 600 - 400, total
+    assert total["idle_evictions"] > 0
+    serves_both_shards(gw)  # new clients get in: idle connections make room
+    arena.finish()
+    for s in socks:
+        s.close()
 
 
 # ---- normal clients are not punished -------------------------------------------------------------------
