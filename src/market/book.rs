@@ -351,7 +351,9 @@ impl OrderBook {
     }
 
     /// The delta from the view clients have to the current one, covering every update id
-    /// since; `None` when the window did not change.
+    /// since; `None` only when no update came since. A delta that leaves the window as it
+    /// was still goes out, with empty sides: a client learns every update id as it happens,
+    /// so it can tell it is current (and compare with a REST snapshot).
     pub fn take_delta(&mut self) -> Option<(Delta, Arc<BookView>)> {
         let last = self.last_update_id?;
         if last <= self.sent.last_update_id {
@@ -364,11 +366,6 @@ impl OrderBook {
             bids: diff(&self.sent.bids, &view.bids, |a, b| b.cmp(a)),
             asks: diff(&self.sent.asks, &view.asks, |a, b| a.cmp(b)),
         };
-        // Changes outside the window send nothing; the next delta's range covers them, so
-        // update ids stay continuous for clients.
-        if delta.bids.is_empty() && delta.asks.is_empty() {
-            return None;
-        }
         self.sent = Arc::new(view);
         Some((delta, self.sent.clone()))
     }
@@ -460,16 +457,28 @@ mod tests {
             vec![("99.5".into(), "4".into()), ("98".into(), "0".into())]
         );
         assert_eq!(v.last_update_id, 13);
-        // A change outside the window sends nothing; the next delta covers its ids.
+        // A change outside the window, and an empty delta, still carry their ids, in a delta
+        // with empty sides; the chain stays unbroken.
         b.apply(upd(
             json!({"type":"delta","bids":[["50","1"]],"firstUpdateId":14,"lastUpdateId":14}),
         ));
-        assert_eq!(b.take_delta(), None);
+        let (d, v) = b.take_delta().unwrap();
+        assert_eq!((d.first_update_id, d.last_update_id), (14, 14));
+        assert!(d.bids.is_empty() && d.asks.is_empty());
+        assert_eq!(v.last_update_id, 14);
         b.apply(upd(
-            json!({"type":"delta","asks":[["101","2"]],"firstUpdateId":15,"lastUpdateId":15}),
+            json!({"type":"delta","firstUpdateId":15,"lastUpdateId":16}),
         ));
         let (d, _) = b.take_delta().unwrap();
-        assert_eq!((d.first_update_id, d.last_update_id), (14, 15));
+        assert_eq!((d.first_update_id, d.last_update_id), (15, 16));
+        assert!(d.bids.is_empty() && d.asks.is_empty());
+        b.apply(upd(
+            json!({"type":"delta","asks":[["101","2"]],"firstUpdateId":17,"lastUpdateId":17}),
+        ));
+        let (d, _) = b.take_delta().unwrap();
+        assert_eq!((d.first_update_id, d.last_update_id), (17, 17));
+        assert_eq!(pairs(&d.asks), vec![("101".into(), "2".into())]);
+        assert_eq!(b.take_delta(), None, "nothing new since");
     }
 
     #[test]
