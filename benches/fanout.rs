@@ -78,6 +78,8 @@ fn fanout(c: &mut Criterion) {
                     retain: false,
                     book: None,
                     offset: None,
+                    appended_ms: None,
+                    tickers: None,
                 };
                 sim.publish(&[publish.encode(1, None)]);
                 black_box(sim.bytes_written)

@@ -132,6 +132,13 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
             )
         }
     };
+    if state.cluster.is_some() && state.shared.catch_up.is_catching_up() {
+        // Book ids are checked against a replica still being rebuilt.
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "UNAVAILABLE", "message": "this instance is catching up with the stream; nothing was accepted, retry"}),
+        );
+    }
     let result = match &state.cluster {
         None => state.ingest.submit_body(&body),
         Some(cluster) => match state.ingest.check_body(&body) {

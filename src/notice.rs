@@ -172,6 +172,16 @@ pub fn overloaded() -> WireMessage {
     }]))
 }
 
+/// `error` STREAM_GAP on `/ws`: this instance lost the cluster stream for a while and a
+/// lossless stream this client follows went on without it; the session closes, and the
+/// client's reconnection recovers what it missed (in order, marked as recovered).
+pub fn stream_gap() -> WireMessage {
+    gateway_event(&json!(["error", {
+        "code": "STREAM_GAP",
+        "message": "this gateway instance fell behind the event stream; reconnect to recover what was missed",
+    }]))
+}
+
 /// `server.shutdown` `{reconnectAfterMs}` on `/ws`, sent to every client when draining.
 pub fn server_shutdown(reconnect_after_ms: u64) -> WireMessage {
     gateway_event(&json!(["server.shutdown", {"reconnectAfterMs": reconnect_after_ms}]))

@@ -283,7 +283,12 @@ impl Gateway {
                     shared.upstream_ok.clone(),
                 )
                 .map_err(|e| StartError::Config(format!("--redis: {e}")))?;
-                runtime.spawn(c.clone().follow(ingest.clone(), stop_demo.clone()));
+                shared.catch_up.await_stream();
+                runtime.spawn(c.clone().follow(
+                    ingest.clone(),
+                    shared.catch_up.clone(),
+                    stop_demo.clone(),
+                ));
                 if !config.redis_emitter_key.is_empty() {
                     let fanout = reactor.fanout();
                     runtime.spawn(emitter::follow(

@@ -6,7 +6,8 @@
 pub mod emitter;
 pub mod sessions;
 
-use crate::ingest::Ingest;
+use crate::ingest::catch_up::CatchUp;
+use crate::ingest::{Arrival, Ingest};
 use crate::recovery::Offset;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
@@ -22,6 +23,16 @@ use tokio::sync::Mutex;
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BLOCK_MS: usize = 1000;
 const READ_COUNT: usize = 1000;
+/// Entries per read while catching up: larger reads, fewer round trips.
+const CATCH_UP_COUNT: usize = 10_000;
+/// After an outage, how many of the events the instance missed it still delivers (late) to
+/// the sockets subscribed before the stream took them. A short outage costs nobody their
+/// session; past this, the rest is handed over as a gap that sockets recover from the replay
+/// log, so a long one does not flood clients into slow-consumer drops.
+const LATE_EVENTS: usize = 2_000;
+/// Longest wait between attempts to reach Redis: events other instances append meanwhile
+/// are what this one has to catch up with.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum ClusterError {
@@ -107,34 +118,51 @@ impl Cluster {
         result
     }
 
-    /// Reads the stream from the start (rebuilding books and last values), then follows it;
-    /// after an outage it resumes from the last id it applied.
-    pub async fn follow(self: Arc<Self>, ingest: Arc<Ingest>, stop: Arc<AtomicBool>) {
-        let mut last_id = String::from("0-0");
-        // Set when reading from the start: the first entry read is where the replay log's
-        // knowledge begins (true when the stream restarted and the log must start over).
-        let mut from_start = Some(false);
+    /// Reads the stream from the start, then follows it; after an outage it resumes from the
+    /// last id it applied. Whatever the stream took before a (re)connection is caught up with
+    /// first, up to the tail as of then: at start (and when the stream restarted) it only
+    /// rebuilds state; after an outage the first `LATE_EVENTS` go to the sockets subscribed
+    /// before the stream took them, and the rest is handed over as a gap to recover from.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a driver: times the catch-up for the log"
+    )]
+    pub async fn follow(
+        self: Arc<Self>,
+        ingest: Arc<Ingest>,
+        catch_up: Arc<CatchUp>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut position = Position {
+            last: Offset::ZERO,
+            // Set when reading from the start: the first entry read is where the replay log's
+            // knowledge begins (true when the stream restarted and the log must start over).
+            from_start: Some(false),
+        };
+        // Events still to be delivered late in the current catch-up; none at start, where
+        // every socket is newer than the stream's history.
+        let mut late_budget: usize = 0;
         let mut backoff = Duration::from_millis(100);
         while !stop.load(Ordering::Relaxed) {
             let mut conn = match self.client.get_multiplexed_async_connection().await {
                 Ok(c) => c,
                 Err(e) => {
                     self.set_healthy(false, &e.to_string());
+                    catch_up.fell_behind();
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            if let Some(reset) = self.stream_reset(&mut conn, &last_id).await {
+            if let Some(reset) = self.stream_reset(&mut conn, position.last).await {
                 tracing::warn!(
-                    last_id,
-                    reset,
+                    last_id = %position.last,
                     "the stream restarted below our last id; reading it from the start"
                 );
-                last_id = reset;
-                from_start = Some(true);
+                position.last = reset;
+                position.from_start = Some(true);
             }
-            if let Some(restarted) = from_start {
+            if let Some(restarted) = position.from_start {
                 // An empty stream: every event from now on will be read, so the replay log
                 // covers everything (otherwise it covers from the first entry read).
                 let len: Result<u64, _> = redis::cmd("XLEN")
@@ -143,11 +171,74 @@ impl Cluster {
                     .await;
                 if len == Ok(0) {
                     ingest.stream_read_from(Offset::ZERO, restarted);
-                    from_start = None;
+                    position.from_start = None;
                 }
             }
+            let target = match self.tail(&mut conn).await {
+                Ok(t) => t.filter(|t| *t > position.last),
+                Err(e) => {
+                    self.set_healthy(false, &e.to_string());
+                    catch_up.fell_behind();
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
             self.set_healthy(true, "");
             backoff = Duration::from_millis(100);
+            if let Some(target) = target {
+                tracing::info!(from = %position.last, to = %target, "catching up with the stream");
+                catch_up.start(position.last, target);
+                let started = std::time::Instant::now();
+                let mut read = 0u64;
+                if late_budget == 0 {
+                    ingest.begin_history();
+                }
+                while position.last < target && !stop.load(Ordering::Relaxed) {
+                    let range: Result<redis::streams::StreamRangeReply, _> = redis::cmd("XRANGE")
+                        .arg(&self.settings.stream_key)
+                        .arg(format!("({}", position.last))
+                        .arg(target.to_string())
+                        .arg("COUNT")
+                        .arg(CATCH_UP_COUNT)
+                        .query_async(&mut conn)
+                        .await;
+                    let entries = match range {
+                        Ok(r) => r.ids,
+                        Err(e) => {
+                            self.set_healthy(false, &e.to_string());
+                            break;
+                        }
+                    };
+                    if entries.is_empty() {
+                        // Trimmed away meanwhile: nothing left up to the target.
+                        position.last = target;
+                        break;
+                    }
+                    let arrival = if late_budget > 0 {
+                        late_budget = late_budget.saturating_sub(entries.len());
+                        Arrival::Late
+                    } else {
+                        ingest.begin_history();
+                        Arrival::Live
+                    };
+                    read += entries.len() as u64;
+                    position.apply(&ingest, &entries, arrival);
+                    catch_up.advanced(entries.len() as u64, position.last, target);
+                }
+                if position.last < target {
+                    continue; // the connection broke: reconnect and go on from here
+                }
+                ingest.end_history();
+                catch_up.caught_up();
+                tracing::info!(
+                    events = read,
+                    ms = started.elapsed().as_millis() as u64,
+                    "caught up with the stream"
+                );
+            } else {
+                catch_up.caught_up();
+            }
+            late_budget = LATE_EVENTS;
             while !stop.load(Ordering::Relaxed) {
                 let opts = redis::streams::StreamReadOptions::default()
                     .block(READ_BLOCK_MS)
@@ -155,7 +246,7 @@ impl Cluster {
                 let reply: Result<StreamReadReply, _> = redis::AsyncCommands::xread_options(
                     &mut conn,
                     &[&self.settings.stream_key],
-                    &[&last_id],
+                    &[position.last.to_string()],
                     &opts,
                 )
                 .await;
@@ -163,35 +254,31 @@ impl Cluster {
                     Ok(r) => r,
                     Err(e) => {
                         self.set_healthy(false, &e.to_string());
+                        catch_up.fell_behind();
                         break;
                     }
                 };
                 for key in reply.keys {
-                    let mut events = Vec::with_capacity(key.ids.len());
-                    for entry in &key.ids {
-                        let id = Offset::parse(&entry.id).unwrap_or_default();
-                        if let Some(restarted) = from_start.take() {
-                            ingest.stream_read_from(id, restarted);
-                        }
-                        match entry.map.get("event").map(redis_string) {
-                            Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
-                                Ok(v) => events.push((id, v)),
-                                Err(e) => {
-                                    tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry that is not JSON")
-                                }
-                            },
-                            _ => {
-                                tracing::warn!(id = %entry.id, "skipping a stream entry without an 'event' field")
-                            }
-                        }
-                        last_id.clone_from(&entry.id);
-                    }
-                    if !events.is_empty() {
-                        ingest.apply_stream(events);
-                    }
+                    position.apply(&ingest, &key.ids, Arrival::Live);
                 }
             }
         }
+    }
+
+    /// The id of the stream's newest entry, if it has any.
+    async fn tail(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<Offset>, redis::RedisError> {
+        let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&self.settings.stream_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(last.ids.first().and_then(|e| Offset::parse(&e.id)))
     }
 
     /// If the stream's newest id is below `last_id` (Redis lost the stream and started over),
@@ -199,9 +286,9 @@ impl Cluster {
     async fn stream_reset(
         &self,
         conn: &mut MultiplexedConnection,
-        last_id: &str,
-    ) -> Option<String> {
-        if last_id == "0-0" {
+        last_id: Offset,
+    ) -> Option<Offset> {
+        if last_id == Offset::ZERO {
             return None;
         }
         let info: RedisValue = redis::cmd("XINFO")
@@ -217,7 +304,7 @@ impl Cluster {
             .chunks(2)
             .find(|kv| redis_string(&kv[0]).as_deref() == Some("last-generated-id"))
             .and_then(|kv| redis_string(&kv[1]))?;
-        (Offset::parse(&newest) < Offset::parse(last_id)).then(|| "0-0".to_owned())
+        (Offset::parse(&newest)? < last_id).then_some(Offset::ZERO)
     }
 
     pub fn client(&self) -> redis::Client {
@@ -238,6 +325,41 @@ impl Cluster {
             );
         } else if !was && ok {
             tracing::info!("redis reachable; following the stream");
+        }
+    }
+}
+
+/// How far the stream has been read.
+struct Position {
+    last: Offset,
+    from_start: Option<bool>,
+}
+
+impl Position {
+    /// Applies stream entries in order and moves past them; entries that are not events are
+    /// skipped with a warning.
+    fn apply(&mut self, ingest: &Ingest, entries: &[redis::streams::StreamId], arrival: Arrival) {
+        let mut events = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let id = Offset::parse(&entry.id).unwrap_or_default();
+            if let Some(restarted) = self.from_start.take() {
+                ingest.stream_read_from(id, restarted);
+            }
+            match entry.map.get("event").map(redis_string) {
+                Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => events.push((id, v)),
+                    Err(e) => {
+                        tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry that is not JSON")
+                    }
+                },
+                _ => {
+                    tracing::warn!(id = %entry.id, "skipping a stream entry without an 'event' field")
+                }
+            }
+            self.last = self.last.max(id);
+        }
+        if !events.is_empty() {
+            ingest.apply_stream(events, arrival);
         }
     }
 }

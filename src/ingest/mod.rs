@@ -1,6 +1,7 @@
 //! Events from the exchange backend into the gateway: parsing, validation, market-data
 //! semantics, encoding once per publish, and hand-off to the shards.
 
+pub mod catch_up;
 pub mod demo;
 pub mod parse;
 
@@ -8,7 +9,7 @@ use crate::clock::unix_ms;
 use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery};
 use crate::room::Symbols;
-use crate::shard::{Broadcast, Fanout};
+use crate::shard::{Broadcast, Fanout, Overflow};
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -38,6 +39,19 @@ pub struct Ingest {
     recovery: Option<Arc<Recovery>>,
     /// Symbols clients may subscribe to: each symbol ingested is added.
     symbols: Arc<Symbols>,
+    /// While catching up with the cluster stream, what would have been published, folded per
+    /// room (newest values, book views, lossless rooms touched); the shards get it at the end.
+    history: Mutex<Option<Overflow>>,
+}
+
+/// How events read from the cluster stream reach subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// As the stream takes them.
+    Live,
+    /// After the instance fell behind: delivered to sockets subscribed before the stream took
+    /// each event, and to nobody who subscribed since.
+    Late,
 }
 
 impl Ingest {
@@ -55,6 +69,7 @@ impl Ingest {
             by_type: Mutex::new(Default::default()),
             encodes: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            history: Mutex::new(None),
         })
     }
 
@@ -93,7 +108,10 @@ impl Ingest {
     /// were accepted.
     pub fn submit(&self, events: Vec<Value>) -> Result<usize, IngestError> {
         let typed = Self::parse_all(events)?;
-        self.apply_checked(typed.into_iter().map(|e| (e, None)).collect())
+        self.apply_checked(
+            typed.into_iter().map(|e| (e, None)).collect(),
+            Arrival::Live,
+        )
     }
 
     fn parse_all(
@@ -126,7 +144,7 @@ impl Ingest {
     /// Applies events read back from the cluster stream, in stream order. The stream is the
     /// authority on order, so an event that no longer fits (say, book ids another instance
     /// validated against an older replica) is skipped and counted, never fatal.
-    pub fn apply_stream(&self, events: Vec<(Offset, Value)>) -> usize {
+    pub fn apply_stream(&self, events: Vec<(Offset, Value)>, arrival: Arrival) -> usize {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
         for (id, ev) in events {
@@ -151,8 +169,33 @@ impl Ingest {
                 }
             }
         }
-        let _ = self.apply_checked(good);
+        let _ = self.apply_checked(good, arrival);
         skipped
+    }
+
+    /// From now until `end_history`, what ingest produces rebuilds state (books, last values,
+    /// the replay log) but is not delivered: it is history to every socket connected now.
+    pub fn begin_history(&self) {
+        let mut history = self.history.lock();
+        if history.is_none() {
+            *history = Some(Overflow {
+                stream_gap: true,
+                ..Overflow::default()
+            });
+        }
+    }
+
+    /// Hands what was folded since `begin_history` to the shards: they take the newest values
+    /// and book views, and the members of lossless rooms that missed events are sent to
+    /// recover them from the replay log. Nothing is delivered twice or as live.
+    pub fn end_history(&self) {
+        // Under the market lock, so no publish slips between the fold and the hand-over.
+        let _market = self.market.lock();
+        if let Some(mut history) = self.history.lock().take() {
+            // History has no fan-out latency to report.
+            history.created = None;
+            self.fanout.hand_over(history);
+        }
     }
 
     /// Cluster mode: the stream is read from `first` on (at start, or after it restarted).
@@ -171,6 +214,7 @@ impl Ingest {
     fn apply_checked(
         &self,
         typed: Vec<(crate::market::input::IngestEvent, Option<Offset>)>,
+        arrival: Arrival,
     ) -> Result<usize, IngestError> {
         let n = typed.len();
         let now = unix_ms();
@@ -191,10 +235,11 @@ impl Ingest {
                 market.apply(ev, now, &mut out);
                 offsets.resize(out.len(), id);
             }
+            market.take_ticker_values(&mut out);
             drop(by_type);
             // Publish inside the lock so batches reach the shards in the order they were
             // applied; encoding is per publish, not per subscriber.
-            self.publish(out, offsets, now);
+            self.publish(out, offsets, now, arrival);
         }
         self.events.fetch_add(n as u64, Relaxed);
         Ok(n)
@@ -207,7 +252,13 @@ impl Ingest {
         clippy::disallowed_methods,
         reason = "when a batch is handed over, for the fan-out latency histogram"
     )]
-    fn publish(&self, out: Vec<Publish>, stream_ids: Vec<Option<Offset>>, now: u64) {
+    fn publish(
+        &self,
+        out: Vec<Publish>,
+        stream_ids: Vec<Option<Offset>>,
+        now: u64,
+        arrival: Arrival,
+    ) {
         if out.is_empty() {
             return;
         }
@@ -219,7 +270,10 @@ impl Ingest {
         let batch: Vec<Broadcast> = out
             .into_iter()
             .zip(stream_ids.into_iter().chain(std::iter::repeat(None)))
-            .map(|(p, id)| {
+            .map(|(mut p, id)| {
+                if arrival == Arrival::Late {
+                    p.appended_ms = id.map(|o| o.ms);
+                }
                 let offset = match (recovery, p.class, p.deliver) {
                     (Some(r), StreamClass::Lossless, true) => {
                         if local {
@@ -249,6 +303,10 @@ impl Ingest {
             }
         }
         self.encodes.fetch_add(batch.len() as u64, Relaxed);
+        if let Some(history) = self.history.lock().as_mut() {
+            history.fold(&batch, created);
+            return;
+        }
         self.fanout.publish(batch, created);
     }
 
@@ -260,7 +318,7 @@ impl Ingest {
                 let mut market = self.market.lock();
                 let mut out = Vec::new();
                 market.poll(now, &mut out);
-                self.publish(out, Vec::new(), now);
+                self.publish(out, Vec::new(), now, Arrival::Live);
                 market
                     .next_deadline()
                     .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))

@@ -65,6 +65,8 @@ pub enum Refusal {
     TcpConnections,
     /// The gateway is draining for a restart.
     Draining,
+    /// The instance is catching up with the cluster stream.
+    CatchingUp,
 }
 
 impl Refusal {
@@ -79,7 +81,10 @@ impl Refusal {
 
     pub fn status(self) -> u16 {
         match self {
-            Refusal::MaxConnections | Refusal::TcpConnections | Refusal::Draining => 503,
+            Refusal::MaxConnections
+            | Refusal::TcpConnections
+            | Refusal::Draining
+            | Refusal::CatchingUp => 503,
             Refusal::MaxConnectionsPerIp
             | Refusal::HandshakeRate
             | Refusal::MaxConnectionsPerUser
@@ -96,6 +101,7 @@ impl Refusal {
             Refusal::TcpConnectionsPerIp => "TCP_CONNECTIONS_PER_IP",
             Refusal::TcpConnections => "TCP_CONNECTIONS",
             Refusal::Draining => "DRAINING",
+            Refusal::CatchingUp => "CATCHING_UP",
         }
     }
 
@@ -108,6 +114,9 @@ impl Refusal {
             Refusal::TcpConnectionsPerIp => "too many TCP connections from this address",
             Refusal::TcpConnections => "the gateway is at its TCP connection capacity",
             Refusal::Draining => "the gateway is restarting; reconnect shortly",
+            Refusal::CatchingUp => {
+                "this instance is catching up with the event stream; reconnect shortly"
+            }
         }
     }
 }

@@ -51,6 +51,19 @@ pub struct Publish<B = Event> {
     pub book: Option<Arc<BookView>>,
     /// Its recovery offset (delivered lossless events, with recovery on), given when encoded.
     pub offset: Option<Offset>,
+    /// Set on events an instance delivers late, after it fell behind the cluster stream: when
+    /// the stream took the event (unix ms). A socket that subscribed after that is not sent it.
+    pub appended_ms: Option<u64>,
+    /// For `ticker:all`: tickers whose latest value changed, from which a shard composes the
+    /// complete list a new subscriber gets.
+    pub tickers: Option<Arc<[TickerValue]>>,
+}
+
+/// One symbol's latest ticker, as the JSON its `data` is sent as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickerValue {
+    pub symbol: Arc<str>,
+    pub json: bytes::Bytes,
 }
 
 /// An event before encoding: its name and data.
@@ -78,6 +91,8 @@ impl Publish<Event> {
             retain: self.retain,
             book: self.book,
             offset,
+            appended_ms: self.appended_ms,
+            tickers: self.tickers,
         }
     }
 }
@@ -128,8 +143,9 @@ struct BookState {
 pub struct Market {
     settings: MarketSettings,
     tickers: HashMap<Arc<str>, Throttle<Value>>,
-    known_tickers: IndexMap<Arc<str>, Value>,
     changed_tickers: IndexMap<Arc<str>, Value>,
+    /// Tickers ingested since `take_ticker_values` last ran.
+    fresh_tickers: IndexMap<Arc<str>, Value>,
     all_tickers: Throttle<()>,
     klines: HashMap<(Arc<str>, &'static str), KlineState>,
     books: HashMap<Arc<str>, BookState>,
@@ -142,8 +158,8 @@ impl Market {
         Market {
             settings,
             tickers: HashMap::new(),
-            known_tickers: IndexMap::new(),
             changed_tickers: IndexMap::new(),
+            fresh_tickers: IndexMap::new(),
             all_tickers: Throttle::new(settings.ticker_throttle_ms),
             klines: HashMap::new(),
             books: HashMap::new(),
@@ -235,6 +251,8 @@ impl Market {
                 retain: false,
                 book: None,
                 offset: None,
+                appended_ms: None,
+                tickers: None,
             }),
             IngestEvent::Private { room, event, data }
             | IngestEvent::Manual { room, event, data } => out.push(Publish {
@@ -248,12 +266,14 @@ impl Market {
                 retain: false,
                 book: None,
                 offset: None,
+                appended_ms: None,
+                tickers: None,
             }),
         }
     }
 
     fn ticker(&mut self, symbol: Arc<str>, data: Value, now: u64, out: &mut Vec<Publish>) {
-        self.known_tickers.insert(symbol.clone(), data.clone());
+        self.fresh_tickers.insert(symbol.clone(), data.clone());
         self.changed_tickers.insert(symbol.clone(), data.clone());
         let window = self.settings.ticker_throttle_ms;
         let t = self
@@ -292,19 +312,40 @@ impl Market {
             retain: false,
             book: None,
             offset: None,
+            appended_ms: None,
+            tickers: None,
         });
-        // What a new `ticker:all` subscriber gets: every known ticker.
+    }
+
+    /// After a batch: the tickers it changed, for shards to keep every symbol's latest value
+    /// (a new `ticker:all` subscriber gets them all). Per batch and per changed symbol only,
+    /// however many symbols there are.
+    pub fn take_ticker_values(&mut self, out: &mut Vec<Publish>) {
+        if self.fresh_tickers.is_empty() {
+            return;
+        }
+        let values: Arc<[TickerValue]> = self
+            .fresh_tickers
+            .drain(..)
+            .map(|(symbol, v)| TickerValue {
+                symbol,
+                // Serializing a JSON value into a vector cannot fail.
+                json: serde_json::to_vec(&v).unwrap_or_default().into(),
+            })
+            .collect();
         out.push(Publish {
             room: Room::TickerAll.name(),
             body: Event {
                 name: Arc::from("tickers.update"),
-                data: Payload::Value(Value::Array(self.known_tickers.values().cloned().collect())),
+                data: Payload::Json(b"[]".to_vec()),
             },
             class: StreamClass::Latest,
             deliver: false,
-            retain: true,
+            retain: false,
             book: None,
             offset: None,
+            appended_ms: None,
+            tickers: Some(values),
         });
     }
 
@@ -422,6 +463,8 @@ fn ticker_publish(symbol: &str, data: Value) -> Publish {
         retain: true,
         book: None,
         offset: None,
+        appended_ms: None,
+        tickers: None,
     }
 }
 
@@ -441,6 +484,8 @@ fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
         retain: true,
         book: None,
         offset: None,
+        appended_ms: None,
+        tickers: None,
     }
 }
 
@@ -456,6 +501,8 @@ fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
         retain: false,
         book: Some(view),
         offset: None,
+        appended_ms: None,
+        tickers: None,
     }
 }
 
@@ -472,6 +519,8 @@ fn book_delta(symbol: &str, book: &mut OrderBook) -> Option<Publish> {
         retain: false,
         book: Some(view),
         offset: None,
+        appended_ms: None,
+        tickers: None,
     })
 }
 
@@ -494,6 +543,7 @@ mod tests {
                 log.extend(out.drain(..).map(|p| (at, p)));
             }
             m.apply(ev(e), t, &mut out);
+            m.take_ticker_values(&mut out);
             log.extend(out.drain(..).map(|p| (t, p)));
         }
         while let Some(at) = m.next_deadline().filter(|at| *at <= until) {
@@ -570,15 +620,29 @@ mod tests {
                 Payload::Value(json!([{"s":"B2"},{"s":"C1"}]))
             ]
         );
-        let retained = log
-            .iter()
-            .rev()
-            .find(|(_, p)| p.retain && Room::parse(&p.room) == Room::TickerAll)
-            .unwrap();
+        // What a shard composes a new subscriber's first message from: every symbol, at its
+        // latest value, including those the digest still holds.
+        let mut latest = IndexMap::new();
+        for (_, p) in &log {
+            for v in p.tickers.iter().flat_map(|t| t.iter()) {
+                latest.insert(
+                    v.symbol.to_string(),
+                    String::from_utf8(v.json.to_vec()).unwrap(),
+                );
+            }
+        }
+        let want = [
+            ("AAA", r#"{"s":"A1"}"#),
+            ("BBB", r#"{"s":"B2"}"#),
+            ("CCC", r#"{"s":"C1"}"#),
+        ];
         assert_eq!(
-            retained.1.body.data,
-            Payload::Value(json!([{"s":"A1"},{"s":"B2"},{"s":"C1"}]))
+            latest.into_iter().collect::<Vec<_>>(),
+            want.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
         );
+        assert!(!log
+            .iter()
+            .any(|(_, p)| p.retain && Room::parse(&p.room) == Room::TickerAll));
     }
 
     #[test]

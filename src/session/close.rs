@@ -85,6 +85,9 @@ pub enum CloseReason {
     /// The shard could not keep up with the publishes of a lossless stream the client
     /// follows: it comes back and is replayed what it missed.
     Overloaded,
+    /// The instance fell behind the cluster stream and skipped events of a lossless stream
+    /// the client follows: it comes back and is replayed what it missed.
+    StreamGap,
     Violation(Violation),
 }
 
@@ -101,6 +104,7 @@ impl CloseReason {
                 | CloseReason::ClientClosed
                 | CloseReason::ServerShutdown
                 | CloseReason::Overloaded
+                | CloseReason::StreamGap
         )
     }
 
@@ -114,6 +118,7 @@ impl CloseReason {
             | CloseReason::SlowConsumer
             | CloseReason::PayloadTooLarge
             | CloseReason::Overloaded
+            | CloseReason::StreamGap
             | CloseReason::Violation(_) => true,
             CloseReason::TransportClosed
             | CloseReason::WebSocketClosed
@@ -153,6 +158,7 @@ impl CloseReason {
             CloseReason::OverlappingPolls => "overlapping polls",
             CloseReason::OverlappingPosts => "overlapping posts",
             CloseReason::Overloaded => "shard overloaded",
+            CloseReason::StreamGap => "behind the event stream",
             CloseReason::Violation(v) => v.as_str(),
         }
     }

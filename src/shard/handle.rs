@@ -66,7 +66,7 @@ pub const PUBLISH_QUEUE: usize = 1024;
 /// value of each latest-only stream, the newest view of each order book, and the lossless
 /// rooms whose events it will not get (their members are disconnected to recover them from
 /// the replay log). Bounded by the number of rooms, however long the shard stays behind.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Overflow {
     /// Newest delivered value per latest-only room.
     pub latest: HashMap<Arc<str>, Broadcast>,
@@ -81,14 +81,24 @@ pub struct Overflow {
     /// Batches folded in.
     pub batches: u64,
     pub created: Option<Instant>,
+    /// Latest ticker per symbol, for `ticker:all` subscribers.
+    pub tickers: indexmap::IndexMap<Arc<str>, bytes::Bytes>,
+    /// What was folded is history the instance read while catching up with the cluster
+    /// stream, not batches a shard was too slow to take.
+    pub stream_gap: bool,
 }
 
 impl Overflow {
-    fn fold(&mut self, batch: &[Broadcast], created: Instant) {
+    pub fn fold(&mut self, batch: &[Broadcast], created: Instant) {
         self.batches += 1;
         self.created.get_or_insert(created);
         for b in batch {
             self.last_offset = self.last_offset.max(b.offset);
+            if let Some(values) = &b.tickers {
+                for v in values.iter() {
+                    self.tickers.insert(v.symbol.clone(), v.json.clone());
+                }
+            }
             if b.retain {
                 self.retained.insert(b.room.clone(), b.body.clone());
             }
@@ -108,6 +118,24 @@ impl Overflow {
                 StreamClass::BookDelta | StreamClass::BookSnapshot => {}
             }
         }
+    }
+}
+
+impl Overflow {
+    /// Adds `newer`, folded after everything in `self`.
+    fn merge(&mut self, newer: Overflow) {
+        self.batches += newer.batches;
+        self.created = match (self.created, newer.created) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_offset = self.last_offset.max(newer.last_offset);
+        self.latest.extend(newer.latest);
+        self.retained.extend(newer.retained);
+        self.books.extend(newer.books);
+        self.lossless.extend(newer.lossless);
+        self.tickers.extend(newer.tickers);
+        self.stream_gap |= newer.stream_gap;
     }
 }
 
@@ -147,6 +175,15 @@ impl ShardHandle {
         self.fold(&batch, created);
     }
 
+    /// Gives the shard an overflow built elsewhere, after every batch queued before it.
+    fn hand_over(&self, folded: Overflow) {
+        let mut overflow = self.overflow.lock();
+        overflow.merge(folded);
+        self.overflowing.store(true, Ordering::Release);
+        drop(overflow);
+        let _ = self.waker.wake();
+    }
+
     fn fold(&self, batch: &[Broadcast], created: Instant) {
         let mut overflow = self.overflow.lock();
         overflow.fold(batch, created);
@@ -184,6 +221,13 @@ impl Fanout {
         let batch: Arc<[Broadcast]> = batch.into();
         for s in self.shards.iter() {
             s.publish(batch.clone(), created);
+        }
+    }
+
+    /// What ingest folded while catching up with the stream, to every shard.
+    pub fn hand_over(&self, folded: Overflow) {
+        for s in self.shards.iter() {
+            s.hand_over(folded.clone());
         }
     }
 

@@ -13,7 +13,7 @@ pub mod engine;
 mod handle;
 mod stats;
 
-pub use handle::{Broadcast, Fanout, RoomEmit, ShardHandle, ShardMsg};
+pub use handle::{Broadcast, Fanout, Overflow, RoomEmit, ShardHandle, ShardMsg};
 pub use stats::{Counters, Latency, ShardStats, LATENCY_BUCKETS};
 
 use crate::limits::{LimitSettings, Limits};
@@ -74,6 +74,8 @@ pub struct Shared {
     pub upstream_ok: Arc<AtomicBool>,
     /// Connection state recovery, when on.
     pub recovery: Option<Arc<Recovery>>,
+    /// Where the instance stands against the cluster stream (always following standalone).
+    pub catch_up: Arc<crate::ingest::catch_up::CatchUp>,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             upstream_ok: Arc::new(AtomicBool::new(true)),
             recovery: None,
+            catch_up: Arc::new(crate::ingest::catch_up::CatchUp::following()),
         }
     }
 }

@@ -35,6 +35,11 @@ impl Engine {
             self.counters.handshakes_refused += 1;
             return Err(Refusal::Draining);
         }
+        if self.shared.catch_up.is_catching_up() {
+            // What it would be sent now is history, or a state still being rebuilt.
+            self.counters.handshakes_refused += 1;
+            return Err(Refusal::CatchingUp);
+        }
         self.shared
             .limits
             .admit(ip, self.now.unix_ms)
@@ -63,6 +68,7 @@ impl Engine {
             socket_timer: None,
             joined: Default::default(),
             skip_until: None,
+            late_joins: Vec::new(),
             closing: None,
         }));
         self.sids.insert(sid.into_boxed_str(), s);
@@ -259,6 +265,10 @@ impl Engine {
                     self.count_work(|w| w.rooms += 1);
                     if let Some(last) = self.last_values.get(&room) {
                         joined.push(last.clone());
+                    } else if crate::room::Room::parse(&room) == crate::room::Room::TickerAll {
+                        if let Some(all) = self.ticker_all.snapshot(self.now.unix_ms) {
+                            joined.push(all);
+                        }
                     } else if let Some((view, cached)) = self.books.get_mut(&room) {
                         let now_ms = self.now.unix_ms;
                         let m = cached.get_or_insert_with(|| {
@@ -267,11 +277,21 @@ impl Engine {
                         });
                         joined.push(m.clone());
                     }
-                    let at = self.last_offset.unwrap_or(Offset::ZERO);
+                    let mut at = self.last_offset.unwrap_or(Offset::ZERO);
+                    let behind = self.shared.catch_up.is_behind();
+                    let now_ms = self.now.unix_ms;
+                    if behind {
+                        // Owed from its subscription on, not from the stale position.
+                        at = at.max(Offset::new(now_ms, 0));
+                    }
                     if let Some(session) = self.live_session_mut(s) {
                         if tracks_rooms {
                             session.joined.entry(room.clone()).or_insert(at);
                             rooms_changed = true;
+                        }
+                        if behind {
+                            session.late_joins.retain(|(r, _)| *r != room);
+                            session.late_joins.push((room.clone(), now_ms));
                         }
                     }
                     self.join_room(room, s);
@@ -285,6 +305,9 @@ impl Engine {
                         }
                         if !session.owed.is_empty() {
                             session.owed.retain(|r| *r != room);
+                        }
+                        if !session.late_joins.is_empty() {
+                            session.late_joins.retain(|(r, _)| *r != room);
                         }
                     }
                     self.leave_room(&room, s);

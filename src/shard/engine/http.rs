@@ -160,11 +160,21 @@ impl Engine {
                     "starting"
                 } else if !self.shared.upstream_ok.load(Ordering::Relaxed) {
                     "upstream_unavailable"
+                } else if self.shared.catch_up.is_catching_up() {
+                    "catching_up"
                 } else {
                     "ready"
                 };
                 let code = if status == "ready" { 200 } else { 503 };
-                let body = format!("{{\"status\":\"{status}\"}}");
+                let body = if status == "catching_up" {
+                    let p = self.shared.catch_up.progress();
+                    format!(
+                        "{{\"status\":\"{status}\",\"events\":{},\"behind_ms\":{}}}",
+                        p.events, p.behind_ms
+                    )
+                } else {
+                    format!("{{\"status\":\"{status}\"}}")
+                };
                 self.respond(c, response::json(code, &[], keep, &body), keep)
             }
             Endpoint::Demo(ctype, body) => {

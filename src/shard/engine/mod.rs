@@ -33,6 +33,7 @@ mod rooms;
 mod session;
 #[doc(hidden)]
 pub mod sim;
+mod ticker_all;
 mod timers;
 mod ws;
 
@@ -113,6 +114,8 @@ pub struct Engine {
     rooms: Rooms,
     /// The latest message of each room that keeps one (tickers, klines), for new subscribers.
     last_values: HashMap<Arc<str>, WireMessage>,
+    /// Every symbol's latest ticker, for new `ticker:all` subscribers.
+    ticker_all: ticker_all::TickerDirectory,
     /// Each order book room's current view, and its subscribe snapshot once encoded.
     books: HashMap<Arc<str>, (Arc<BookView>, Option<WireMessage>)>,
     timers: Timers,
@@ -165,6 +168,7 @@ impl Engine {
             sids: HashMap::new(),
             rooms: Rooms::default(),
             last_values: HashMap::new(),
+            ticker_all: ticker_all::TickerDirectory::default(),
             books: HashMap::new(),
             timers: Timers::default(),
             dirty_conns: VecDeque::new(),
@@ -490,6 +494,7 @@ impl Engine {
         }
         self.last_offset = self.last_offset.max(overflow.last_offset);
         self.last_values.extend(overflow.retained);
+        self.ticker_all.merge(overflow.tickers);
         let mut owed = Vec::new();
         for (room, view) in overflow.books {
             if let Some(r) = self.rooms.get(&room) {
@@ -506,7 +511,11 @@ impl Engine {
         }
         let latest: Vec<Broadcast> = overflow.latest.into_values().collect();
         self.publish(&latest);
-        let notice = crate::notice::overloaded();
+        let (notice, reason) = if overflow.stream_gap {
+            (crate::notice::stream_gap(), CloseReason::StreamGap)
+        } else {
+            (crate::notice::overloaded(), CloseReason::Overloaded)
+        };
         for room in overflow.lossless {
             let members: Vec<SessionId> = self
                 .rooms
@@ -515,7 +524,7 @@ impl Engine {
                 .unwrap_or_default();
             for s in members {
                 self.send_wire(s, &notice);
-                self.close_session(s, CloseReason::Overloaded);
+                self.close_session(s, reason);
             }
         }
         // Who is not waiting on a write gets its snapshot now; the rest once written.

@@ -27,6 +27,9 @@ impl Engine {
             if let Some(view) = &b.book {
                 self.books.insert(b.room.clone(), (view.clone(), None));
             }
+            if let Some(values) = &b.tickers {
+                self.ticker_all.update(values);
+            }
             if b.offset.is_some() {
                 self.last_offset = b.offset.max(self.last_offset);
             }
@@ -49,6 +52,11 @@ impl Engine {
                 };
                 if let (Some(skip), Some(offset)) = (session.skip_until, b.offset) {
                     if offset <= skip {
+                        continue;
+                    }
+                }
+                if let (StreamClass::Lossless, Some(appended)) = (b.class, b.appended_ms) {
+                    if session.subscribed_after(&b.room, appended) {
                         continue;
                     }
                 }

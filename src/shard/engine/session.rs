@@ -49,6 +49,9 @@ pub(super) struct Session {
     /// With recovery on: each room and the offset this shard had delivered when it was joined.
     /// A map, so a packet joining or leaving a thousand rooms costs a thousand steps.
     pub joined: IndexMap<Arc<str>, Offset>,
+    /// Rooms joined while the instance was behind the cluster stream, and when (unix ms):
+    /// events the stream took before then, delivered late, are history to this session.
+    pub late_joins: Vec<(Arc<str>, u64)>,
     /// A recovered client already has lossless events up to here (see `recovery::Restored`).
     pub skip_until: Option<Offset>,
     /// Set when the session is closed; it is removed as the engine's call ends.
@@ -59,4 +62,14 @@ pub(super) struct Session {
 /// caller may hold it beside borrows of the engine's other fields.
 pub(super) fn live_mut(sessions: &mut Slab<Session>, s: SessionId) -> Option<&mut Session> {
     sessions.get_mut(s.key()).filter(|x| x.closing.is_none())
+}
+
+impl Session {
+    /// Whether a lossless event the stream took at `appended_ms`, delivered late in `room`,
+    /// predates this session's subscription to it.
+    pub fn subscribed_after(&self, room: &str, appended_ms: u64) -> bool {
+        self.late_joins
+            .iter()
+            .any(|(r, at)| &**r == room && *at > appended_ms)
+    }
 }

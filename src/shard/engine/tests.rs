@@ -83,6 +83,8 @@ fn trade_with(room: &str, data: Payload) -> Broadcast {
         retain: false,
         book: None,
         offset: None,
+        appended_ms: None,
+        tickers: None,
     }
 }
 
@@ -96,6 +98,8 @@ fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
         retain: false,
         book: None,
         offset,
+        appended_ms: None,
+        tickers: None,
     }
 }
 
@@ -1005,5 +1009,98 @@ fn events_larger_than_the_api_takes_are_refused_without_decoding() {
     assert!(
         !sim.is_open(c),
         "anything else over the size ends the session"
+    );
+}
+
+#[test]
+fn events_delivered_late_skip_only_sockets_that_subscribed_after_the_stream_took_them() {
+    let mut sim = sim();
+    let early = subscribed_websocket(&mut sim);
+    // The instance loses the stream; a socket subscribes meanwhile, at `joined`.
+    sim.shared.catch_up.fell_behind();
+    sim.advance(Duration::from_secs(2));
+    let late = subscribed_websocket(&mut sim);
+    let joined = sim.now.unix_ms;
+    sim.shared.catch_up.caught_up();
+    let appended = |n: u64, at: u64| Broadcast {
+        appended_ms: Some(at),
+        ..trade("trades:BTCUSDT", n, None)
+    };
+    sim.publish(&[appended(1, joined - 1500), appended(2, joined + 5)]);
+    sim.publish(&[trade("trades:BTCUSDT", 3, None)]);
+    let ids = |sim: &mut Sim, c| -> Vec<u64> {
+        client::texts(&sim.take(c))
+            .iter()
+            .filter_map(|t| {
+                t.split("\"tradeId\":")
+                    .nth(1)?
+                    .split('}')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    assert_eq!(ids(&mut sim, early), vec![1, 2, 3], "owed everything");
+    assert_eq!(
+        ids(&mut sim, late),
+        vec![2, 3],
+        "nothing from before it subscribed"
+    );
+}
+
+#[test]
+fn new_sessions_are_refused_while_catching_up_with_the_stream() {
+    let mut sim = sim();
+    sim.shared.catch_up.await_stream();
+    assert!(sim.open_polling(CLIENT).is_none());
+    let c = sim.connect(CLIENT);
+    sim.send(c, &client::get("/ready", ""));
+    let (resp, _) = client::responses(&sim.take(c));
+    assert_eq!(resp[0].0, 503);
+    let body = String::from_utf8_lossy(&resp[0].1).into_owned();
+    assert!(body.contains("\"catching_up\""), "{body}");
+    sim.shared.catch_up.caught_up();
+    assert!(sim.open_polling(CLIENT).is_some());
+}
+
+#[test]
+fn a_new_ticker_all_subscriber_gets_every_symbols_latest_value() {
+    use crate::market::TickerValue;
+    let mut sim = sim();
+    let values = |list: &[(&str, &str)]| -> Arc<[TickerValue]> {
+        list.iter()
+            .map(|(s, j)| TickerValue {
+                symbol: Arc::from(*s),
+                json: bytes::Bytes::copy_from_slice(j.as_bytes()),
+            })
+            .collect()
+    };
+    let directory = |list| Broadcast {
+        room: Arc::from("ticker:all"),
+        deliver: false,
+        class: StreamClass::Latest,
+        tickers: Some(values(list)),
+        ..trade("ticker:all", 0, None)
+    };
+    sim.publish(&[directory(&[
+        ("AAA", "{\"s\":\"A1\"}"),
+        ("BBB", "{\"s\":\"B1\"}"),
+    ])]);
+    sim.publish(&[directory(&[("BBB", "{\"s\":\"B2\"}")])]);
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(
+        c,
+        &client::text("42/ws,1[\"subscribe\",{\"channel\":\"ticker\",\"symbol\":\"all\"}]"),
+    );
+    let texts = client::texts(&sim.take(c));
+    let first = texts
+        .iter()
+        .find(|t| t.contains("tickers.update"))
+        .expect("a first tickers.update");
+    assert!(
+        first.contains("\"data\":[{\"s\":\"A1\"},{\"s\":\"B2\"}]"),
+        "{first}"
     );
 }

@@ -200,8 +200,6 @@ class Follower:
                                f"lastUpdateId {self.book.last}")
             if d["lastUpdateId"] < d["firstUpdateId"]:
                 self._bad(msg, "lastUpdateId < firstUpdateId")
-            if not d["bids"] and not d["asks"]:
-                self._bad(msg, "empty delta")
             self.book.apply(d)
             self.deltas += 1
             if len(self.book.bids) > self.depth or len(self.book.asks) > self.depth:
@@ -549,6 +547,28 @@ def test_last_value_on_subscribe_ticker_all(gateway_factory, clients, transports
     assert rec_b.named("ticker.update") == []
 
 
+def test_ticker_all_starts_complete_while_the_digest_holds_values(gateway_factory, clients,
+                                                                   transports):
+    gw = gateway_factory()  # default --ticker-throttle-ms 1000
+    syms = [unique_symbol(p) for p in ("TA", "TB", "TC")]
+    # One batch: the digest's leading edge takes the first, its throttle holds the others.
+    gw.ingest_ok([ticker_ev(s, 0) for s in syms])
+    time.sleep(0.05)
+    b, rec_b = clients(gw, transports, ordered=True)
+    msg, _ = _first_after_ack(b, rec_b, {"channel": "ticker", "symbol": "all"}, "tickers.update")
+    got = {d["symbol"]: d for d in msg["data"] if d["symbol"] in syms}
+    assert got == {s: ticker(s, 0) for s in syms}, msg
+    # A later value for one symbol, still inside the throttle window, is the one a new
+    # subscriber starts from.
+    gw.ingest_ok(ticker_ev(syms[1], 1))
+    time.sleep(0.05)
+    c, rec_c = clients(gw, transports, ordered=True)
+    msg, _ = _first_after_ack(c, rec_c, {"channel": "ticker", "symbol": "all"}, "tickers.update")
+    got = {d["symbol"]: d for d in msg["data"] if d["symbol"] in syms}
+    assert got == {syms[0]: ticker(syms[0], 0), syms[1]: ticker(syms[1], 1),
+                   syms[2]: ticker(syms[2], 0)}, msg
+
+
 # ---- 4. order book rebuild -----------------------------------------------------------------------
 
 BOOK_MODES = [
@@ -605,6 +625,52 @@ def test_orderbook_rebuild(gateway_factory, clients, tp, extra):
         assert 0 < f.deltas <= n
         if extra:
             assert f.deltas < n / 2, f"{who}: {f.deltas} deltas for {n} ingested (no conflation)"
+
+
+@pytest.mark.parametrize("tp", [None, ["websocket"]], ids=["default", "websocket"])
+def test_every_book_update_id_reaches_the_subscriber(gateway_factory, clients, tp):
+    """A fifth of the deltas leave the top 5 as it was (a change below it, a removal of a level
+    the book does not have, no levels at all): each still reaches the client at once, as a
+    delta with empty sides, so its lastUpdateId equals the backend's after every publish."""
+    gw = gateway_factory("--orderbook-depth", "5")
+    sym = unique_symbol("OI")
+    bids = [[f"{100 - i}.00", "1"] for i in range(10)]
+    asks = [[f"{101 + i}.00", "1"] for i in range(10)]
+    gw.ingest_ok(book_ev(sym, {"type": "snapshot", "lastUpdateId": 1000, "bids": bids, "asks": asks}))
+    a, rec = clients(gw, tp, ordered=True)
+    subscribe_ok(a, {"channel": "orderbook", "symbol": sym})
+    rng = random.Random(7)
+    last = 1000
+    invisible = 0
+    for i in range(60):
+        first = last + 1
+        last = first + rng.randint(0, 2)
+        d = {"type": "delta", "firstUpdateId": first, "lastUpdateId": last, "bids": [], "asks": []}
+        kind = i % 5
+        if kind == 0:
+            invisible += 1
+            below_the_window = [("bids", ["95.00", str(rng.randint(2, 9))]),
+                                ("asks", ["108.00", str(rng.randint(2, 9))]),
+                                ("bids", ["50.00", "0"]),  # a level the book does not have
+                                ("asks", ["150.00", "0"])]
+            if rng.random() < 0.7:  # else no levels at all
+                side, level = rng.choice(below_the_window)
+                d[side].append(level)
+        else:
+            d["bids"].append(["100.00", str(i + 2)])
+        gw.ingest_ok(book_ev(sym, d))
+        got = rec.wait_event("orderbook.update", timeout=3,
+                             pred=lambda m, want=last: m["data"]["lastUpdateId"] == want)
+        assert got["data"]["firstUpdateId"] == first, got
+    updates = [m["data"] for m in rec.named("orderbook.update")]
+    assert updates[0]["type"] == "snapshot" and updates[0]["lastUpdateId"] == 1000, updates[0]
+    chain = updates[1:]
+    assert all(u["type"] == "delta" for u in chain), chain
+    for prev, u in zip([updates[0]] + chain, chain):
+        assert u["firstUpdateId"] == prev["lastUpdateId"] + 1, (prev, u)
+    empty = [u for u in chain if not u["bids"] and not u["asks"]]
+    assert len(empty) == invisible, f"{len(empty)} empty deltas for {invisible} invisible changes"
+    assert chain[-1]["lastUpdateId"] == last
 
 
 # ---- 5. order book ingest validation -------------------------------------------------------------
