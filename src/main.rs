@@ -3,10 +3,6 @@ use maven_gateway::server::Gateway;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
-/// glibc's allocator spends much of a stream catch-up and of ingest in consolidating and
-/// unlinking free chunks; mimalloc's per-thread free lists do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let config = Config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());

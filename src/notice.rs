@@ -79,7 +79,33 @@ pub fn api_error_ack_args(error: &ApiError) -> Value {
 
 /// `["error", {code, message, request}]`: the arguments of an `error` event.
 pub fn api_error_event_args(error: &ApiError, request: Value) -> Value {
+    let request = echo(request);
     json!(["error", {"code": error.code.as_str(), "message": error.message, "request": request}])
+}
+
+/// The refused request as echoed back: whole when small; else its scalar fields only (the
+/// channel, symbol, interval), marked truncated, so a refusal never costs as much to send
+/// as the request did to receive.
+fn echo(request: Value) -> Value {
+    const MAX_ECHO: usize = 1024;
+    if serde_json::to_vec(&request).map_or(0, |v| v.len()) <= MAX_ECHO {
+        return request;
+    }
+    match request {
+        Value::Object(m) => {
+            let mut kept: serde_json::Map<String, Value> = m
+                .into_iter()
+                .filter(|(k, v)| {
+                    k.len() <= 64 && matches!(v, Value::String(s) if s.len() <= 64)
+                        || matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null)
+                })
+                .take(8)
+                .collect();
+            kept.insert("truncated".into(), Value::Bool(true));
+            Value::Object(kept)
+        }
+        _ => json!({"truncated": true}),
+    }
 }
 
 fn api_ack(ns: &str, id: u64, args: Value) -> Packet {

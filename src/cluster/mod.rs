@@ -23,8 +23,9 @@ use tokio::sync::Mutex;
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BLOCK_MS: usize = 1000;
 const READ_COUNT: usize = 1000;
-/// Entries per read while catching up: larger reads, fewer round trips.
-const CATCH_UP_COUNT: usize = 10_000;
+/// Entries per read while catching up, without blocking: larger reads gain nothing measurable
+/// and hold more memory at once.
+const CATCH_UP_COUNT: usize = 2_000;
 /// After an outage, how many of the events the instance missed it still delivers (late) to
 /// the sockets subscribed before the stream took them. A short outage costs nobody their
 /// session; past this, the rest is handed over as a gap that sockets recover from the replay

@@ -35,6 +35,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token could be taken now, without taking it.
+    pub fn has_token(&self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        (self.tokens + elapsed * self.rate_per_sec).min(self.burst) >= 1.0
+    }
+
     /// Charges work already done, which may leave the bucket in debt: what a request will
     /// cost is known only once it has been handled, and the debt is paid by waiting.
     pub fn charge(&mut self, tokens: f64, now_ms: u64) {

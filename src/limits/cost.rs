@@ -3,15 +3,17 @@
 //! large one, one that joins a thousand rooms, or one that makes the gateway send megabytes
 //! of order book snapshots.
 
-/// Input that costs as much as one event (decoding is linear in size).
-pub const INPUT_BYTES_PER_EVENT: usize = 4096;
+/// Input that costs as much as one event. Decoding is linear in size, and a 64 KiB event
+/// dense with numbers takes ~2 ms to decode where an ordinary one takes ~2 µs: priced so a
+/// client address's work budget bounds its CPU, whatever it sends.
+pub const INPUT_BYTES_PER_EVENT: usize = 512;
 /// Room joins and leaves that cost as much as one event.
 pub const ROOMS_PER_EVENT: usize = 16;
 /// Output (answers, snapshots) that costs as much as one event.
 pub const OUTPUT_BYTES_PER_EVENT: usize = 64 * 1024;
 
 /// What one event costs beyond itself: whole units of its size and of the rooms it changed,
-/// so an ordinary event (under 4 KiB, under 16 rooms) costs exactly one.
+/// so an ordinary event (under 512 bytes, under 16 rooms) costs exactly one.
 pub fn event_surcharge(input_bytes: usize, rooms: usize) -> f64 {
     (input_bytes / INPUT_BYTES_PER_EVENT + rooms / ROOMS_PER_EVENT) as f64
 }
@@ -47,10 +49,10 @@ mod tests {
     #[test]
     fn ordinary_events_cost_one_and_large_ones_more() {
         assert_eq!(event_surcharge(200, 1), 0.0);
-        assert_eq!(event_surcharge(20_000, 1024), 4.0 + 64.0);
+        assert_eq!(event_surcharge(20_000, 1024), 39.0 + 64.0);
         let w = Work {
             messages: 2,
-            input_bytes: 8192,
+            input_bytes: 1024,
             rooms: 32,
             output_bytes: 128 * 1024,
         };

@@ -121,6 +121,22 @@ impl Refusal {
     }
 }
 
+/// The unit per-address limits count: an IPv4 address, or an IPv6 /64. A host or a site is
+/// routinely given a whole /64, so counting single IPv6 addresses would let one client pose
+/// as billions. An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// Input a connection may hold whatever the gateway's input budget: ordinary messages keep
 /// flowing while large ones on their way in have used the budget up.
 pub const SMALL_INPUT: usize = 4096;
@@ -249,6 +265,7 @@ impl Limits {
 
     /// Admits a new session from `ip`, counting it, or says why not.
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Refusal> {
+        let ip = address_key(ip);
         self.admit_uncounted(ip, now_ms).map_err(|r| self.count(r))
     }
 
@@ -272,6 +289,7 @@ impl Limits {
     }
 
     pub fn release(&self, ip: IpAddr) {
+        let ip = address_key(ip);
         self.total.fetch_sub(1, Ordering::Relaxed);
         let mut per_ip = self.per_ip.lock();
         if let Some(e) = per_ip.get_mut(&ip) {
@@ -289,6 +307,7 @@ impl Limits {
         now_ms: u64,
         making_room: bool,
     ) -> Result<(), Refusal> {
+        let ip = ip.map(address_key);
         let cap = self.settings.max_tcp + usize::from(making_room);
         if self.tcp.fetch_add(1, Ordering::Relaxed) >= cap {
             self.tcp.fetch_sub(1, Ordering::Relaxed);
@@ -314,6 +333,7 @@ impl Limits {
     }
 
     pub fn release_tcp(&self, ip: Option<IpAddr>) {
+        let ip = ip.map(address_key);
         self.tcp.fetch_sub(1, Ordering::Relaxed);
         let Some(ip) = ip else {
             return;
@@ -330,6 +350,7 @@ impl Limits {
 
     /// The input account of `ip`, for a connection to hold.
     pub fn input_account(&self, ip: IpAddr, now_ms: u64) -> InputAccount {
+        let ip = address_key(ip);
         let mut per_ip = self.per_ip.lock();
         InputAccount(Some(self.entry(&mut per_ip, ip, now_ms).input.clone()))
     }
@@ -374,6 +395,7 @@ impl Limits {
     /// Whether `ip` may try one more connection state recovery now (each attempt searches
     /// the replay log).
     pub fn admit_recovery(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let ip = address_key(ip);
         let mut per_ip = self.per_ip.lock();
         self.entry(&mut per_ip, ip, now_ms).recoveries.take(now_ms)
     }
@@ -422,6 +444,7 @@ impl Limits {
 
     /// TCP connections counted for `ip` (for tests and invariant checks).
     pub fn tcp_connections(&self, ip: IpAddr) -> usize {
+        let ip = address_key(ip);
         self.per_ip.lock().get(&ip).map_or(0, |e| e.tcp)
     }
 }
@@ -429,6 +452,24 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_bit_prefix() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(address_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let limits = Limits::new(LimitSettings {
+            max_connections_per_ip: 1,
+            ..LimitSettings::default()
+        });
+        assert!(limits.admit(a, 0).is_ok());
+        assert_eq!(limits.admit(b, 0), Err(Refusal::MaxConnectionsPerIp));
+        assert!(limits.admit(c, 0).is_ok());
+    }
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, n])

@@ -249,6 +249,10 @@ impl SocketLayer {
         if matches!(app, App::Gateway(_)) && head.json.len() > MAX_API_JSON {
             return self.refuse_oversized(app, head, ctx, out);
         }
+        if self.out_of_tokens(app, &head, ctx.now_ms) {
+            // Refused whatever it says: not worth decoding.
+            return self.refuse_undecoded(app, head, ctx, out);
+        }
         let (packet, attachments) = match head.decode() {
             Ok(p) => p,
             Err(_) => return out.push(Output::Close(Violation::ParseError)),
@@ -287,6 +291,53 @@ impl SocketLayer {
                 out.push(Output::Close(Violation::AttachmentsTooLarge))
             }
             Err(_) => out.push(Output::Close(Violation::ParseError)),
+        }
+    }
+
+    /// Whether `head` is a gateway event its connection has no token for (it will be
+    /// refused `RATE_LIMITED` whatever its content).
+    fn out_of_tokens(&self, app: &App, head: &Head<'_>, now_ms: u64) -> bool {
+        matches!(app, App::Gateway(_))
+            && matches!(head.kind, Kind::Event | Kind::BinaryEvent)
+            && self.bucket.as_ref().is_some_and(|b| !b.has_token(now_ms))
+            && self.sockets.iter().any(|s| *s.namespace == *head.namespace)
+    }
+
+    /// An event refused before its JSON is decoded: answered as the rate limit says (its
+    /// attachments dropped as they come).
+    fn refuse_undecoded(
+        &mut self,
+        app: &App,
+        head: Head<'_>,
+        ctx: &mut Ctx<'_>,
+        out: &mut Vec<Output>,
+    ) {
+        if head.attachments > 0 {
+            self.binary.discard(head.attachments);
+        }
+        let Some(i) = self
+            .sockets
+            .iter()
+            .position(|s| *s.namespace == *head.namespace)
+        else {
+            return;
+        };
+        let packet = Packet {
+            kind: head.kind,
+            namespace: head.namespace,
+            id: head.id,
+            data: None,
+            attachments: Vec::new(),
+        };
+        if self.admit_event(app, i, &packet, ctx.now_ms, out) {
+            // A token came back between the check and now: a dataless event is refused.
+            let error = ApiError::new(ErrorCode::BadRequest, "send the event again");
+            out.push(Output::Send(notice::api_error(
+                &packet.namespace,
+                packet.id,
+                &error,
+                Value::Null,
+            )));
         }
     }
 

@@ -38,7 +38,11 @@ const PUBLISH_BUDGET: usize = 64;
 const DELIVERY_BUDGET: u64 = 32 * 1024;
 const ACCEPT_BUDGET: usize = 256;
 /// Chunks read from one connection per turn.
-const READ_BUDGET: usize = 16;
+const READ_BUDGET: usize = 4;
+/// Chunks read from all connections together per turn. Whatever many clients send, each turn
+/// also publishes, writes and runs timers, and a connection that became readable waits at
+/// most for one round of the others' chunks, not for all their input.
+const TURN_READ_BUDGET: usize = 48;
 /// The longest a shard sleeps: published gauges stay fresh on an idle shard.
 const GAUGE_REFRESH: Duration = Duration::from_millis(500);
 
@@ -74,8 +78,10 @@ pub(super) struct Driver {
 pub struct Backlog {
     publishes: bool,
     accepts: bool,
-    /// Connections with input still to read.
+    /// Connections with input still to read, oldest first.
     reads: IndexSet<ConnId>,
+    /// Chunks the current turn may still read.
+    reads_left: usize,
 }
 
 impl Backlog {
@@ -144,6 +150,7 @@ impl Driver {
                 }
             }
             let now = now();
+            self.backlog.reads_left = TURN_READ_BUDGET;
             self.take_backlog(now);
             for ev in events.iter() {
                 match ev.token() {
@@ -249,6 +256,10 @@ impl Driver {
     /// since edge-triggered readiness will not report it again.
     fn read(&mut self, now: Now, c: ConnId, peer_closed: bool) {
         for _ in 0..READ_BUDGET {
+            if self.backlog.reads_left == 0 {
+                break;
+            }
+            self.backlog.reads_left -= 1;
             // Never more than the input budgets have room for.
             let allowed = self.engine.read_allowance(c).min(self.scratch.len());
             if allowed == 0 {

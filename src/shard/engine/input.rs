@@ -45,6 +45,7 @@ impl AddressWork {
 
     /// Charges `work` to `ip`; returns how long until its debt is paid (zero: none).
     pub fn charge(&mut self, ip: IpAddr, work: &Work, now_ms: u64) -> u64 {
+        let ip = crate::limits::address_key(ip);
         let (rate, burst) = (self.rate, self.burst);
         let bucket = self
             .buckets
@@ -55,7 +56,9 @@ impl AddressWork {
     }
 
     pub fn in_debt(&self, ip: IpAddr, now_ms: u64) -> bool {
-        self.buckets.get(&ip).is_some_and(|b| b.in_debt(now_ms))
+        self.buckets
+            .get(&crate::limits::address_key(ip))
+            .is_some_and(|b| b.in_debt(now_ms))
     }
 
     /// Forgets addresses whose budget is full again, now and then.

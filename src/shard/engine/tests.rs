@@ -533,10 +533,17 @@ fn a_websocket_that_floods_pings_and_never_reads_is_paused_at_the_soft_limit() {
     assert!(sim.unread(c) > flood.len() / 2);
     assert!(sim.is_open(c), "paused, not dropped: it may still read");
     sim.set_window(c, None);
-    let pongs = client::frames(&sim.take(c))
-        .into_iter()
-        .filter(|(op, _)| *op == 10)
-        .count();
+    // Its address is also in work debt by now: it reads on as the debt is paid.
+    let mut pongs = 0;
+    for _ in 0..1000 {
+        pongs += client::frames(&sim.take(c))
+            .into_iter()
+            .filter(|(op, _)| *op == 10)
+            .count();
+        if pongs == 20_000 || !sim.advance_to_next_deadline(Duration::from_secs(30)) {
+            break;
+        }
+    }
     assert_eq!(pongs, 20_000, "every ping answered once it read");
 }
 
