@@ -28,6 +28,9 @@ pub enum Cmd {
     /// Publish several times faster than the subscribers can be sent, and check the server
     /// stays responsive, bounded, and tells every client that falls behind.
     Overload(OverloadArgs),
+    /// Subscribers whose TCP connections are destroyed every 10–20 s and come back ~2 s
+    /// later with connection state recovery: delivery, duplicates, order, replay delay.
+    Jitter(JitterArgs),
     /// Internal: a worker process (started by the coordinator).
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -177,6 +180,36 @@ pub struct OverloadArgs {
     /// How often, during the overload, a probe asks /health and opens a new session (ms).
     #[arg(long, default_value_t = 250)]
     pub probe_ms: u64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct JitterArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers (one task each in this process).
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u64,
+    /// Rooms (trades:LT0000..); client i joins room i % rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Publishes per second, all rooms together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Publishing time, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Shortest time a connection lives before it is destroyed (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub drop_min_ms: u64,
+    /// Longest time a connection lives before it is destroyed (ms).
+    #[arg(long, default_value_t = 20_000)]
+    pub drop_max_ms: u64,
+    /// How long a client stays away before it reconnects (ms).
+    #[arg(long, default_value_t = 2_000)]
+    pub offline_ms: u64,
+    /// Extra bytes of padding in each event's data.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -3,6 +3,7 @@
 mod cli;
 mod harness;
 mod hist;
+mod jitter;
 mod jwt;
 mod plan;
 mod proto;
@@ -34,6 +35,7 @@ fn main() {
             Cmd::Capacity(a) => (a.common.clone(), scenarios::capacity(a).await),
             Cmd::Mixed(a) => (a.common.clone(), scenarios::mixed(a).await),
             Cmd::Overload(a) => (a.common.clone(), scenarios::overload(a).await),
+            Cmd::Jitter(a) => (a.common.clone(), jitter::run(a).await),
             Cmd::Worker => unreachable!(),
         };
         match res {

@@ -167,6 +167,28 @@ pub struct Capacity {
     pub conclusion: String,
 }
 
+/// What the jitter scenario measured (see `jitter.rs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JitterReport {
+    pub clients: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order_clients: u64,
+    pub comebacks: u64,
+    pub recovered: u64,
+    pub told: u64,
+    pub clients_with_loss: u64,
+    pub clients_with_untold_loss: u64,
+    /// Events missed while away: arrival after the client was back (ms).
+    pub replay_after_back_ms: Summary,
+    /// The same events: arrival after publish (ms).
+    pub missed_after_publish_ms: Summary,
+    /// Every event: arrival after publish (ms).
+    pub all_after_publish_ms: Summary,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunReport {
     pub tool: String,
@@ -186,6 +208,8 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
     pub timeline: Vec<Sample>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<JitterReport>,
 }
 
 fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {

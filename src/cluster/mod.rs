@@ -222,9 +222,10 @@ impl Cluster {
                         ingest.begin_history();
                         Arrival::Live
                     };
-                    read += entries.len() as u64;
-                    position.apply(&ingest, &entries, arrival);
-                    catch_up.advanced(entries.len() as u64, position.last, target);
+                    let n = entries.len() as u64;
+                    read += n;
+                    position.apply(&ingest, entries, arrival);
+                    catch_up.advanced(n, position.last, target);
                 }
                 if position.last < target {
                     continue; // the connection broke: reconnect and go on from here
@@ -260,7 +261,7 @@ impl Cluster {
                     }
                 };
                 for key in reply.keys {
-                    position.apply(&ingest, &key.ids, Arrival::Live);
+                    position.apply(&ingest, key.ids, Arrival::Live);
                 }
             }
         }
@@ -339,14 +340,14 @@ struct Position {
 impl Position {
     /// Applies stream entries in order and moves past them; entries that are not events are
     /// skipped with a warning.
-    fn apply(&mut self, ingest: &Ingest, entries: &[redis::streams::StreamId], arrival: Arrival) {
+    fn apply(&mut self, ingest: &Ingest, entries: Vec<redis::streams::StreamId>, arrival: Arrival) {
         let mut events = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for mut entry in entries {
             let id = Offset::parse(&entry.id).unwrap_or_default();
             if let Some(restarted) = self.from_start.take() {
                 ingest.stream_read_from(id, restarted);
             }
-            match entry.map.get("event").map(redis_string) {
+            match entry.map.remove("event").map(into_string) {
                 Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
                     Ok(v) => events.push((id, v)),
                     Err(e) => {
@@ -362,6 +363,15 @@ impl Position {
         if !events.is_empty() {
             ingest.apply_stream(events, arrival);
         }
+    }
+}
+
+/// A reply's string, without copying it.
+fn into_string(v: RedisValue) -> Option<String> {
+    match v {
+        RedisValue::BulkString(b) => String::from_utf8(b).ok(),
+        RedisValue::SimpleString(s) => Some(s),
+        _ => None,
     }
 }
 

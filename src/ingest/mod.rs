@@ -228,7 +228,12 @@ impl Ingest {
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
             let mut by_type = self.by_type.lock();
             for (ev, id) in events.into_iter().zip(ids) {
-                *by_type.entry(ev.kind().to_owned()).or_insert(0) += 1;
+                match by_type.get_mut(ev.kind()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        by_type.insert(ev.kind().to_owned(), 1);
+                    }
+                }
                 if let Some(symbol) = ev.symbol() {
                     self.symbols.saw(symbol);
                 }

@@ -6,6 +6,8 @@
 // last value on subscribe: plain broadcast, as a baseline.
 //
 // PORT (default 3002) and INGEST_PORT (default 9102) pick the ports; both bind 127.0.0.1.
+// RECOVERY=1 turns on socket.io's connection state recovery (2 minutes, as the gateway's
+// default window), for the jitter scenario.
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
 
@@ -20,6 +22,9 @@ const io = new Server(httpServer, {
   pingTimeout: 20000,
   maxHttpBufferSize: 1e6,
   cors: { origin: '*' },
+  ...(process.env.RECOVERY === '1'
+    ? { connectionStateRecovery: { maxDisconnectionDuration: 120000, skipMiddlewares: true } }
+    : {}),
 });
 const ws = io.of('/ws');
 
