@@ -204,7 +204,7 @@ pub fn overloaded() -> WireMessage {
 pub fn stream_gap() -> WireMessage {
     gateway_event(&json!(["error", {
         "code": "STREAM_GAP",
-        "message": "this gateway instance fell behind the event stream; reconnect to recover what was missed",
+        "message": "this gateway instance fell behind the event stream; reconnect: connection state recovery replays what was missed while the replay log holds it",
     }]))
 }
 

@@ -22,6 +22,9 @@ use tokio::sync::Mutex;
 /// How long an append may take before ingest answers 503.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_BLOCK_MS: usize = 1000;
+/// Longest wait for any read's answer (a blocking read's block time included) before the
+/// connection is taken for dead.
+const READ_TIMEOUT: Duration = Duration::from_millis(READ_BLOCK_MS as u64 + 4000);
 const READ_COUNT: usize = 1000;
 /// Entries per read while catching up, without blocking: larger reads gain nothing measurable
 /// and hold more memory at once.
@@ -136,6 +139,7 @@ impl Cluster {
     ) {
         let mut position = Position {
             last: Offset::ZERO,
+            index: None,
             // Set when reading from the start: the first entry read is where the replay log's
             // knowledge begins (true when the stream restarted and the log must start over).
             from_start: Some(false),
@@ -155,13 +159,27 @@ impl Cluster {
                     continue;
                 }
             };
-            if let Some(reset) = self.stream_reset(&mut conn, position.last).await {
+            let info = self.info(&mut conn).await.unwrap_or(StreamInfo {
+                // No stream (yet): nothing was ever added to it.
+                entries_added: Some(0),
+                length: Some(0),
+                ..StreamInfo::default()
+            });
+            if position.last != Offset::ZERO
+                && info
+                    .last_generated
+                    .is_some_and(|newest| newest < position.last)
+            {
                 tracing::warn!(
                     last_id = %position.last,
                     "the stream restarted below our last id; reading it from the start"
                 );
-                position.last = reset;
+                position.last = Offset::ZERO;
+                position.index = None;
                 position.from_start = Some(true);
+            } else if let Some(gone) = position.trimmed_unread(&info) {
+                position.skip_hole(&ingest, gone);
+                late_budget = 0;
             }
             if let Some(restarted) = position.from_start {
                 // An empty stream: every event from now on will be read, so the replay log
@@ -195,21 +213,42 @@ impl Cluster {
                     ingest.begin_history();
                 }
                 while position.last < target && !stop.load(Ordering::Relaxed) {
-                    let range: Result<redis::streams::StreamRangeReply, _> = redis::cmd("XRANGE")
-                        .arg(&self.settings.stream_key)
+                    // The stream's extent and the next entries in one transaction, so that
+                    // trimming that overtakes the catch-up is seen, never skipped silently.
+                    let key = &self.settings.stream_key;
+                    let mut pipe = redis::pipe();
+                    pipe.atomic()
+                        .cmd("XINFO")
+                        .arg("STREAM")
+                        .arg(key)
+                        .cmd("XRANGE")
+                        .arg(key)
                         .arg(format!("({}", position.last))
                         .arg(target.to_string())
                         .arg("COUNT")
-                        .arg(CATCH_UP_COUNT)
-                        .query_async(&mut conn)
-                        .await;
-                    let entries = match range {
-                        Ok(r) => r.ids,
-                        Err(e) => {
+                        .arg(CATCH_UP_COUNT);
+                    let reply = tokio::time::timeout(
+                        READ_TIMEOUT,
+                        pipe.query_async::<(RedisValue, redis::streams::StreamRangeReply)>(
+                            &mut conn,
+                        ),
+                    )
+                    .await;
+                    let (info, entries) = match reply {
+                        Ok(Ok((info, range))) => (StreamInfo::parse(info), range.ids),
+                        Ok(Err(e)) => {
                             self.set_healthy(false, &e.to_string());
                             break;
                         }
+                        Err(_) => {
+                            self.set_healthy(false, "no answer to a catch-up read");
+                            break;
+                        }
                     };
+                    if let Some(gone) = position.trimmed_unread(&info) {
+                        position.skip_hole(&ingest, gone.min(target));
+                        late_budget = 0;
+                    }
                     if entries.is_empty() {
                         // Trimmed away meanwhile: nothing left up to the target.
                         position.last = target;
@@ -230,32 +269,37 @@ impl Cluster {
                 if position.last < target {
                     continue; // the connection broke: reconnect and go on from here
                 }
-                ingest.end_history();
-                catch_up.caught_up();
                 tracing::info!(
                     events = read,
                     ms = started.elapsed().as_millis() as u64,
                     "caught up with the stream"
                 );
-            } else {
-                catch_up.caught_up();
             }
+            // Also when there was nothing (left) to read: a catch-up cut short by a broken
+            // connection may find the stream gone or empty on reconnection.
+            ingest.end_history();
+            catch_up.caught_up();
             late_budget = LATE_EVENTS;
             while !stop.load(Ordering::Relaxed) {
                 let opts = redis::streams::StreamReadOptions::default()
                     .block(READ_BLOCK_MS)
                     .count(READ_COUNT);
-                let reply: Result<StreamReadReply, _> = redis::AsyncCommands::xread_options(
-                    &mut conn,
-                    &[&self.settings.stream_key],
-                    &[position.last.to_string()],
-                    &opts,
-                )
-                .await;
-                let reply = match reply {
-                    Ok(r) => r,
-                    Err(e) => {
+                let keys = [&self.settings.stream_key];
+                let ids = [position.last.to_string()];
+                let read = redis::AsyncCommands::xread_options::<_, _, StreamReadReply>(
+                    &mut conn, &keys, &ids, &opts,
+                );
+                // A link that goes silent (no reset) must not leave the instance ready and
+                // following nothing.
+                let reply = match tokio::time::timeout(READ_TIMEOUT, read).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
                         self.set_healthy(false, &e.to_string());
+                        catch_up.fell_behind();
+                        break;
+                    }
+                    Err(_) => {
+                        self.set_healthy(false, "no answer to a blocking read");
                         catch_up.fell_behind();
                         break;
                     }
@@ -283,30 +327,13 @@ impl Cluster {
         Ok(last.ids.first().and_then(|e| Offset::parse(&e.id)))
     }
 
-    /// If the stream's newest id is below `last_id` (Redis lost the stream and started over),
-    /// the id to read from instead.
-    async fn stream_reset(
-        &self,
-        conn: &mut MultiplexedConnection,
-        last_id: Offset,
-    ) -> Option<Offset> {
-        if last_id == Offset::ZERO {
-            return None;
-        }
-        let info: RedisValue = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.settings.stream_key)
-            .query_async(conn)
-            .await
-            .ok()?;
-        let RedisValue::Array(fields) = info else {
-            return None;
-        };
-        let newest = fields
-            .chunks(2)
-            .find(|kv| redis_string(&kv[0]).as_deref() == Some("last-generated-id"))
-            .and_then(|kv| redis_string(&kv[1]))?;
-        (Offset::parse(&newest)? < last_id).then_some(Offset::ZERO)
+    /// What `XINFO STREAM` says of the stream (nothing when it does not exist).
+    async fn info(&self, conn: &mut MultiplexedConnection) -> Option<StreamInfo> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("STREAM").arg(&self.settings.stream_key);
+        let info = cmd.query_async::<RedisValue>(conn);
+        let value = tokio::time::timeout(READ_TIMEOUT, info).await.ok()?.ok()?;
+        Some(StreamInfo::parse(value))
     }
 
     pub fn client(&self) -> redis::Client {
@@ -334,10 +361,89 @@ impl Cluster {
 /// How far the stream has been read.
 struct Position {
     last: Offset,
+    /// Where `last` stands among every entry the stream ever took (its `entries-added` count
+    /// when `last` was added), when known: entries trimmed before they were read show as a
+    /// first remaining entry further on than the next one.
+    index: Option<u64>,
     from_start: Option<bool>,
 }
 
+/// The stream's extent, from `XINFO STREAM` (`entries-added` needs Redis 7).
+#[derive(Debug, Default)]
+struct StreamInfo {
+    last_generated: Option<Offset>,
+    entries_added: Option<u64>,
+    length: Option<u64>,
+    first: Option<Offset>,
+}
+
+impl StreamInfo {
+    fn parse(value: RedisValue) -> StreamInfo {
+        let mut info = StreamInfo::default();
+        let RedisValue::Array(fields) = value else {
+            return info;
+        };
+        for kv in fields.chunks(2) {
+            let [k, v] = kv else { continue };
+            let int = || match v {
+                RedisValue::Int(n) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            match redis_string(k).as_deref() {
+                Some("last-generated-id") => {
+                    info.last_generated = redis_string(v).and_then(|s| Offset::parse(&s))
+                }
+                Some("entries-added") => info.entries_added = int(),
+                Some("length") => info.length = int(),
+                Some("first-entry") => {
+                    if let RedisValue::Array(entry) = v {
+                        info.first = entry
+                            .first()
+                            .and_then(redis_string)
+                            .and_then(|s| Offset::parse(&s));
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
 impl Position {
+    /// Entries after `last` that were trimmed before they were read: the id up to which they
+    /// are gone. Learns where `last` stands when reading starts from the beginning.
+    fn trimmed_unread(&mut self, info: &StreamInfo) -> Option<Offset> {
+        let (Some(added), Some(length)) = (info.entries_added, info.length) else {
+            return None;
+        };
+        // The count, among all entries ever added, of the first one still there, less one.
+        let before_first = added.saturating_sub(length);
+        match self.index {
+            None if self.last == Offset::ZERO => {
+                self.index = Some(before_first);
+                None
+            }
+            Some(i) if before_first > i => {
+                self.index = Some(before_first);
+                info.first.map(Offset::pred).or(info.last_generated)
+            }
+            _ => None,
+        }
+    }
+
+    /// Entries after `self.last` up to `gone` were trimmed unread: whoever follows a lossless
+    /// stream here may have missed some, and nobody can replay them.
+    fn skip_hole(&mut self, ingest: &Ingest, gone: Offset) {
+        tracing::warn!(
+            after = %self.last,
+            upto = %gone,
+            "stream entries were trimmed before this instance read them"
+        );
+        ingest.stream_hole(gone);
+        self.last = gone;
+    }
+
     /// Applies stream entries in order and moves past them; entries that are not events are
     /// skipped with a warning.
     fn apply(&mut self, ingest: &Ingest, entries: Vec<redis::streams::StreamId>, arrival: Arrival) {
@@ -359,6 +465,7 @@ impl Position {
                 }
             }
             self.last = self.last.max(id);
+            self.index = self.index.map(|i| i + 1);
         }
         if !events.is_empty() {
             ingest.apply_stream(events, arrival);

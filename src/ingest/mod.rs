@@ -185,6 +185,21 @@ impl Ingest {
         }
     }
 
+    /// Stream entries up to `gone` were trimmed before this instance read them: the replay
+    /// log cannot vouch for anything before (a recovery across the hole is a new session),
+    /// and every follower of a lossless room is told and closed when the catch-up ends.
+    pub fn stream_hole(&self, gone: Offset) {
+        if let Some(r) = &self.recovery {
+            let mut log = r.log();
+            log.reset();
+            log.cover_from(Offset::new(gone.ms, gone.seq.saturating_add(1)));
+        }
+        self.begin_history();
+        if let Some(history) = self.history.lock().as_mut() {
+            history.all_lossless = true;
+        }
+    }
+
     /// Hands what was folded since `begin_history` to the shards: they take the newest values
     /// and book views, and the members of lossless rooms that missed events are sent to
     /// recover them from the replay log. Nothing is delivered twice or as live.

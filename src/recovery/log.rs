@@ -4,6 +4,7 @@
 
 use super::Offset;
 use crate::codec::WireMessage;
+use crate::shard::engine::outbound::ITEM_COST;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -118,8 +119,8 @@ impl RecoveryLog {
 
     /// The events in `(after, upto]` of `rooms`, each only if newer than the offset its room
     /// was joined at, in offset order. The work is bounded by what is returned: only the
-    /// named rooms' entries are read, and the search stops once their frames come to more
-    /// than `max_bytes`.
+    /// named rooms' entries are read, and the search stops once their frames, counted as an
+    /// outbound queue counts them, come to more than `max_bytes`.
     pub fn missed(
         &self,
         after: Offset,
@@ -144,7 +145,8 @@ impl RecoveryLog {
                 if e.offset > upto {
                     break;
                 }
-                bytes += e.message.len();
+                // As an outbound queue charges it: the frame and its bookkeeping.
+                bytes += e.message.len() + ITEM_COST;
                 if bytes > max_bytes {
                     return Err(Unreplayable::TooLarge);
                 }

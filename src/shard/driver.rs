@@ -355,12 +355,17 @@ impl Driver {
             }
             let Ok(m) = self.publish_rx.try_recv() else {
                 if let Some(overflow) = self.handle.take_overflow() {
-                    tracing::warn!(
-                        shard = self.id,
-                        batches = overflow.batches,
-                        lossless_rooms = overflow.lossless.len(),
-                        "the shard fell behind its publishes: latest values conflated, lossless rooms' members sent to recover"
-                    );
+                    if overflow.stream_gap {
+                        // Logged by the stream follower, which knows why.
+                        tracing::debug!(shard = self.id, "stream catch-up handed over");
+                    } else {
+                        tracing::warn!(
+                            shard = self.id,
+                            batches = overflow.batches,
+                            lossless_rooms = overflow.lossless.len(),
+                            "the shard fell behind its publishes: latest values conflated, lossless rooms' members sent to recover"
+                        );
+                    }
                     self.engine.handle_overflow(now, overflow);
                     self.apply_actions(now);
                 }

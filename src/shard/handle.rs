@@ -83,6 +83,9 @@ pub struct Overflow {
     pub created: Option<Instant>,
     /// Latest ticker per symbol, for `ticker:all` subscribers.
     pub tickers: indexmap::IndexMap<Arc<str>, bytes::Bytes>,
+    /// Events of unknown rooms are gone (trimmed from the stream unread): every lossless
+    /// room counts as one that lost events.
+    pub all_lossless: bool,
     /// What was folded is history the instance read while catching up with the cluster
     /// stream, not batches a shard was too slow to take.
     pub stream_gap: bool,
@@ -136,6 +139,7 @@ impl Overflow {
         self.lossless.extend(newer.lossless);
         self.tickers.extend(newer.tickers);
         self.stream_gap |= newer.stream_gap;
+        self.all_lossless |= newer.all_lossless;
     }
 }
 

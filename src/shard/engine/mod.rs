@@ -516,7 +516,22 @@ impl Engine {
         } else {
             (crate::notice::overloaded(), CloseReason::Overloaded)
         };
-        for room in overflow.lossless {
+        let mut lossless = overflow.lossless;
+        if overflow.all_lossless {
+            use crate::room::{Room, RoomKind};
+            lossless.extend(
+                self.rooms
+                    .names()
+                    .filter(|r| {
+                        !matches!(
+                            Room::parse(r).kind(),
+                            RoomKind::Ticker | RoomKind::Orderbook
+                        )
+                    })
+                    .cloned(),
+            );
+        }
+        for room in lossless {
             let members: Vec<SessionId> = self
                 .rooms
                 .get(&room)

@@ -63,15 +63,17 @@ impl Engine {
         let user = user.map(str::to_owned);
         let plan = match (&self.shared.recovery, record) {
             (Some(rec), Some(record)) => {
-                // A gap bigger than the outbound hard limit would get the client dropped as a
-                // slow consumer mid-replay: a new session instead, never a partial replay.
+                // A gap near the outbound hard limit would get the client dropped as a slow
+                // consumer mid-replay (and it would come back for the same replay, again and
+                // again): a new session instead, never a partial replay. Half the limit
+                // leaves room for what is queued beside the replay.
                 let plan = recovery::plan(
                     record,
                     user.as_deref(),
                     offset,
                     &rec.log(),
                     self.last_offset,
-                    self.settings.outbound_hard_limit,
+                    self.settings.outbound_hard_limit / 2,
                 );
                 let counter = if plan.is_some() {
                     &rec.counters.recovered

@@ -67,6 +67,10 @@ impl Rooms {
         self.rooms.get(room)
     }
 
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.rooms.keys()
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }

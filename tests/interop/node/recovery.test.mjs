@@ -233,16 +233,23 @@ describe('connection state recovery limits', T, () => {
     }
   });
 
-  it('a gap bigger than the outbound hard limit is a new session, not a cut-off replay', async () => {
-    const gw = await startGateway(['--outbound-soft-limit', '16384', '--outbound-hard-limit', '65536']);
+  /** A gateway with `args` behind a balancer, and a client subscribed to a new trades room
+   * whose connection has just been cut. */
+  async function subscribedThenCut(args) {
+    const gw = await startGateway(args);
     const lb = await startBalancer(gw.port);
+    const s = sym();
+    const { socket, rec } = client(lb.url, { transports: ['websocket'] });
+    await once(socket, 'connect');
+    await subscribe(socket, { channel: 'trades', symbol: s });
+    lb.cutAll();
+    await once(socket, 'disconnect');
+    return { gw, lb, s, socket, rec };
+  }
+
+  it('a gap bigger than the outbound hard limit is a new session, not a cut-off replay', async () => {
+    const { gw, lb, s, socket, rec } = await subscribedThenCut(['--outbound-soft-limit', '16384', '--outbound-hard-limit', '65536']);
     try {
-      const s = sym();
-      const { socket, rec } = client(lb.url, { transports: ['websocket'] });
-      await once(socket, 'connect');
-      await subscribe(socket, { channel: 'trades', symbol: s });
-      lb.cutAll();
-      await once(socket, 'disconnect');
       // ~1,000 trades of ~200 bytes: about three times the hard limit.
       await ingestOk(gw, Array.from({ length: 1000 }, (_, i) => trade(s, i + 1)));
       await once(socket, 'connect', 10000);
@@ -250,6 +257,27 @@ describe('connection state recovery limits', T, () => {
       await sleep(300);
       assert.equal(seqs(rec, 'trade').length, 0, 'nothing replayed');
       assert.equal(socket.connected, true);
+    } finally {
+      lb.close();
+      await gw.stop();
+    }
+  });
+
+  it('a gap of many small events is measured as the queue holds them: a new session, not a retry loop', async () => {
+    const { gw, lb, s, socket, rec } = await subscribedThenCut(['--outbound-soft-limit', '16384', '--outbound-hard-limit', '262144']);
+    try {
+      // ~1,100 small trades: their frames alone (~150 KB) fit under the hard limit, but not
+      // with the queue's bookkeeping per frame beside what else is queued.
+      const small = (i) => ({ type: 'trade', symbol: s, data: { seq: i } });
+      await ingestOk(gw, Array.from({ length: 1100 }, (_, i) => small(i + 1)));
+      let disconnects = 0;
+      socket.on('disconnect', () => (disconnects += 1));
+      await once(socket, 'connect', 10000);
+      assert.equal(socket.recovered, false, 'a new session');
+      await sleep(1000);
+      assert.equal(disconnects, 0, 'connected once, and stays');
+      assert.equal(socket.connected, true);
+      assert.equal(seqs(rec, 'trade').length, 0, 'nothing replayed');
     } finally {
       lb.close();
       await gw.stop();

@@ -21,37 +21,19 @@ import tempfile
 import time
 import urllib.request
 
-from gateway_harness import free_port
+from gateway_harness import fill_stream, free_port
 
 
-def resp(*parts):
-    out = [f"*{len(parts)}\r\n".encode()]
-    for p in parts:
-        b = p if isinstance(p, bytes) else str(p).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def fill(port, n):
-    proc = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe"], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL)
-    chunk = []
+def events(n):
     for i in range(n):
         if i % 10 == 9:
-            ev = {"type": "order.filled", "userId": f"u{i % 1000}",
-                  "data": {"orderId": f"o-{i}", "price": "100.5", "qty": "0.25", "seq": i}}
+            yield {"type": "order.filled", "userId": f"u{i % 1000}",
+                   "data": {"orderId": f"o-{i}", "price": "100.5", "qty": "0.25", "seq": i}}
         else:
             sym = f"SYM{i % 100:03d}USDT"
-            ev = {"type": "trade", "symbol": sym,
-                  "data": {"symbol": sym, "tradeId": i, "price": "100.50", "qty": "0.250",
-                           "side": "buy", "time": 1765000000000 + i}}
-        chunk.append(resp("XADD", "gateway:events", "*", "event", json.dumps(ev)))
-        if len(chunk) == 10_000:
-            proc.stdin.write(b"".join(chunk))
-            chunk = []
-    proc.stdin.write(b"".join(chunk))
-    proc.stdin.close()
-    proc.wait()
+            yield {"type": "trade", "symbol": sym,
+                   "data": {"symbol": sym, "tradeId": i, "price": "100.50", "qty": "0.250",
+                            "side": "buy", "time": 1765000000000 + i}}
 
 
 def ready_status(port):
@@ -108,7 +90,7 @@ def main():
         try:
             time.sleep(0.3)
             t = time.monotonic()
-            fill(port, n)
+            fill_stream(port, events(n))
             print(f"{n:,} events in the stream ({time.monotonic() - t:.1f} s to fill)")
             runs = [one_run(a.bin, f"redis://127.0.0.1:{port}") for _ in range(a.runs)]
             for ready_s, events, ms, saw_503 in runs:
