@@ -181,10 +181,14 @@ impl Engine {
         let Some(work) = self.work_done.take() else {
             return;
         };
-        let Some(ip) = client else {
-            return;
-        };
-        let wait = self.work.charge(ip, &work, self.now.unix_ms);
+        if let Some(ip) = client {
+            self.charge_work(ip, &work);
+        }
+    }
+
+    /// Charges `work` done for `ip` outside a read (a recovery replay answered from Redis).
+    pub(super) fn charge_work(&mut self, ip: IpAddr, work: &Work) {
+        let wait = self.work.charge(ip, work, self.now.unix_ms);
         if wait > 0 {
             self.counters.work_pauses += 1;
             let at = self.now.mono + Duration::from_millis(wait);

@@ -105,11 +105,25 @@ impl Engine {
             rec.counters
                 .replayed_events
                 .fetch_add(p.replay.len() as u64, Relaxed);
+            let ip = self.live_session(s).map(|x| x.ip);
+            let mut sent = 0;
             for m in &p.replay {
                 if self.live_session(s).is_none() {
                     break;
                 }
+                sent += m.ws_frame().len();
                 self.send_wire(s, m);
+            }
+            // A replay is work like any answer: a client that reconnects and drops again to
+            // be replayed the same gap pays for each time.
+            if let Some(ip) = ip {
+                let work = crate::limits::cost::Work {
+                    messages: 1,
+                    rooms: p.rooms.len(),
+                    output_bytes: sent,
+                    ..Default::default()
+                };
+                self.charge_work(ip, &work);
             }
         }
     }
