@@ -86,6 +86,12 @@ fn book(c: &mut Criterion) {
     g.bench_function("snapshot_json/depth100", |b| {
         b.iter(|| black_box(&view).snapshot_json("subscribe"))
     });
+    // Once per book update (and window), whatever the number of subscribers.
+    g.bench_function("checksum/top10", |b| {
+        b.iter(|| {
+            maven_gateway::market::book::checksum(black_box(&view.bids), black_box(&view.asks))
+        })
+    });
     g.finish();
 }
 

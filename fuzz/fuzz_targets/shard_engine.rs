@@ -66,7 +66,11 @@ enum Op {
     Window { conn: u8, window: Option<u16> },
     Advance { ms: u16 },
     AdvanceToDeadline,
-    Publish { room: u8, class: u8, size: u16, retain: bool },
+    /// `late`: delivered after the instance fell behind, the stream having taken it that many
+    /// tens of ms ago.
+    Publish { room: u8, class: u8, size: u16, retain: bool, late: Option<u16> },
+    /// The instance loses the cluster stream (`true`) or has caught up again.
+    Behind { on: bool },
     Drain { within_ms: u16 },
     Shutdown,
 }
@@ -183,11 +187,19 @@ impl World {
             Op::AdvanceToDeadline => {
                 self.sim.advance_to_next_deadline(Duration::from_secs(3600));
             }
+            Op::Behind { on } => {
+                if on {
+                    self.sim.shared.catch_up.fell_behind();
+                } else {
+                    self.sim.shared.catch_up.caught_up();
+                }
+            }
             Op::Publish {
                 room,
                 class,
                 size,
                 retain,
+                late,
             } => {
                 let room: Arc<str> = Arc::from(ROOMS[room as usize % ROOMS.len()]);
                 let class = match class % 4 {
@@ -218,6 +230,8 @@ impl World {
                     retain: retain && class == StreamClass::Latest,
                     book: None,
                     offset,
+                    appended_ms: late.map(|l| self.sim.now.unix_ms.saturating_sub(u64::from(l) * 10)),
+                    tickers: None,
                 };
                 self.sim.publish(&[b]);
             }

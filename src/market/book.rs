@@ -36,6 +36,35 @@ pub struct BookView {
     pub bids: Vec<Level>,
     pub asks: Vec<Level>,
     pub last_update_id: u64,
+    /// `checksum(&bids, &asks)`, computed once per view.
+    pub checksum: u32,
+}
+
+/// Levels of each side a checksum covers (fewer when the window is shallower).
+pub const CHECKSUM_LEVELS: usize = 10;
+
+/// The CRC32 of the top levels of a window, as Kraken's WebSocket v2 book checksum defines
+/// it: asks best (lowest) first, then bids best (highest) first; for each level its price then
+/// its quantity, exactly as sent with the decimal point and then leading zeros removed, all
+/// concatenated. A client that applies the deltas to its replica and gets another CRC knows
+/// the replica is wrong.
+pub fn checksum(bids: &[Level], asks: &[Level]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    let mut digits = String::with_capacity(24);
+    let mut feed = |s: &str| {
+        digits.clear();
+        digits.extend(s.chars().filter(|c| *c != '.'));
+        h.update(digits.trim_start_matches('0').as_bytes());
+    };
+    for l in asks
+        .iter()
+        .take(CHECKSUM_LEVELS)
+        .chain(bids.iter().take(CHECKSUM_LEVELS))
+    {
+        feed(&l.price);
+        feed(&l.qty);
+    }
+    h.finalize()
 }
 
 #[derive(Serialize)]
@@ -48,6 +77,7 @@ struct SnapshotJson<'a> {
     asks: &'a [Level],
     #[serde(rename = "lastUpdateId")]
     last_update_id: u64,
+    checksum: u32,
 }
 
 #[derive(Serialize)]
@@ -61,6 +91,7 @@ struct DeltaJson<'a> {
     last_update_id: u64,
     bids: &'a [Level],
     asks: &'a [Level],
+    checksum: u32,
 }
 
 impl BookView {
@@ -73,6 +104,7 @@ impl BookView {
             bids: &self.bids,
             asks: &self.asks,
             last_update_id: self.last_update_id,
+            checksum: self.checksum,
         })
         .unwrap_or_default()
     }
@@ -85,6 +117,8 @@ pub struct Delta {
     pub last_update_id: u64,
     pub bids: Vec<Level>,
     pub asks: Vec<Level>,
+    /// The checksum of the view after this delta.
+    pub checksum: u32,
 }
 
 impl Delta {
@@ -96,6 +130,7 @@ impl Delta {
             last_update_id: self.last_update_id,
             bids: &self.bids,
             asks: &self.asks,
+            checksum: self.checksum,
         })
         .unwrap_or_default()
     }
@@ -255,6 +290,7 @@ impl OrderBook {
                 bids: Vec::new(),
                 asks: Vec::new(),
                 last_update_id: 0,
+                checksum: checksum(&[], &[]),
             }),
             symbol,
             bids: BTreeMap::new(),
@@ -336,10 +372,13 @@ impl OrderBook {
     }
 
     fn current_view(&self) -> BookView {
+        let bids: Vec<Level> = self.bids.values().take(self.depth).cloned().collect();
+        let asks: Vec<Level> = self.asks.values().take(self.depth).cloned().collect();
         BookView {
             symbol: self.symbol.clone(),
-            bids: self.bids.values().take(self.depth).cloned().collect(),
-            asks: self.asks.values().take(self.depth).cloned().collect(),
+            checksum: checksum(&bids, &asks),
+            bids,
+            asks,
             last_update_id: self.last_update_id.unwrap_or(0),
         }
     }
@@ -365,6 +404,7 @@ impl OrderBook {
             last_update_id: last,
             bids: diff(&self.sent.bids, &view.bids, |a, b| b.cmp(a)),
             asks: diff(&self.sent.asks, &view.asks, |a, b| a.cmp(b)),
+            checksum: view.checksum,
         };
         self.sent = Arc::new(view);
         Some((delta, self.sent.clone()))
@@ -420,6 +460,31 @@ mod tests {
 
     fn upd(v: Value) -> BookUpdate {
         BookUpdate::parse(&v).unwrap()
+    }
+
+    #[test]
+    fn checksum_is_krakens_crc32_of_the_top_levels() {
+        let level = |p: &str, q: &str| Level {
+            key: Decimal::from_str(p).unwrap(),
+            price: Arc::from(p),
+            qty: Arc::from(q),
+        };
+        let asks = [
+            level("0.05005", "0.00000500"),
+            level("0.05010", "0.00000500"),
+        ];
+        let bids = [level("0.05000", "0.00000500"), level("0.04990", "1.5")];
+        // zlib.crc32(b"500550050105005000500499015"): asks low to high, then bids high to
+        // low, each price and quantity without its point and leading zeros.
+        assert_eq!(checksum(&bids, &asks), 2_523_346_704);
+        let deep: Vec<Level> = (0..15)
+            .map(|i| level(&format!("{}.5", 100 - i), "1"))
+            .collect();
+        assert_eq!(
+            checksum(&deep, &[]),
+            checksum(&deep[..10], &[]),
+            "top 10 only"
+        );
     }
 
     fn pairs(levels: &[Level]) -> Vec<(String, String)> {

@@ -99,6 +99,28 @@ class Book {
     const asks = [...this.asks.keys()].sort((a, b) => a - b).slice(0, depth).map((k) => this.asks.get(k));
     return { bids, asks };
   }
+  checksum() {
+    return topChecksum(this.top(10));
+  }
+}
+
+/** Kraken's WebSocket v2 book checksum of a window's top 10 levels, as the gateway sends it. */
+function topChecksum({ bids, asks }) {
+  const digits = (s) => s.replace('.', '').replace(/^0+/, '');
+  const levels = [...asks.slice(0, 10), ...bids.slice(0, 10)];
+  return crc32(levels.map(([p, q]) => digits(p) + digits(q)).join(''));
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(text) {
+  let c = 0xffffffff;
+  for (const b of Buffer.from(text)) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
 }
 
 /** xorshift32, so a failing run can be replayed from its seed. */
@@ -184,7 +206,8 @@ class BookGen {
     return d;
   }
   refView(symbol, depth) {
-    return { symbol, type: 'snapshot', reason: 'query', ...this.ref.top(depth), lastUpdateId: this.ref.last };
+    const top = this.ref.top(depth);
+    return { symbol, type: 'snapshot', reason: 'query', ...top, lastUpdateId: this.ref.last, checksum: topChecksum(top) };
   }
 }
 
@@ -210,15 +233,16 @@ class Follower {
     if (d.symbol !== this.symbol) return this.bad(msg, 'wrong symbol');
     if (d.type === 'snapshot') {
       const keys = Object.keys(d).sort().join(',');
-      if (keys !== 'asks,bids,lastUpdateId,reason,symbol,type') this.bad(msg, 'snapshot keys');
+      if (keys !== 'asks,bids,checksum,lastUpdateId,reason,symbol,type') this.bad(msg, 'snapshot keys');
       if (!['subscribe', 'resync'].includes(d.reason)) this.bad(msg, 'snapshot reason');
       if (d.reason === 'subscribe' && this.n !== 1) this.bad(msg, 'reason subscribe not first');
       if (d.bids.length > this.depth || d.asks.length > this.depth) this.bad(msg, 'snapshot too deep');
       this.book.apply(d);
       this.snapshots.push([this.n, d.reason, d.lastUpdateId]);
+      if (d.checksum !== this.book.checksum()) this.bad(msg, `checksum ${d.checksum} != ${this.book.checksum()}`);
     } else if (d.type === 'delta') {
       const keys = Object.keys(d).sort().join(',');
-      if (keys !== 'asks,bids,firstUpdateId,lastUpdateId,symbol,type') this.bad(msg, 'delta keys');
+      if (keys !== 'asks,bids,checksum,firstUpdateId,lastUpdateId,symbol,type') this.bad(msg, 'delta keys');
       if (this.book.last === null) return this.bad(msg, 'delta before any snapshot');
       if (d.firstUpdateId !== this.book.last + 1) {
         this.bad(msg, `continuity: firstUpdateId ${d.firstUpdateId} after lastUpdateId ${this.book.last}`);
@@ -226,6 +250,7 @@ class Follower {
       if (d.lastUpdateId < d.firstUpdateId) this.bad(msg, 'lastUpdateId < firstUpdateId');
       this.book.apply(d);
       this.deltas += 1;
+      if (d.checksum !== this.book.checksum()) this.bad(msg, `checksum ${d.checksum} != ${this.book.checksum()} (the replica differs)`);
       if (this.book.bids.size > this.depth || this.book.asks.size > this.depth) {
         this.bad(msg, 'book grew past --orderbook-depth');
       }
@@ -239,7 +264,8 @@ class Follower {
     this.fed = msgs.length;
   }
   view() {
-    return { symbol: this.symbol, type: 'snapshot', reason: 'query', ...this.book.top(), lastUpdateId: this.book.last };
+    const top = this.book.top();
+    return { symbol: this.symbol, type: 'snapshot', reason: 'query', ...top, lastUpdateId: this.book.last, checksum: topChecksum(top) };
   }
 }
 

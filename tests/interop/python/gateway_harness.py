@@ -474,3 +474,16 @@ def fill_stream(port, events, key="gateway:events"):
     proc.stdin.write(b"".join(chunk))
     proc.stdin.close()
     assert proc.wait() == 0, "redis-cli --pipe failed"
+
+
+def book_checksum(bids, asks):
+    """An order book window's checksum as the gateway sends it (Kraken's WebSocket v2 book
+    checksum): CRC32 of the top 10 asks (low to high) then the top 10 bids (high to low),
+    each price and quantity string without its decimal point and leading zeros."""
+    import zlib
+
+    def digits(s):
+        return s.replace(".", "").lstrip("0")
+
+    text = "".join(digits(p) + digits(q) for p, q in list(asks)[:10] + list(bids)[:10])
+    return zlib.crc32(text.encode())

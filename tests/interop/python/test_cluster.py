@@ -18,7 +18,8 @@ import pytest
 import socketio
 
 from gateway_harness import (Gateway, OrderedClient, Recorder, RedisServer, assert_envelope,
-                             connect_client, http, now_ms, parse_json, unique_symbol)
+                             book_checksum, connect_client, http, now_ms, parse_json,
+                             unique_symbol)
 
 SECRET = "maven-gateway-cluster-secret-0123456789abcdef-0123456789abcdef-01"
 STREAM = "gateway:events"
@@ -400,6 +401,7 @@ def test_late_instance_rebuilds_book_and_ticker_from_stream(cluster, redis, clus
     want_book = {"symbol": sym, "type": "snapshot", "lastUpdateId": 103,
                  "bids": [["100.20", "5"], ["100.00", "1"], ["99.00", "3"]],
                  "asks": [["100.50", "4"], ["101.00", "1"]]}
+    want_book["checksum"] = book_checksum(want_book["bids"], want_book["asks"])
 
     a.ingest_ok([{"type": "ticker.update", "symbol": sym, "data": tick1},
                  {"type": "orderbook.update", "symbol": sym, "data": snap}])

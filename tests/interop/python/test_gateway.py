@@ -9,8 +9,8 @@ import time
 import pytest
 import socketio
 
-from gateway_harness import (assert_envelope, gateway_bin, http, now_ms, parse_json,
-                             unique_symbol)
+from gateway_harness import (assert_envelope, book_checksum, gateway_bin, http, now_ms,
+                             parse_json, unique_symbol)
 from rawproto import ws_open
 
 NS = "/ws"
@@ -316,7 +316,8 @@ def _delivery_case(kind, sym):
              "asks": [["45001.00", "1.2"], ["45002.00", "0.8"]], "lastUpdateId": 12345}
         # A backend snapshot replaces the gateway's book: subscribers get it as a resync.
         seen = {"symbol": sym, "type": "snapshot", "reason": "resync", "bids": d["bids"],
-                "asks": d["asks"], "lastUpdateId": 12345}
+                "asks": d["asks"], "lastUpdateId": 12345,
+                "checksum": book_checksum(d["bids"], d["asks"])}
         return (sub("orderbook", symbol=sym),
                 {"type": "orderbook.update", "symbol": sym, "data": d},
                 "orderbook.update", f"orderbook:{sym}", seen)

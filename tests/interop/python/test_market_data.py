@@ -13,7 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from gateway_harness import (assert_envelope, check_alive, http, parse_json, unique_symbol)
+from gateway_harness import (assert_envelope, book_checksum, check_alive, http, parse_json,
+                             unique_symbol)
 from rawproto import Closed, ws_open_namespace
 
 NS = "/ws"
@@ -144,14 +145,18 @@ class Book:
         asks = [list(self.asks[k]) for k in sorted(self.asks)[:depth]]
         return bids, asks
 
+    def checksum(self):
+        bids, asks = self.top(10)
+        return book_checksum(bids, asks)
+
 
 class Follower:
     """Rebuilds an order book from `orderbook.update` envelopes exactly as a client would:
     replace on every snapshot, apply delta levels (qty "0" removes), require
     firstUpdateId == previous lastUpdateId + 1. Records every continuity violation."""
 
-    SNAP_KEYS = {"symbol", "type", "reason", "bids", "asks", "lastUpdateId"}
-    DELTA_KEYS = {"symbol", "type", "firstUpdateId", "lastUpdateId", "bids", "asks"}
+    SNAP_KEYS = {"symbol", "type", "reason", "bids", "asks", "lastUpdateId", "checksum"}
+    DELTA_KEYS = {"symbol", "type", "firstUpdateId", "lastUpdateId", "bids", "asks", "checksum"}
 
     def __init__(self, sym, depth):
         self.sym, self.depth = sym, depth
@@ -190,6 +195,8 @@ class Follower:
                 self._bad(msg, "snapshot with a zero quantity")
             self.book.apply(d)
             self.snapshots.append((self.n, d.get("reason"), d["lastUpdateId"]))
+            if d.get("checksum") != self.book.checksum():
+                self._bad(msg, f"checksum {d.get('checksum')} != {self.book.checksum()}")
         elif d.get("type") == "delta":
             if set(d) != self.DELTA_KEYS:
                 self._bad(msg, "delta keys")
@@ -202,6 +209,9 @@ class Follower:
                 self._bad(msg, "lastUpdateId < firstUpdateId")
             self.book.apply(d)
             self.deltas += 1
+            if d.get("checksum") != self.book.checksum():
+                self._bad(msg, f"checksum {d.get('checksum')} != {self.book.checksum()} "
+                               "(the replica differs)")
             if len(self.book.bids) > self.depth or len(self.book.asks) > self.depth:
                 self._bad(msg, "book grew past --orderbook-depth (a level leaving was not removed)")
         else:
@@ -217,7 +227,8 @@ class Follower:
     def view(self):
         bids, asks = self.book.top()
         return {"symbol": self.sym, "type": "snapshot", "reason": "query", "bids": bids,
-                "asks": asks, "lastUpdateId": self.book.last}
+                "asks": asks, "lastUpdateId": self.book.last,
+                "checksum": book_checksum(bids, asks)}
 
     def wait_last(self, rec, last_id, timeout=15.0):
         def done():
@@ -292,7 +303,7 @@ class BookGen:
     def ref_view(self, sym, depth):
         bids, asks = self.ref.top(depth)
         return {"symbol": sym, "type": "snapshot", "reason": "query", "bids": bids, "asks": asks,
-                "lastUpdateId": self.ref.last}
+                "lastUpdateId": self.ref.last, "checksum": book_checksum(bids, asks)}
 
 
 def wait_gateway_book(gw, sym, last_id, timeout=10.0):
