@@ -80,16 +80,18 @@ pub enum RoomKind {
     Klines,
     User,
     Other,
+    BookTicker,
 }
 
 impl RoomKind {
-    pub const ALL: [RoomKind; 6] = [
+    pub const ALL: [RoomKind; 7] = [
         RoomKind::Ticker,
         RoomKind::Orderbook,
         RoomKind::Trades,
         RoomKind::Klines,
         RoomKind::User,
         RoomKind::Other,
+        RoomKind::BookTicker,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +102,7 @@ impl RoomKind {
             RoomKind::Klines => "klines",
             RoomKind::User => "user",
             RoomKind::Other => "other",
+            RoomKind::BookTicker => "bookTicker",
         }
     }
 
@@ -184,6 +187,8 @@ pub enum Room<'a> {
     Orderbook(&'a str),
     Trades(&'a str),
     Klines(&'a str, &'a str),
+    BookTicker(&'a str),
+    BookTickerAll,
     User(&'a str, PrivateChannel),
     Other(&'a str),
 }
@@ -198,6 +203,8 @@ impl<'a> Room<'a> {
             (Some("ticker"), Some(s), None) => Room::Ticker(s),
             (Some("orderbook"), Some(s), None) => Room::Orderbook(s),
             (Some("trades"), Some(s), None) => Room::Trades(s),
+            (Some("bookTicker"), Some("all"), None) => Room::BookTickerAll,
+            (Some("bookTicker"), Some(s), None) => Room::BookTicker(s),
             (Some("klines"), Some(s), Some(i)) if !i.contains(':') => Room::Klines(s, i),
             (Some("user"), Some(u), Some(c)) if !u.is_empty() => {
                 match PrivateChannel::from_suffix(c) {
@@ -215,6 +222,7 @@ impl<'a> Room<'a> {
             Room::Orderbook(_) => RoomKind::Orderbook,
             Room::Trades(_) => RoomKind::Trades,
             Room::Klines(..) => RoomKind::Klines,
+            Room::BookTicker(_) | Room::BookTickerAll => RoomKind::BookTicker,
             Room::User(..) => RoomKind::User,
             Room::Other(_) => RoomKind::Other,
         }
@@ -240,6 +248,8 @@ impl<'a> Room<'a> {
             Room::Orderbook(s) => format!("orderbook:{s}"),
             Room::Trades(s) => format!("trades:{s}"),
             Room::Klines(s, i) => format!("klines:{s}:{i}"),
+            Room::BookTicker(s) => format!("bookTicker:{s}"),
+            Room::BookTickerAll => "bookTicker:all".to_owned(),
             Room::User(u, c) => format!("user:{u}:{}", c.suffix()),
             Room::Other(name) => return Arc::from(*name),
         })
@@ -258,6 +268,8 @@ mod tests {
             Room::Orderbook("BTCUSDT"),
             Room::Trades("ETHUSDT"),
             Room::Klines("BTCUSDT", "1M"),
+            Room::BookTicker("BTCUSDT"),
+            Room::BookTickerAll,
             Room::User("u-1", PrivateChannel::Balances),
         ];
         for r in rooms {

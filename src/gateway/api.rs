@@ -49,6 +49,8 @@ pub enum Effect {
     Ack(u64, Value),
     Join(Arc<str>),
     Leave(Arc<str>),
+    /// Send a fresh snapshot of this order book room (`reason: "request"`).
+    Resync(Arc<str>),
 }
 
 pub type Effects = SmallVec<[Effect; 4]>;
@@ -62,7 +64,13 @@ pub struct GatewaySocket {
     pub notice_sent: bool,
     /// The token expired unrefreshed: private channels are closed until `auth`.
     pub expired: bool,
+    /// `resync` requests: each one costs a whole snapshot to send.
+    pub resyncs: Option<crate::limits::bucket::TokenBucket>,
 }
+
+/// Order book snapshots a connection may ask for per second, and the burst allowed.
+pub const RESYNC_RATE: f64 = 1.0;
+pub const RESYNC_BURST: f64 = 3.0;
 
 impl GatewaySocket {
     pub fn new(identity: Option<Identity>) -> GatewaySocket {
@@ -145,6 +153,7 @@ pub fn on_event(
         "subscribe.private" => subscribe_private(settings, socket, payload, admit_rooms, &mut fx),
         "unsubscribe.private" => unsubscribe_private(socket, payload, &mut fx),
         "ping" => Ok(("pong", obj([("timestamp", json!(now_ms))]))),
+        "resync" => resync(socket, payload, now_ms, &mut fx),
         "auth" => refresh(settings, socket, payload, now_ms),
         other => Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -207,6 +216,46 @@ fn subscribe(
         }
     }
     Ok(("subscribed", answer(req)))
+}
+
+/// `resync {channel: "orderbook", symbol}`: a fresh snapshot of a book the socket follows,
+/// chained to the deltas after it, at most `RESYNC_RATE` per second.
+fn resync(
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    now_ms: u64,
+    fx: &mut Effects,
+) -> Answer {
+    let req = parse_subscription(payload, None)?;
+    let [room] = req.rooms.as_slice() else {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "resync one order book at a time: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
+        ));
+    };
+    if !matches!(Room::parse(room), Room::Orderbook(_)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidChannel,
+            "only order books resync: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
+        ));
+    }
+    if !socket.rooms.contains(&**room) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("not subscribed to {room}"),
+        ));
+    }
+    let bucket = socket.resyncs.get_or_insert_with(|| {
+        crate::limits::bucket::TokenBucket::new(RESYNC_RATE, RESYNC_BURST, now_ms)
+    });
+    if !bucket.take(now_ms) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!("at most {RESYNC_RATE} resync per second (burst {RESYNC_BURST})"),
+        ));
+    }
+    fx.push(Effect::Resync(room.clone()));
+    Ok(("resynced", obj([("channel", Value::String(room.to_string()))])))
 }
 
 fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {

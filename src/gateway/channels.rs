@@ -11,6 +11,7 @@ pub enum Channel {
     Orderbook,
     Trades,
     Klines,
+    BookTicker,
 }
 
 impl Channel {
@@ -20,6 +21,7 @@ impl Channel {
             "orderbook" => Channel::Orderbook,
             "trades" => Channel::Trades,
             "klines" => Channel::Klines,
+            "bookTicker" => Channel::BookTicker,
             _ => return None,
         })
     }
@@ -32,6 +34,8 @@ impl Channel {
             (Channel::Orderbook, _) => Room::Orderbook(symbol),
             (Channel::Trades, _) => Room::Trades(symbol),
             (Channel::Klines, i) => Room::Klines(symbol, i.unwrap_or_default()),
+            (Channel::BookTicker, _) if symbol == "all" => Room::BookTickerAll,
+            (Channel::BookTicker, _) => Room::BookTicker(symbol),
         }
     }
 
@@ -41,6 +45,7 @@ impl Channel {
             Channel::Orderbook => "orderbook",
             Channel::Trades => "trades",
             Channel::Klines => "klines",
+            Channel::BookTicker => "bookTicker",
         }
     }
 }
@@ -73,7 +78,7 @@ pub fn parse_subscription(
         Some(Value::String(s)) => Channel::parse(s).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidChannel,
-                format!("unknown channel '{s}'; expected ticker, orderbook, trades or klines"),
+                format!("unknown channel '{s}'; expected ticker, orderbook, trades, klines or bookTicker"),
             )
         })?,
         _ => {
@@ -132,7 +137,7 @@ pub fn parse_subscription(
         (None, None) => return Err(ApiError::new(ErrorCode::InvalidSymbol, "missing 'symbol'")),
     };
     for s in &symbols {
-        if *s == "all" && channel == Channel::Ticker {
+        if *s == "all" && matches!(channel, Channel::Ticker | Channel::BookTicker) {
             continue;
         }
         if !valid_symbol(s) {

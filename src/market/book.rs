@@ -304,6 +304,11 @@ impl OrderBook {
         self.last_update_id
     }
 
+    /// The best bid and the best ask of the whole replica.
+    pub fn best(&self) -> (Option<&Level>, Option<&Level>) {
+        (self.bids.values().next(), self.asks.values().next())
+    }
+
     /// The view clients were last sent.
     pub fn sent_view(&self) -> &Arc<BookView> {
         &self.sent

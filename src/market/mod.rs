@@ -138,6 +138,8 @@ struct KlineState {
 struct BookState {
     book: OrderBook,
     conflating: bool,
+    /// The best bid and ask last sent on `bookTicker`: (price, quantity) of each side.
+    top: [Option<(Arc<str>, Arc<str>)>; 2],
 }
 
 pub struct Market {
@@ -215,8 +217,17 @@ impl Market {
                     .or_insert_with(|| BookState {
                         book: OrderBook::new(&symbol, depth),
                         conflating: false,
+                        top: [None, None],
                     });
-                match state.book.apply(update) {
+                let change = state.book.apply(update);
+                let (bid, ask) = state.book.best();
+                let top = [bid, ask].map(|l| l.map(|l| (l.price.clone(), l.qty.clone())));
+                if top != state.top {
+                    state.top = top;
+                    let last_update_id = state.book.last_update_id().unwrap_or(0);
+                    book_tickers(&symbol, &state.top, last_update_id, out);
+                }
+                match change {
                     BookChange::Resync => {
                         state.conflating = false;
                         self.counters.resyncs += 1;
@@ -489,6 +500,47 @@ fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
     }
 }
 
+/// `bookTicker.update` for a new best bid or ask, to the symbol's room (kept as its last
+/// value) and to `bookTicker:all`. Unthrottled; under backpressure only the newest is kept.
+fn book_tickers(
+    symbol: &str,
+    top: &[Option<(Arc<str>, Arc<str>)>; 2],
+    last_update_id: u64,
+    out: &mut Vec<Publish>,
+) {
+    let side = |i: usize, qty: bool| match &top[i] {
+        Some((p, q)) => Value::String(if qty { q } else { p }.to_string()),
+        None => Value::Null,
+    };
+    let data = serde_json::json!({
+        "symbol": symbol,
+        "bidPrice": side(0, false),
+        "bidQty": side(0, true),
+        "askPrice": side(1, false),
+        "askQty": side(1, true),
+        "lastUpdateId": last_update_id,
+    });
+    for (room, retain) in [
+        (Room::BookTicker(symbol).name(), true),
+        (Room::BookTickerAll.name(), false),
+    ] {
+        out.push(Publish {
+            room,
+            body: Event {
+                name: Arc::from("bookTicker.update"),
+                data: Payload::Value(data.clone()),
+            },
+            class: StreamClass::Latest,
+            deliver: true,
+            retain,
+            book: None,
+            offset: None,
+            appended_ms: None,
+            tickers: None,
+        });
+    }
+}
+
 fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
     Publish {
         room: Room::Orderbook(symbol).name(),
@@ -694,6 +746,17 @@ mod tests {
             ],
             5000,
         );
+        // Only the first update moves the best bid or ask (bookTicker, to two rooms).
+        let tops: Vec<&str> = log
+            .iter()
+            .filter(|(_, p)| Room::parse(&p.room).kind() == crate::room::RoomKind::BookTicker)
+            .map(|(_, p)| &*p.room)
+            .collect();
+        assert_eq!(tops, ["bookTicker:BTCUSDT", "bookTicker:all"]);
+        let log: Vec<_> = log
+            .into_iter()
+            .filter(|(_, p)| Room::parse(&p.room).kind() == crate::room::RoomKind::Orderbook)
+            .collect();
         let kinds: Vec<StreamClass> = log.iter().map(|(_, p)| p.class).collect();
         assert_eq!(
             kinds,

@@ -42,6 +42,8 @@ pub enum Output {
     Send(Packet),
     Join(Arc<str>),
     Leave(Arc<str>),
+    /// Send a fresh snapshot of this order book room, `reason: "request"`.
+    Resync(Arc<str>),
     /// A socket of this user ended: its per-user connection count goes down.
     ReleaseUser(Arc<str>),
     /// A token was refused (the reason, for metrics and logs).
@@ -677,6 +679,7 @@ fn effect_output(ns: &str, fx: Effect) -> Output {
         Effect::Ack(id, v) => ack(ns, id, v, Vec::new()),
         Effect::Join(r) => Output::Join(r),
         Effect::Leave(r) => Output::Leave(r),
+        Effect::Resync(r) => Output::Resync(r),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Per-shard figures. The shard counts in plain fields and publishes them here once per loop
 //! turn, so no shared atomic is written per delivered message.
 
+use crate::room::RoomKind;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -148,7 +149,7 @@ impl Latency {
 /// Gauges and the histogram a shard publishes beside its counters.
 #[derive(Debug, Default)]
 pub struct ShardGauges {
-    subscriptions_by_kind: [AtomicU64; 6],
+    subscriptions_by_kind: [AtomicU64; RoomKind::ALL.len()],
     outbound_queue_bytes: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_ns: AtomicU64,
@@ -156,7 +157,7 @@ pub struct ShardGauges {
 }
 
 impl ShardGauges {
-    pub fn store(&self, by_kind: [usize; 6], outbound: u64, latency: &Latency) {
+    pub fn store(&self, by_kind: [usize; RoomKind::ALL.len()], outbound: u64, latency: &Latency) {
         for (a, v) in self.subscriptions_by_kind.iter().zip(by_kind) {
             a.store(v as u64, Relaxed);
         }
@@ -168,7 +169,7 @@ impl ShardGauges {
         self.latency_count.store(latency.count, Relaxed);
     }
 
-    pub fn subscriptions_by_kind(&self) -> [u64; 6] {
+    pub fn subscriptions_by_kind(&self) -> [u64; RoomKind::ALL.len()] {
         std::array::from_fn(|i| self.subscriptions_by_kind[i].load(Relaxed))
     }
 

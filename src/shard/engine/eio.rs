@@ -312,6 +312,23 @@ impl Engine {
                     }
                     self.leave_room(&room, s);
                 }
+                Output::Resync(room) => {
+                    if let Some((view, _)) = self.books.get(&room) {
+                        let data = Payload::Json(view.snapshot_json("request"));
+                        let m = envelope::encode_payload(
+                            "orderbook.update",
+                            &room,
+                            &data,
+                            self.now.unix_ms,
+                        );
+                        self.count_work(|w| w.output_bytes += m.ws_frame().len());
+                        if let Some(session) = self.live_session_mut(s) {
+                            // The snapshot is what a slow consumer was owed for this book.
+                            session.owed.retain(|r| *r != room);
+                        }
+                        self.send_wire(s, &m);
+                    }
+                }
                 Output::Restore { pid, offset } => {
                     // Completes later (possibly within this turn) through `finish_restore`.
                     self.start_restore(s, pid, offset);

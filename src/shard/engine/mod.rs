@@ -525,7 +525,7 @@ impl Engine {
                     .filter(|r| {
                         !matches!(
                             Room::parse(r).kind(),
-                            RoomKind::Ticker | RoomKind::Orderbook
+                            RoomKind::Ticker | RoomKind::Orderbook | RoomKind::BookTicker
                         )
                     })
                     .cloned(),

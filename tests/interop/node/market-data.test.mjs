@@ -234,7 +234,7 @@ class Follower {
     if (d.type === 'snapshot') {
       const keys = Object.keys(d).sort().join(',');
       if (keys !== 'asks,bids,checksum,lastUpdateId,reason,symbol,type') this.bad(msg, 'snapshot keys');
-      if (!['subscribe', 'resync'].includes(d.reason)) this.bad(msg, 'snapshot reason');
+      if (!['subscribe', 'resync', 'request'].includes(d.reason)) this.bad(msg, 'snapshot reason');
       if (d.reason === 'subscribe' && this.n !== 1) this.bad(msg, 'reason subscribe not first');
       if (d.bids.length > this.depth || d.asks.length > this.depth) this.bad(msg, 'snapshot too deep');
       this.book.apply(d);
@@ -449,6 +449,65 @@ for (const mode of MODES) {
       await sleep(QUIET_MS);
       assert.equal(b.rec.payloads('tickers.update').length, 1);
       assert.equal(b.rec.payloads('ticker.update').length, 0);
+    });
+
+    it('order book bot: 5,000 deltas (a fifth leave the window as it was), every message checksum-verified, a gap and a requested resync', T, async () => {
+      const depth = 20;
+      const g = await fresh(['--orderbook-depth', String(depth)]);
+      const S = sym('BOT');
+      const seed = Math.floor(Math.random() * 2 ** 31) + 1;
+      const gen = new BookGen(seed);
+      await ingestOk(g, bookEv(S, gen.snapshot()));
+      const a = await connect(g);
+      await subscribeOk(a.socket, { channel: 'orderbook', symbol: S });
+      const f = new Follower(S, depth);
+      let n = 0;
+      let gapAt;
+      let requested;
+      for (let batch = 0; batch < 20; batch++) {
+        const events = [];
+        for (let i = 0; i < 250; i++, n++) {
+          let d;
+          if (n % 5 === 4) {
+            // No level at all: the window stays as it was, the ids still move on.
+            const first = gen.ref.last + 1;
+            d = { type: 'delta', bids: [], asks: [], firstUpdateId: first, lastUpdateId: first };
+            gen.ref.apply(d);
+          } else {
+            d = gen.delta({ gap: n === 2000 ? 17 : 0 });
+            if (n === 2000) gapAt = d;
+          }
+          events.push(bookEv(S, d));
+        }
+        await ingestOk(g, events);
+        f.feedFrom(a.rec);
+        if (batch === 12) {
+          const ack = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S });
+          assert.deepEqual(ack, { ok: true, channel: `orderbook:${S}` });
+          requested = true;
+        }
+      }
+      const final = gen.ref.last;
+      await waitUntil(() => {
+        f.feedFrom(a.rec);
+        return f.book.last === final;
+      }, 15000, `client book at ${final}`).catch((e) => {
+        throw new Error(`${e.message}; at ${f.book.last}; ${f.violations.slice(0, 3)} (seed ${seed})`);
+      });
+      assert.ok(requested);
+      assert.deepEqual(f.violations, [], `seed ${seed}`);
+      const reasons = f.snapshots.map(([, r]) => r);
+      assert.equal(reasons[0], 'subscribe');
+      assert.ok(f.snapshots.some(([, r, last]) => r === 'resync' && last >= gapAt.lastUpdateId), JSON.stringify(f.snapshots));
+      assert.ok(reasons.includes('request'), JSON.stringify(f.snapshots));
+      // Every update id came, at once: 5,000 less the gap's (a snapshot) chained messages.
+      assert.ok(f.deltas >= 4990, `${f.deltas} deltas`);
+      // Past its burst, resync is refused with a clear code.
+      const answers = [];
+      for (let i = 0; i < 6; i++) answers.push(await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S }));
+      assert.ok(answers.some((x) => x.ok === false && x.error.code === 'RATE_LIMITED'), JSON.stringify(answers));
+      const other = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: 'NOTSUBSCRIBED' });
+      assert.equal(other.ok, false);
     });
 
     // 4. order book rebuild (small) --------------------------------------------

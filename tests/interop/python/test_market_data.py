@@ -181,7 +181,7 @@ class Follower:
         if d.get("type") == "snapshot":
             if set(d) != self.SNAP_KEYS:
                 self._bad(msg, "snapshot keys")
-            if d.get("reason") not in ("subscribe", "resync"):
+            if d.get("reason") not in ("subscribe", "resync", "request"):
                 self._bad(msg, "snapshot reason")
             if d.get("reason") == "subscribe" and self.n != 1:
                 self._bad(msg, "reason subscribe not first")
@@ -682,6 +682,54 @@ def test_every_book_update_id_reaches_the_subscriber(gateway_factory, clients, t
     empty = [u for u in chain if not u["bids"] and not u["asks"]]
     assert len(empty) == invisible, f"{len(empty)} empty deltas for {invisible} invisible changes"
     assert chain[-1]["lastUpdateId"] == last
+
+
+@pytest.mark.parametrize("tp", [None, ["websocket"]], ids=["default", "websocket"])
+def test_book_ticker_follows_every_change_of_the_best_bid_or_ask(gateway_factory, clients, tp):
+    gw = gateway_factory("--orderbook-depth", "20")
+    sym = unique_symbol("BT")
+    gen = BookGen(seed=int(sym[2:8], 16))
+    gw.ingest_ok(book_ev(sym, gen.snapshot()))
+    a, rec = clients(gw, tp, ordered=True)
+    subscribe_ok(a, {"channel": "bookTicker", "symbol": sym})
+    b, rec_all = clients(gw, tp, ordered=True)
+    subscribe_ok(b, {"channel": "bookTicker", "symbol": "all"})
+
+    def top():
+        (bid, ask) = (gen.ref.bids[max(gen.ref.bids)] if gen.ref.bids else None,
+                      gen.ref.asks[min(gen.ref.asks)] if gen.ref.asks else None)
+        return (tuple(bid) if bid else None, tuple(ask) if ask else None)
+
+    # The backend's best levels after each update, and the ids where they changed.
+    first = rec.wait_event("bookTicker.update", timeout=3)  # the last value on subscribe
+    tops = {gen.ref.last: top()}
+    changed = []
+    for batch in range(6):
+        events = []
+        for i in range(50):
+            before = top()
+            d = gen.delta(touch_best=(i % 7 == 0))
+            events.append(book_ev(sym, d))
+            tops[gen.ref.last] = top()
+            if top() != before:
+                changed.append(gen.ref.last)
+        gw.ingest_ok(events)
+    assert changed, "the generator moved the best levels"
+    rec.wait_event("bookTicker.update", timeout=5,
+                   pred=lambda m: m["data"]["lastUpdateId"] == changed[-1])
+    time.sleep(0.2)
+    msgs = rec.named("bookTicker.update")
+    assert msgs[0] == first and first["channel"] == f"bookTicker:{sym}"
+    for m in msgs:
+        d = m["data"]
+        assert set(d) == {"symbol", "bidPrice", "bidQty", "askPrice", "askQty", "lastUpdateId"}
+        bid, ask = tops[d["lastUpdateId"]]
+        assert (d["bidPrice"], d["bidQty"]) == (bid or (None, None)), (d, bid)
+        assert (d["askPrice"], d["askQty"]) == (ask or (None, None)), (d, ask)
+    assert [m["data"]["lastUpdateId"] for m in msgs[1:]] == changed, "every change, only changes"
+    mine = [m for m in rec_all.named("bookTicker.update") if m["data"]["symbol"] == sym]
+    assert [m["data"] for m in mine] == [m["data"] for m in msgs[1:]]
+    assert all(m["channel"] == "bookTicker:all" for m in mine)
 
 
 # ---- 5. order book ingest validation -------------------------------------------------------------
