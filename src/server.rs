@@ -406,12 +406,14 @@ fn run_demo(ingest: &Ingest, sink: &DemoSink, stop: &AtomicBool) {
                     tracing::error!(error = %e, "demo feed produced an invalid event");
                 }
             }
-            DemoSink::Cluster(cluster, rt) => {
-                let json: Vec<String> = events.iter().map(serde_json::Value::to_string).collect();
-                if let Err(e) = rt.block_on(cluster.append(&json)) {
-                    tracing::warn!(error = %e, "demo feed could not append to the stream");
+            DemoSink::Cluster(cluster, rt) => match ingest.check(events) {
+                Ok(checked) => {
+                    if let Err(e) = rt.block_on(cluster.append(&checked)) {
+                        tracing::warn!(error = %e, "demo feed could not append to the stream");
+                    }
                 }
-            }
+                Err(e) => tracing::error!(error = %e, "demo feed produced an invalid event"),
+            },
         }
         std::thread::sleep(Duration::from_millis(100));
     }

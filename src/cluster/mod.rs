@@ -7,7 +7,7 @@ pub mod emitter;
 pub mod sessions;
 
 use crate::ingest::catch_up::CatchUp;
-use crate::ingest::{Arrival, Ingest};
+use crate::ingest::{Appended, Arrival, Ingest, StreamMark};
 use crate::recovery::Offset;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
@@ -18,6 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::Mutex;
+
+/// Appends `(room, event)` pairs after the trim length: an event with a room gets the room's
+/// next number. A script runs whole or not at all, like MULTI/EXEC.
+const APPEND_SCRIPT: &str = r"
+for i = 2, #ARGV, 2 do
+  local room, event = ARGV[i], ARGV[i + 1]
+  if room == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', event)
+  else
+    local seq = redis.call('HINCRBY', KEYS[2], room, 1)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', event, 'seq', seq)
+  end
+end
+return 0
+";
 
 /// How long an append may take before ingest answers 503.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -90,24 +105,24 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Appends a validated batch in one MULTI/EXEC, so the stream holds all of it or none.
-    pub async fn append(&self, events: &[String]) -> Result<(), ClusterError> {
+    /// Appends a validated batch in one script, so the stream holds all of it or none; each
+    /// event of a lossless stream gets that stream's next number (`seq`) there, kept in the
+    /// hash `<stream>:seq`, so every instance sends the same numbers.
+    pub async fn append(&self, events: &[Appended]) -> Result<(), ClusterError> {
         let attempt = async {
             let mut conn = self.connection().await?;
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let script = redis::Script::new(APPEND_SCRIPT);
+            let mut invocation = script.key(&self.settings.stream_key);
+            invocation
+                .key(format!("{}:seq", self.settings.stream_key))
+                .arg(self.settings.max_len);
             for e in events {
-                pipe.cmd("XADD")
-                    .arg(&self.settings.stream_key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.settings.max_len)
-                    .arg("*")
-                    .arg("event")
-                    .arg(e)
-                    .ignore();
+                invocation
+                    .arg(e.numbered_in.as_deref().unwrap_or(""))
+                    .arg(&e.json);
             }
-            pipe.query_async::<()>(&mut conn)
+            invocation
+                .invoke_async::<()>(&mut conn)
                 .await
                 .map_err(|e| ClusterError::Unreachable(e.to_string()))
         };
@@ -453,9 +468,14 @@ impl Position {
             if let Some(restarted) = self.from_start.take() {
                 ingest.stream_read_from(id, restarted);
             }
+            let seq = entry
+                .map
+                .remove("seq")
+                .and_then(into_string)
+                .and_then(|s| s.parse().ok());
             match entry.map.remove("event").map(into_string) {
                 Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => events.push((id, v)),
+                    Ok(v) => events.push((StreamMark { id, seq }, v)),
                     Err(e) => {
                         tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry that is not JSON")
                     }

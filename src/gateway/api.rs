@@ -255,7 +255,10 @@ fn resync(
         ));
     }
     fx.push(Effect::Resync(room.clone()));
-    Ok(("resynced", obj([("channel", Value::String(room.to_string()))])))
+    Ok((
+        "resynced",
+        obj([("channel", Value::String(room.to_string()))]),
+    ))
 }
 
 fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {

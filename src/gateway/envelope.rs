@@ -29,20 +29,41 @@ pub fn encode_payload_at(
     timestamp_ms: u64,
     offset: Option<Offset>,
 ) -> WireMessage {
+    encode_numbered(event, room, data, timestamp_ms, offset, None)
+}
+
+/// The envelope with the message's number in its lossless stream (`seq`) when it has one,
+/// and its recovery offset.
+pub fn encode_numbered(
+    event: &str,
+    room: &str,
+    data: &Payload,
+    timestamp_ms: u64,
+    offset: Option<Offset>,
+    seq: Option<u64>,
+) -> WireMessage {
+    let marks = Marks { offset, seq };
     match data {
-        Payload::Value(v) => encode_with(event, room, timestamp_ms, offset, |b| {
+        Payload::Value(v) => encode_with(event, room, timestamp_ms, marks, |b| {
             // Serializing into a growable buffer cannot fail.
             let _ = serde_json::to_writer(b.writer(), v);
         }),
-        Payload::Json(j) => encode_with(event, room, timestamp_ms, offset, |b| {
-            b.extend_from_slice(j)
-        }),
+        Payload::Json(j) => {
+            encode_with(event, room, timestamp_ms, marks, |b| b.extend_from_slice(j))
+        }
     }
+}
+
+/// What a lossless message carries beside its data.
+#[derive(Default, Clone, Copy)]
+struct Marks {
+    offset: Option<Offset>,
+    seq: Option<u64>,
 }
 
 /// `42/ws,["<event>",{"channel":"<room>","data":<data>,"timestamp":<ts>}]` as one frame.
 pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireMessage {
-    encode_with(event, room, timestamp_ms, None, |b| {
+    encode_with(event, room, timestamp_ms, Marks::default(), |b| {
         // Serializing into a growable buffer cannot fail.
         let _ = serde_json::to_writer(b.writer(), data);
     })
@@ -52,7 +73,7 @@ fn encode_with(
     event: &str,
     room: &str,
     timestamp_ms: u64,
-    offset: Option<Offset>,
+    marks: Marks,
     data: impl FnOnce(&mut bytes::BytesMut),
 ) -> WireMessage {
     WireMessage::text(|b| {
@@ -69,8 +90,13 @@ fn encode_with(
         w.get_mut().extend_from_slice(b",\"timestamp\":");
         w.get_mut()
             .extend_from_slice(itoa::Buffer::new().format(timestamp_ms).as_bytes());
+        if let Some(seq) = marks.seq {
+            w.get_mut().extend_from_slice(b",\"seq\":");
+            w.get_mut()
+                .extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        }
         w.get_mut().extend_from_slice(b"}");
-        if let Some(o) = offset {
+        if let Some(o) = marks.offset {
             let b = w.get_mut();
             b.extend_from_slice(b",\"");
             b.extend_from_slice(itoa::Buffer::new().format(o.ms).as_bytes());

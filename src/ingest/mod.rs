@@ -39,9 +39,28 @@ pub struct Ingest {
     recovery: Option<Arc<Recovery>>,
     /// Symbols clients may subscribe to: each symbol ingested is added.
     symbols: Arc<Symbols>,
+    /// The last `seq` of each lossless stream (taken under the market lock).
+    seqs: Mutex<std::collections::HashMap<Arc<str>, u64>>,
     /// While catching up with the cluster stream, what would have been published, folded per
     /// room (newest values, book views, lossless rooms touched); the shards get it at the end.
     history: Mutex<Option<Overflow>>,
+}
+
+/// Where an event read from the cluster stream stands: its entry id (the recovery offset of
+/// what it produces) and, for a lossless stream, its number there as the appending instance
+/// gave it (so every instance sends the same `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    pub id: Offset,
+    pub seq: Option<u64>,
+}
+
+/// A checked event as it goes into the cluster stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub json: String,
+    /// The lossless stream whose next number the stream gives it.
+    pub numbered_in: Option<Arc<str>>,
 }
 
 /// How events read from the cluster stream reach subscribers.
@@ -70,6 +89,7 @@ impl Ingest {
             encodes: AtomicU64::new(0),
             events: AtomicU64::new(0),
             history: Mutex::new(None),
+            seqs: Mutex::new(Default::default()),
         })
     }
 
@@ -129,27 +149,39 @@ impl Ingest {
 
     /// Checks a batch without applying it (cluster mode appends it to the stream instead):
     /// every event's own fields, and order book ids against the local replica. Returns each
-    /// event's JSON, compact, as the stream carries it.
-    pub fn check_body(&self, body: &[u8]) -> Result<Vec<String>, IngestError> {
-        let events = parse::parse_body(body)?;
+    /// event's JSON, compact, as the stream carries it, with the lossless stream it is
+    /// numbered in.
+    pub fn check_body(&self, body: &[u8]) -> Result<Vec<Appended>, IngestError> {
+        self.check(parse::parse_body(body)?)
+    }
+
+    /// As `check_body`, for events already parsed.
+    pub fn check(&self, events: Vec<Value>) -> Result<Vec<Appended>, IngestError> {
         let json: Vec<String> = events.iter().map(Value::to_string).collect();
         let typed = Self::parse_all(events)?;
         self.market
             .lock()
             .validate(&typed)
             .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
-        Ok(json)
+        Ok(json
+            .into_iter()
+            .zip(&typed)
+            .map(|(json, ev)| Appended {
+                json,
+                numbered_in: ev.sequenced_room(),
+            })
+            .collect())
     }
 
     /// Applies events read back from the cluster stream, in stream order. The stream is the
     /// authority on order, so an event that no longer fits (say, book ids another instance
     /// validated against an older replica) is skipped and counted, never fatal.
-    pub fn apply_stream(&self, events: Vec<(Offset, Value)>, arrival: Arrival) -> usize {
+    pub fn apply_stream(&self, events: Vec<(StreamMark, Value)>, arrival: Arrival) -> usize {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
-        for (id, ev) in events {
+        for (mark, ev) in events {
             match crate::market::input::parse_event(ev) {
-                Ok(t) => typed.push((t, Some(id))),
+                Ok(t) => typed.push((t, Some(mark))),
                 Err(e) => {
                     skipped += 1;
                     tracing::warn!(error = %e, "skipping an invalid event from the stream");
@@ -228,7 +260,7 @@ impl Ingest {
     /// the lossless event it produces.
     fn apply_checked(
         &self,
-        typed: Vec<(crate::market::input::IngestEvent, Option<Offset>)>,
+        typed: Vec<(crate::market::input::IngestEvent, Option<StreamMark>)>,
         arrival: Arrival,
     ) -> Result<usize, IngestError> {
         let n = typed.len();
@@ -275,7 +307,7 @@ impl Ingest {
     fn publish(
         &self,
         out: Vec<Publish>,
-        stream_ids: Vec<Option<Offset>>,
+        stream_ids: Vec<Option<StreamMark>>,
         now: u64,
         arrival: Arrival,
     ) {
@@ -290,10 +322,22 @@ impl Ingest {
         let batch: Vec<Broadcast> = out
             .into_iter()
             .zip(stream_ids.into_iter().chain(std::iter::repeat(None)))
-            .map(|(mut p, id)| {
+            .map(|(mut p, mark)| {
+                let id = mark.map(|m| m.id);
                 if arrival == Arrival::Late {
                     p.appended_ms = id.map(|o| o.ms);
                 }
+                let seq = (p.class == StreamClass::Lossless
+                    && p.deliver
+                    && crate::room::Room::parse(&p.room).kind() != crate::room::RoomKind::Klines)
+                    .then(|| {
+                        // The appending instance's number when the stream carries one, so
+                        // every instance agrees; else the next of this process's own.
+                        let mut seqs = self.seqs.lock();
+                        let last = seqs.entry(p.room.clone()).or_insert(0);
+                        *last = mark.and_then(|m| m.seq).unwrap_or(*last + 1);
+                        *last
+                    });
                 let offset = match (recovery, p.class, p.deliver) {
                     (Some(r), StreamClass::Lossless, true) => {
                         if local {
@@ -304,7 +348,7 @@ impl Ingest {
                     }
                     _ => None,
                 };
-                let b = p.encode(now, offset);
+                let b = p.encode(now, offset, seq);
                 if let Some(offset) = offset {
                     logged.push(LogEntry {
                         offset,

@@ -56,6 +56,20 @@ impl IngestEvent {
         }
     }
 
+    /// The lossless stream the event belongs to, whose messages are numbered (`seq`): a
+    /// trades room, a private room, a manual broadcast's room (klines mix numbered and
+    /// latest-only values, so they are not).
+    pub fn sequenced_room(&self) -> Option<Arc<str>> {
+        match self {
+            IngestEvent::Trade { symbol, .. } => Some(crate::room::Room::Trades(symbol).name()),
+            IngestEvent::Private { room, .. } | IngestEvent::Manual { room, .. } => {
+                let kind = crate::room::Room::parse(room).kind();
+                (kind != crate::room::RoomKind::Klines).then(|| room.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// The event's type as ingested (`broadcast` for manual broadcasts), for metrics.
     pub fn kind(&self) -> &str {
         match self {

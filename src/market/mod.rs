@@ -74,14 +74,21 @@ pub struct Event {
 }
 
 impl Publish<Event> {
-    /// Encodes the envelope once, with its recovery offset as the last argument if it has one.
-    pub fn encode(self, now_ms: u64, offset: Option<Offset>) -> Publish<WireMessage> {
-        let message = envelope::encode_payload_at(
+    /// Encodes the envelope once, with its number in its lossless stream (`seq`) and its
+    /// recovery offset as the last argument, where it has them.
+    pub fn encode(
+        self,
+        now_ms: u64,
+        offset: Option<Offset>,
+        seq: Option<u64>,
+    ) -> Publish<WireMessage> {
+        let message = envelope::encode_numbered(
             &self.body.name,
             &self.room,
             &self.body.data,
             now_ms,
             offset,
+            seq,
         );
         Publish {
             room: self.room,

@@ -6,7 +6,7 @@ import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import jwt from 'jsonwebtoken';
 import { startGateway, sleep } from './harness.mjs';
-import { MODES, Recorder, rawClient, closeAllClients, emitAck } from './clients.mjs';
+import { MODES, Recorder, rawClient, closeAllClients, emitAck, assertEnvelope } from './clients.mjs';
 
 const T = { timeout: 30000 };
 const QUIET_MS = 400;
@@ -139,12 +139,6 @@ async function waitPrivate(rec, n, timeout = 5000) {
   }
 }
 
-function assertEnvelope(msg, room, data) {
-  assert.deepEqual(Object.keys(msg).sort(), ['channel', 'data', 'timestamp'], JSON.stringify(msg));
-  assert.equal(msg.channel, room);
-  assert.deepEqual(msg.data, data);
-  assert.ok(Number.isInteger(msg.timestamp) && Math.abs(msg.timestamp - Date.now()) < 60000, JSON.stringify(msg));
-}
 
 async function ingestOk(gw, events) {
   const res = await gw.ingest(events);

@@ -1,5 +1,6 @@
 // Client-side helpers: socket.io-client sockets with an event recorder, and a
 // raw Engine.IO WebSocket client (package `ws`) for protocol-level tests.
+import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
 import WebSocket from 'ws';
 
@@ -310,4 +311,41 @@ export class RawWs {
 export function closeAllRaw() {
   for (const r of openRaw) r.close();
   openRaw.clear();
+}
+
+/** Lossless streams (trades, private rooms, broadcasts' own rooms) number their messages. */
+export function isNumbered(room) {
+  return !/^(ticker|orderbook|klines|bookTicker):/.test(room);
+}
+
+/** A data event's envelope: `{channel, data, timestamp}`, plus `seq` (a positive integer) on a
+ * lossless stream. */
+export function assertEnvelope(msg, room, data) {
+  assert.equal(typeof msg, 'object', `envelope is an object: ${JSON.stringify(msg)}`);
+  const keys = isNumbered(room) ? ['channel', 'data', 'seq', 'timestamp'] : ['channel', 'data', 'timestamp'];
+  assert.deepEqual(Object.keys(msg).sort(), keys, JSON.stringify(msg));
+  assert.equal(msg.channel, room);
+  assert.deepEqual(msg.data, data);
+  assert.ok(Number.isInteger(msg.timestamp), `timestamp is an integer: ${msg.timestamp}`);
+  assert.ok(Math.abs(msg.timestamp - Date.now()) < 60000, `timestamp is ms near now: ${msg.timestamp}`);
+  if (isNumbered(room)) assert.ok(Number.isInteger(msg.seq) && msg.seq > 0, `seq: ${msg.seq}`);
+}
+
+/** Kraken's WebSocket v2 book checksum of a window's top 10 levels, as the gateway sends it. */
+export function topChecksum({ bids, asks }) {
+  const digits = (s) => s.replace('.', '').replace(/^0+/, '');
+  const levels = [...asks.slice(0, 10), ...bids.slice(0, 10)];
+  return crc32(levels.map(([p, q]) => digits(p) + digits(q)).join(''));
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(text) {
+  let c = 0xffffffff;
+  for (const b of Buffer.from(text)) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
 }

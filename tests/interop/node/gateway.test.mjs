@@ -13,6 +13,8 @@ import {
   emitAck,
   waitWebsocketTransport,
   RawWs,
+  assertEnvelope,
+  topChecksum,
 } from './clients.mjs';
 
 const T = { timeout: 30000 };
@@ -31,14 +33,6 @@ function sym(prefix = 'S') {
   return `${prefix}${RUN}${symSeq}`.slice(0, 20);
 }
 
-function assertEnvelope(msg, room, data) {
-  assert.equal(typeof msg, 'object', `envelope is an object: ${JSON.stringify(msg)}`);
-  assert.deepEqual(Object.keys(msg).sort(), ['channel', 'data', 'timestamp'], JSON.stringify(msg));
-  assert.equal(msg.channel, room);
-  assert.deepEqual(msg.data, data);
-  assert.ok(Number.isInteger(msg.timestamp), `timestamp is an integer: ${msg.timestamp}`);
-  assert.ok(Math.abs(msg.timestamp - Date.now()) < 60000, `timestamp is ms near now: ${msg.timestamp}`);
-}
 
 function tickerData(symbol, n = 1) {
   return {
@@ -72,7 +66,7 @@ function bookData(symbol, n = 1) {
 // ...and as subscribers see it: a backend snapshot replaces the book, sent as a resync.
 function bookSeen(symbol, n = 1) {
   const { bids, asks, lastUpdateId } = bookData(symbol, n);
-  return { symbol, type: 'snapshot', reason: 'resync', bids, asks, lastUpdateId };
+  return { symbol, type: 'snapshot', reason: 'resync', bids, asks, lastUpdateId, checksum: topChecksum({ bids, asks }) };
 }
 function tradeData(symbol, n = 1) {
   return { tradeId: `t-${symbol}-${n}`, symbol, price: '45000.00', quantity: '1.5', timestamp: 1234567890 + n, seq: n };

@@ -5,7 +5,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, sleep, waitFor as waitUntil } from './harness.mjs';
-import { MODES, connectClient, closeAllClients, emitAck } from './clients.mjs';
+import { MODES, connectClient, closeAllClients, emitAck, assertEnvelope, topChecksum } from './clients.mjs';
 
 const T = { timeout: 60000 };
 const QUIET_MS = 400;
@@ -20,12 +20,6 @@ function sym(prefix = 'M') {
   return `${prefix}${RUN}${symSeq}`.slice(0, 20);
 }
 
-function assertEnvelope(msg, room, data) {
-  assert.deepEqual(Object.keys(msg).sort(), ['channel', 'data', 'timestamp'], JSON.stringify(msg));
-  assert.equal(msg.channel, room);
-  assert.deepEqual(msg.data, data);
-  assert.ok(Number.isInteger(msg.timestamp), `timestamp ${msg.timestamp}`);
-}
 
 const ticker = (s, seq) => ({ symbol: s, lastPrice: `${45000 + seq}.00`, volume24h: `${seq}.5`, seq });
 const tickerEv = (s, seq) => ({ type: 'ticker.update', symbol: s, data: ticker(s, seq) });
@@ -104,24 +98,6 @@ class Book {
   }
 }
 
-/** Kraken's WebSocket v2 book checksum of a window's top 10 levels, as the gateway sends it. */
-function topChecksum({ bids, asks }) {
-  const digits = (s) => s.replace('.', '').replace(/^0+/, '');
-  const levels = [...asks.slice(0, 10), ...bids.slice(0, 10)];
-  return crc32(levels.map(([p, q]) => digits(p) + digits(q)).join(''));
-}
-
-const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-
-function crc32(text) {
-  let c = 0xffffffff;
-  for (const b of Buffer.from(text)) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
 
 /** xorshift32, so a failing run can be replayed from its seed. */
 function rng(seed) {

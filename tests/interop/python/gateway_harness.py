@@ -314,10 +314,20 @@ def connect_client(gw, transports=None, namespace="/ws", ordered=False, wait_con
     return sio, rec
 
 
+def is_numbered(room):
+    """Lossless streams (trades, private rooms, broadcasts' own rooms) number their messages."""
+    return not room.startswith(("ticker:", "orderbook:", "klines:", "bookTicker:"))
+
+
 def assert_envelope(msg, room, data):
-    """Data events carry exactly {channel, data, timestamp}."""
+    """Data events carry exactly {channel, data, timestamp}, plus `seq` (a positive integer)
+    on a lossless stream."""
     assert isinstance(msg, dict), msg
-    assert set(msg) == {"channel", "data", "timestamp"}, msg
+    if is_numbered(room):
+        assert set(msg) == {"channel", "data", "timestamp", "seq"}, msg
+        assert isinstance(msg["seq"], int) and msg["seq"] > 0, msg
+    else:
+        assert set(msg) == {"channel", "data", "timestamp"}, msg
     assert msg["channel"] == room, msg
     assert msg["data"] == data, msg
     ts = msg["timestamp"]

@@ -383,6 +383,33 @@ def test_redis_outage_loses_nothing_accepted(cluster, redis, made):
     print(f"every subscriber got all {len(accepted)} accepted trades in order, no duplicates")
 
 
+def test_lossless_streams_are_numbered_alike_on_every_instance(cluster, made):
+    a, b, c = cluster
+    sym = unique_symbol("SEQ")
+    subs = {gw.name: sub(gw, made, {"channel": "trades", "symbol": sym}) for gw in (a, b)}
+    users = {gw.name: connect_user(gw, made, "seq-user") for gw in (a, b)}
+    for _, (sio, _) in users.items():
+        ack = sio.call("subscribe.private", {"channel": "user.orders"}, namespace="/ws", timeout=5)
+        assert ack.get("ok") is True, ack
+    # Appended through two instances: the numbers are the stream's, not an instance's.
+    for i, gw in enumerate((a, c, a, c, a)):
+        gw.ingest_ok([trade_ev(sym, i),
+                      {"type": "order.filled", "userId": "seq-user", "data": {"seq": i}}])
+    numbers = {}
+    for name, (_, rec) in subs.items():
+        rec.wait_count("trade", 5, timeout=10)
+        numbers[name] = [m["seq"] for m in rec.named("trade")]
+    for name, (_, rec) in users.items():
+        rec.wait_count("order.filled", 5, timeout=10)
+        numbers[name + "/orders"] = [m["seq"] for m in rec.named("order.filled")]
+    trades = numbers[a.name]
+    assert trades == list(range(trades[0], trades[0] + 5)), numbers
+    assert numbers[b.name] == trades, numbers
+    orders = numbers[a.name + "/orders"]
+    assert orders == list(range(orders[0], orders[0] + 5)), numbers
+    assert numbers[b.name + "/orders"] == orders, numbers
+
+
 # ---- 4. a late instance rebuilds state from the stream -------------------------------------------
 
 

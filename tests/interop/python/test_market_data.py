@@ -732,6 +732,26 @@ def test_book_ticker_follows_every_change_of_the_best_bid_or_ask(gateway_factory
     assert all(m["channel"] == "bookTicker:all" for m in mine)
 
 
+def test_a_client_sees_missed_trades_from_the_numbers_alone(gateway_factory, clients):
+    gw = gateway_factory("--recovery-window-ms", "0")
+    sym = unique_symbol("GAP")
+    a, rec = clients(gw, ["websocket"], ordered=True)
+    subscribe_ok(a, {"channel": "trades", "symbol": sym})
+    gw.ingest_ok([trade_ev(sym, i) for i in range(3)])
+    rec.wait_count("trade", 3)
+    seen = [m["seq"] for m in rec.named("trade")]
+    assert seen == [seen[0], seen[0] + 1, seen[0] + 2], seen
+    a.disconnect()
+    gw.ingest_ok([trade_ev(sym, i) for i in range(3, 6)])  # while it is away
+    b, rec_b = clients(gw, ["websocket"], ordered=True)
+    subscribe_ok(b, {"channel": "trades", "symbol": sym})
+    gw.ingest_ok(trade_ev(sym, 6))
+    first = rec_b.wait_event("trade", timeout=5)
+    # No recovery, yet the client knows three were missed, and which.
+    assert first["seq"] == seen[-1] + 4, (seen, first)
+    assert first["data"]["seq"] == 6
+
+
 # ---- 5. order book ingest validation -------------------------------------------------------------
 
 
