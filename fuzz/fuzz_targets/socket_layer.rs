@@ -185,6 +185,7 @@ impl Session {
                 Output::Send(p) => check_sent(p),
                 Output::Join(r) => assert!(self.rooms.insert(r.clone()), "joined {r} twice"),
                 Output::Leave(r) => assert!(self.rooms.remove(r), "left {r} without joining"),
+                Output::Resync(r) => assert!(self.rooms.contains(r), "resynced {r} unjoined"),
                 Output::ReleaseUser(user) => {
                     let n = self.admitted.get_mut(user).filter(|n| **n > 0);
                     *n.unwrap_or_else(|| panic!("released {user} more often than admitted")) -= 1;
