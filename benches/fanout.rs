@@ -80,6 +80,7 @@ fn fanout(c: &mut Criterion) {
                     offset: None,
                     appended_ms: None,
                     tickers: None,
+                    latest_key: None,
                 };
                 sim.publish(&[publish.encode(1, None, None)]);
                 black_box(sim.bytes_written)

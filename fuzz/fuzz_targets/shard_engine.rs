@@ -232,6 +232,7 @@ impl World {
                     offset,
                     appended_ms: late.map(|l| self.sim.now.unix_ms.saturating_sub(u64::from(l) * 10)),
                     tickers: None,
+                    latest_key: None,
                 };
                 self.sim.publish(&[b]);
             }

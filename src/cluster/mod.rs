@@ -20,7 +20,8 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 /// Appends `(room, event)` pairs after the trim length: an event with a room gets the room's
-/// next number. A script runs whole or not at all, like MULTI/EXEC.
+/// next number. No other command runs between the appends of one script; with events checked
+/// before, none of them fails midway.
 const APPEND_SCRIPT: &str = r"
 for i = 2, #ARGV, 2 do
   local room, event = ARGV[i], ARGV[i + 1]
@@ -105,7 +106,7 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Appends a validated batch in one script, so the stream holds all of it or none; each
+    /// Appends a validated batch in one script (no other command runs between its appends); each
     /// event of a lossless stream gets that stream's next number (`seq`) there, kept in the
     /// hash `<stream>:seq`, so every instance sends the same numbers.
     pub async fn append(&self, events: &[Appended]) -> Result<(), ClusterError> {

@@ -227,19 +227,20 @@ fn resync(
     fx: &mut Effects,
 ) -> Answer {
     let req = parse_subscription(payload, None)?;
-    let [room] = req.rooms.as_slice() else {
-        return Err(ApiError::new(
+    let room = match req.rooms.as_slice() {
+        [room] => room.clone(),
+        _ => return Err(ApiError::new(
             ErrorCode::BadRequest,
             "resync one order book at a time: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
-        ));
+        )),
     };
-    if !matches!(Room::parse(room), Room::Orderbook(_)) {
+    if !matches!(Room::parse(&room), Room::Orderbook(_)) {
         return Err(ApiError::new(
             ErrorCode::InvalidChannel,
             "only order books resync: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
         ));
     }
-    if !socket.rooms.contains(&**room) {
+    if !socket.rooms.contains(&*room) {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("not subscribed to {room}"),
@@ -254,11 +255,8 @@ fn resync(
             format!("at most {RESYNC_RATE} resync per second (burst {RESYNC_BURST})"),
         ));
     }
-    fx.push(Effect::Resync(room.clone()));
-    Ok((
-        "resynced",
-        obj([("channel", Value::String(room.to_string()))]),
-    ))
+    fx.push(Effect::Resync(room));
+    Ok(("resynced", answer(req)))
 }
 
 fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {

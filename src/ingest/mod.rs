@@ -330,13 +330,18 @@ impl Ingest {
                 let seq = (p.class == StreamClass::Lossless
                     && p.deliver
                     && crate::room::Room::parse(&p.room).kind() != crate::room::RoomKind::Klines)
-                    .then(|| {
-                        // The appending instance's number when the stream carries one, so
-                        // every instance agrees; else the next of this process's own.
-                        let mut seqs = self.seqs.lock();
-                        let last = seqs.entry(p.room.clone()).or_insert(0);
-                        *last = mark.and_then(|m| m.seq).unwrap_or(*last + 1);
-                        *last
+                    .then_some(())
+                    .and_then(|()| match mark {
+                        // From the stream: the number its append gave it, so every instance
+                        // agrees; an entry a backend added itself has none (an instance's
+                        // own count would clash with the stream's numbers).
+                        Some(m) => m.seq,
+                        None => {
+                            let mut seqs = self.seqs.lock();
+                            let last = seqs.entry(p.room.clone()).or_insert(0);
+                            *last += 1;
+                            Some(*last)
+                        }
                     });
                 let offset = match (recovery, p.class, p.deliver) {
                     (Some(r), StreamClass::Lossless, true) => {

@@ -352,18 +352,27 @@ impl OrderBook {
                 let continuous = self
                     .last_update_id
                     .is_some_and(|l| first_update_id == l + 1);
+                // A level keeps the price text it was first sent with: the same price
+                // written another way ("100" then "100.0") changes nothing a client keeps,
+                // so the checksum stays the one its replica computes.
                 for l in bids {
                     if l.qty_is_zero() {
                         self.bids.remove(&Reverse(l.key));
                     } else {
-                        self.bids.insert(Reverse(l.key), l);
+                        self.bids
+                            .entry(Reverse(l.key))
+                            .and_modify(|kept| kept.qty = l.qty.clone())
+                            .or_insert(l);
                     }
                 }
                 for l in asks {
                     if l.qty_is_zero() {
                         self.asks.remove(&l.key);
                     } else {
-                        self.asks.insert(l.key, l);
+                        self.asks
+                            .entry(l.key)
+                            .and_modify(|kept| kept.qty = l.qty.clone())
+                            .or_insert(l);
                     }
                 }
                 self.last_update_id = Some(last_update_id);
@@ -490,6 +499,27 @@ mod tests {
             checksum(&deep[..10], &[]),
             "top 10 only"
         );
+    }
+
+    #[test]
+    fn a_level_keeps_the_price_text_it_was_first_sent_with() {
+        let mut b = OrderBook::new("X", 5);
+        b.apply(upd(
+            json!({"type":"snapshot","bids":[["100","1"]],"asks":[["101","1"]],"lastUpdateId":1}),
+        ));
+        b.take_snapshot();
+        b.apply(upd(
+            json!({"type":"delta","bids":[["100.0","2"]],"firstUpdateId":2,"lastUpdateId":2}),
+        ));
+        let (d, view) = b.take_delta().unwrap();
+        assert_eq!(pairs(&d.bids), vec![("100".into(), "2".into())]);
+        // The client's replica: its level "100" now has quantity "2".
+        let mine = [Level {
+            key: Decimal::from_str("100").unwrap(),
+            price: Arc::from("100"),
+            qty: Arc::from("2"),
+        }];
+        assert_eq!(d.checksum, checksum(&mine, &view.asks));
     }
 
     fn pairs(levels: &[Level]) -> Vec<(String, String)> {

@@ -57,6 +57,9 @@ pub struct Publish<B = Event> {
     /// For `ticker:all`: tickers whose latest value changed, from which a shard composes the
     /// complete list a new subscriber gets.
     pub tickers: Option<Arc<[TickerValue]>>,
+    /// For a latest-only room carrying several streams (`bookTicker:all`: one per symbol):
+    /// which one this is, so a newer value replaces only the same stream's.
+    pub latest_key: Option<u64>,
 }
 
 /// One symbol's latest ticker, as the JSON its `data` is sent as.
@@ -100,6 +103,7 @@ impl Publish<Event> {
             offset,
             appended_ms: self.appended_ms,
             tickers: self.tickers,
+            latest_key: self.latest_key,
         }
     }
 }
@@ -271,6 +275,7 @@ impl Market {
                 offset: None,
                 appended_ms: None,
                 tickers: None,
+                latest_key: None,
             }),
             IngestEvent::Private { room, event, data }
             | IngestEvent::Manual { room, event, data } => out.push(Publish {
@@ -286,6 +291,7 @@ impl Market {
                 offset: None,
                 appended_ms: None,
                 tickers: None,
+                latest_key: None,
             }),
         }
     }
@@ -332,6 +338,7 @@ impl Market {
             offset: None,
             appended_ms: None,
             tickers: None,
+            latest_key: None,
         });
     }
 
@@ -364,6 +371,7 @@ impl Market {
             offset: None,
             appended_ms: None,
             tickers: Some(values),
+            latest_key: None,
         });
     }
 
@@ -483,6 +491,7 @@ fn ticker_publish(symbol: &str, data: Value) -> Publish {
         offset: None,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     }
 }
 
@@ -504,6 +513,7 @@ fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
         offset: None,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     }
 }
 
@@ -527,9 +537,15 @@ fn book_tickers(
         "askQty": side(1, true),
         "lastUpdateId": last_update_id,
     });
-    for (room, retain) in [
-        (Room::BookTicker(symbol).name(), true),
-        (Room::BookTickerAll.name(), false),
+    let symbol_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        symbol.hash(&mut h);
+        h.finish()
+    };
+    for (room, retain, latest_key) in [
+        (Room::BookTicker(symbol).name(), true, None),
+        (Room::BookTickerAll.name(), false, Some(symbol_key)),
     ] {
         out.push(Publish {
             room,
@@ -544,6 +560,7 @@ fn book_tickers(
             offset: None,
             appended_ms: None,
             tickers: None,
+            latest_key,
         });
     }
 }
@@ -562,6 +579,7 @@ fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
         offset: None,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     }
 }
 
@@ -580,6 +598,7 @@ fn book_delta(symbol: &str, book: &mut OrderBook) -> Option<Publish> {
         offset: None,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     })
 }
 

@@ -69,7 +69,8 @@ pub const PUBLISH_QUEUE: usize = 1024;
 #[derive(Debug, Default, Clone)]
 pub struct Overflow {
     /// Newest delivered value per latest-only room.
-    pub latest: HashMap<Arc<str>, Broadcast>,
+    /// Keyed by room and, where one room carries several streams, the stream.
+    pub latest: HashMap<(Arc<str>, Option<u64>), Broadcast>,
     /// Newest value kept for new subscribers, per room.
     pub retained: HashMap<Arc<str>, WireMessage>,
     /// Newest order book view per book room.
@@ -113,7 +114,8 @@ impl Overflow {
             }
             match b.class {
                 StreamClass::Latest => {
-                    self.latest.insert(b.room.clone(), b.clone());
+                    self.latest
+                        .insert((b.room.clone(), b.latest_key), b.clone());
                 }
                 StreamClass::Lossless => {
                     self.lossless.insert(b.room.clone());

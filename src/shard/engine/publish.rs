@@ -39,7 +39,12 @@ impl Engine {
             let Some(room) = self.rooms.get(&b.room) else {
                 continue;
             };
-            let tag = room.id;
+            // Several streams in one latest-only room are each their own: a key marks them
+            // apart (tags with the high bit set are never a room's own).
+            let tag = match b.latest_key {
+                Some(k) => (room.id.rotate_left(32) ^ k) | 1 << 63,
+                None => room.id,
+            };
             let frame = Bytes::copy_from_slice(b.body.ws_frame());
             let mut polling: Option<Bytes> = None;
             for &s in &room.members {

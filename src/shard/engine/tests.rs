@@ -85,6 +85,7 @@ fn trade_with(room: &str, data: Payload) -> Broadcast {
         offset: None,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     }
 }
 
@@ -100,6 +101,7 @@ fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
         offset,
         appended_ms: None,
         tickers: None,
+        latest_key: None,
     }
 }
 
@@ -676,7 +678,7 @@ fn an_overflow_conflates_latest_values_resyncs_books_and_sends_lossless_follower
     };
     overflow
         .latest
-        .insert(Arc::from("ticker:BTCUSDT"), latest(3));
+        .insert((Arc::from("ticker:BTCUSDT"), None), latest(3));
     overflow
         .retained
         .insert(Arc::from("ticker:BTCUSDT"), latest(3).body);
@@ -1109,5 +1111,56 @@ fn a_new_ticker_all_subscriber_gets_every_symbols_latest_value() {
     assert!(
         first.contains("\"data\":[{\"s\":\"A1\"},{\"s\":\"B2\"}]"),
         "{first}"
+    );
+}
+
+#[test]
+fn under_backpressure_book_ticker_all_keeps_the_newest_top_of_every_symbol() {
+    let mut s = settings();
+    s.outbound_soft_limit = 4096;
+    s.outbound_hard_limit = 1 << 20;
+    let mut sim = Sim::new(s, shared(false), 1);
+    let (c, _) = sim.open_websocket(CLIENT).unwrap();
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(
+        c,
+        &client::text("42/ws,[\"subscribe\",{\"channel\":\"bookTicker\",\"symbol\":\"all\"}]"),
+    );
+    sim.take(c);
+    sim.set_window(c, Some(0));
+    let top = |symbol: &str, n: u64| Broadcast {
+        class: StreamClass::Latest,
+        latest_key: Some(if symbol == "XSYM" { 1 } else { 2 }),
+        ..trade_with(
+            "bookTicker:all",
+            Payload::Json(
+                format!(
+                    "{{\"symbol\":\"{symbol}\",\"n\":{n},\"pad\":\"{}\"}}",
+                    "x".repeat(200)
+                )
+                .into_bytes(),
+            ),
+        )
+    };
+    // Far past the soft limit: X's last change comes early, Y's keep coming.
+    sim.publish(&[top("XSYM", 1)]);
+    for n in 2..200 {
+        sim.publish(&[top("YSYM", n)]);
+    }
+    sim.set_window(c, None);
+    let texts = client::texts(&sim.take(c));
+    let last_of = |symbol: &str| {
+        texts
+            .iter()
+            .rfind(|t| t.contains(&format!("\"symbol\":\"{symbol}\"")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(last_of("XSYM").contains("\"n\":1"), "X's top is kept");
+    assert!(last_of("YSYM").contains("\"n\":199"), "Y's newest top");
+    assert!(
+        texts.len() < 100,
+        "older tops were replaced: {}",
+        texts.len()
     );
 }

@@ -459,7 +459,7 @@ for (const mode of MODES) {
         f.feedFrom(a.rec);
         if (batch === 12) {
           const ack = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S });
-          assert.deepEqual(ack, { ok: true, channel: `orderbook:${S}` });
+          assert.deepEqual(ack, { ok: true, channel: 'orderbook', rooms: [`orderbook:${S}`], symbol: S });
           requested = true;
         }
       }
