@@ -251,9 +251,10 @@ impl SocketLayer {
         if matches!(app, App::Gateway(_)) && head.json.len() > MAX_API_JSON {
             return self.refuse_oversized(app, head, ctx, out);
         }
-        if self.out_of_tokens(app, &head, ctx.now_ms) {
-            // Refused whatever it says: not worth decoding.
-            return self.refuse_undecoded(app, head, ctx, out);
+        if let Some(i) = self.out_of_tokens(app, &head, ctx.now_ms) {
+            // Refused whatever it says: not worth decoding. (Were a token back by the time
+            // it is charged, a dataless event would still be refused.)
+            return self.answer_unread(app, i, head, "send the event again", ctx.now_ms, out);
         }
         let (packet, attachments) = match head.decode() {
             Ok(p) => p,
@@ -296,51 +297,18 @@ impl SocketLayer {
         }
     }
 
-    /// Whether `head` is a gateway event its connection has no token for (it will be
-    /// refused `RATE_LIMITED` whatever its content).
-    fn out_of_tokens(&self, app: &App, head: &Head<'_>, now_ms: u64) -> bool {
-        matches!(app, App::Gateway(_))
+    /// The socket a gateway event in `head` is for, when its connection has no token for it
+    /// (it will be refused `RATE_LIMITED` whatever its content).
+    fn out_of_tokens(&self, app: &App, head: &Head<'_>, now_ms: u64) -> Option<usize> {
+        let spent = matches!(app, App::Gateway(_))
             && matches!(head.kind, Kind::Event | Kind::BinaryEvent)
-            && self.bucket.as_ref().is_some_and(|b| !b.has_token(now_ms))
-            && self.sockets.iter().any(|s| *s.namespace == *head.namespace)
-    }
-
-    /// An event refused before its JSON is decoded: answered as the rate limit says (its
-    /// attachments dropped as they come).
-    fn refuse_undecoded(
-        &mut self,
-        app: &App,
-        head: Head<'_>,
-        ctx: &mut Ctx<'_>,
-        out: &mut Vec<Output>,
-    ) {
-        if head.attachments > 0 {
-            self.binary.discard(head.attachments);
+            && self.bucket.as_ref().is_some_and(|b| !b.has_token(now_ms));
+        if !spent {
+            return None;
         }
-        let Some(i) = self
-            .sockets
+        self.sockets
             .iter()
             .position(|s| *s.namespace == *head.namespace)
-        else {
-            return;
-        };
-        let packet = Packet {
-            kind: head.kind,
-            namespace: head.namespace,
-            id: head.id,
-            data: None,
-            attachments: Vec::new(),
-        };
-        if self.admit_event(app, i, &packet, ctx.now_ms, out) {
-            // A token came back between the check and now: a dataless event is refused.
-            let error = ApiError::new(ErrorCode::BadRequest, "send the event again");
-            out.push(Output::Send(notice::api_error(
-                &packet.namespace,
-                packet.id,
-                &error,
-                Value::Null,
-            )));
-        }
     }
 
     /// A gateway packet whose JSON is over `MAX_API_JSON`, refused without decoding it: an
@@ -353,17 +321,38 @@ impl SocketLayer {
         ctx: &mut Ctx<'_>,
         out: &mut Vec<Output>,
     ) {
-        if head.attachments > 0 {
-            self.binary.discard(head.attachments);
-        }
         let index = self
             .sockets
             .iter()
             .position(|s| *s.namespace == *head.namespace);
         let (Kind::Event | Kind::BinaryEvent, Some(i)) = (head.kind, index) else {
+            if head.attachments > 0 {
+                self.binary.discard(head.attachments);
+            }
             return out.push(Output::Close(Violation::PacketTooLarge));
         };
-        let size = head.json.len();
+        let why = format!(
+            "an event of {} bytes; the gateway takes at most {MAX_API_JSON}",
+            head.json.len()
+        );
+        self.answer_unread(app, i, head, &why, ctx.now_ms, out);
+    }
+
+    /// An event of socket `i` answered without decoding its JSON (its attachments dropped as
+    /// they come): charged and rate-limited like any event, and refused `BAD_REQUEST` with
+    /// `why` when the rate lets it through.
+    fn answer_unread(
+        &mut self,
+        app: &App,
+        i: usize,
+        head: Head<'_>,
+        why: &str,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        if head.attachments > 0 {
+            self.binary.discard(head.attachments);
+        }
         let packet = Packet {
             kind: head.kind,
             namespace: head.namespace,
@@ -371,11 +360,8 @@ impl SocketLayer {
             data: None,
             attachments: Vec::new(),
         };
-        if self.admit_event(app, i, &packet, ctx.now_ms, out) {
-            let error = ApiError::new(
-                ErrorCode::BadRequest,
-                format!("an event of {size} bytes; the gateway takes at most {MAX_API_JSON}"),
-            );
+        if self.admit_event(app, i, &packet, now_ms, out) {
+            let error = ApiError::new(ErrorCode::BadRequest, why);
             out.push(Output::Send(notice::api_error(
                 &packet.namespace,
                 packet.id,
