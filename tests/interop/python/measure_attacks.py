@@ -16,37 +16,14 @@ import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from gateway_harness import Gateway, http, unique_symbol  # noqa: E402
+from gateway_harness import Gateway, http, rss, unique_symbol  # noqa: E402
 from rawproto import (  # noqa: E402
     Conn, OP_PING, churn_subscriptions, encode_frame, hold_partial_frames, open_tcp,
-    peer_keeps_open, ws_open, ws_open_namespace)
+    peer_keeps_open, send_for, ws_open, ws_open_namespace)
 
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
 DEFAULTS = ["--max-connections-per-ip", "200", "--handshake-rate-per-ip", "20",
             "--max-messages-per-sec", "50", "--shards", "2"]
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def send_for(sock, data, seconds):
-    sock.setblocking(False)
-    sent, view, deadline = 0, memoryview(data), time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            n = sock.send(view)
-            sent += n
-            view = view[n:] if n < len(view) else memoryview(data)
-        except BlockingIOError:
-            time.sleep(0.005)
-        except OSError:
-            break
-    return sent
 
 
 class Watch:

@@ -491,3 +491,21 @@ def hold_partial_frames(port, sources, per_source, partial):
     for t in threads:
         t.join(timeout=120)
     return opened
+
+
+def send_for(sock, data, seconds):
+    """Sends `data` over and over for `seconds` without blocking; returns the bytes the
+    kernel took."""
+    sock.setblocking(False)
+    sent, view, deadline = 0, memoryview(data), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            n = sock.send(view)
+            sent += n
+            view = view[n:] if n < len(view) else memoryview(data)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break
+    sock.setblocking(True)
+    return sent

@@ -17,9 +17,10 @@ import time
 import jwt
 import pytest
 
-from gateway_harness import http, unique_symbol
+from gateway_harness import http, rss, unique_symbol
 from rawproto import (
     churn_subscriptions,
+    send_for,
     hold_partial_frames,
     open_tcp,
     peer_keeps_open,
@@ -44,14 +45,6 @@ LATENCY_BUDGET = 0.250
 # The contract's defaults for the per-address limits (the harness lifts them for other suites).
 DEFAULT_LIMITS = ("--max-connections-per-ip", "200", "--handshake-rate-per-ip", "20",
                   "--max-messages-per-sec", "50", "--shards", "2")
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def stats(gw):
@@ -165,24 +158,6 @@ def serves_both_shards(gw):
         if len(shards) == 2:
             return
     raise AssertionError(f"only shards {shards} answered new clients")
-
-
-def send_for(sock, data, seconds):
-    """Sends `data` over and over for `seconds` without blocking; returns the bytes the
-    kernel took."""
-    sock.setblocking(False)
-    sent, view, deadline = 0, memoryview(data), time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            n = sock.send(view)
-            sent += n
-            view = view[n:] if n < len(view) else memoryview(data)
-        except BlockingIOError:
-            time.sleep(0.01)
-        except OSError:
-            break
-    sock.setblocking(True)
-    return sent
 
 
 def attacker_ws(gw, rcvbuf=4096):
