@@ -286,32 +286,77 @@ fn fail_if_none_connected(open: &OpenResult) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------------
 
-pub async fn fanout(a: FanoutArgs) -> Result<(RunReport, Harness), String> {
-    check_bounds(a.clients, a.rate, a.duration)?;
-    if a.rooms == 0 || a.rooms > 10_000 {
-        return Err("--rooms must be 1..10000".into());
+/// Clients subscribed to trades rooms, ramped up and settled: where `fanout` and `overload`
+/// start publishing.
+struct TradeSubscribers {
+    h: Harness,
+    hook: Hook,
+    base: Option<ProcSample>,
+    open: OpenResult,
+    connected: Option<ProcSample>,
+}
+
+impl TradeSubscribers {
+    /// `clients` over `rooms` trades rooms (client i joins room i % rooms), ramped at
+    /// `ramp_rate`, for a scenario that publishes at `rate` for `duration` seconds and needs
+    /// `margin` more seconds besides the ramp and the drain.
+    async fn open(
+        common: &Common,
+        scenario: &str,
+        (clients, rooms, ramp_rate): (u64, usize, f64),
+        transport: Transport,
+        (rate, duration, margin): (f64, f64, f64),
+    ) -> Result<TradeSubscribers, String> {
+        check_bounds(clients, rate, duration)?;
+        if rooms == 0 || rooms > 10_000 {
+            return Err("--rooms must be 1..10000".into());
+        }
+        let budget = Duration::from_secs_f64(
+            clients as f64 / ramp_rate.max(1.0) + duration + common.drain_secs + margin,
+        );
+        let mut h = Harness::new(common.clone(), scenario, budget).await?;
+        let hook = h.require_hook()?;
+        h.start_workers(workers_for(common, clients)).await?;
+        let base = h.server_sample();
+        let symbols: Vec<String> = (0..rooms).map(symbol).collect();
+        let plan = Plan {
+            transport,
+            subs: vec![trades_sub(&symbols, 1)],
+            auth: None,
+            ack: !common.no_ack,
+            strict: false,
+        };
+        h.phase = "ramp".into();
+        let open = h.open(&plan, clients, ramp_rate).await?;
+        fail_if_none_connected(&open)?;
+        h.phase = "hold".into();
+        h.run_for(Duration::from_millis(1500)).await;
+        let connected = h.server_sample();
+        Ok(TradeSubscribers {
+            h,
+            hook,
+            base,
+            open,
+            connected,
+        })
     }
-    let budget = Duration::from_secs_f64(
-        a.clients as f64 / a.ramp_rate.max(1.0) + a.duration + a.common.drain_secs + 30.0,
-    );
-    let mut h = Harness::new(a.common.clone(), "fanout", budget).await?;
-    let hook = h.require_hook()?;
-    h.start_workers(workers_for(&a.common, a.clients)).await?;
-    let base = h.server_sample();
-    let symbols: Vec<String> = (0..a.rooms).map(symbol).collect();
-    let plan = Plan {
-        transport: a.transport,
-        subs: vec![trades_sub(&symbols, 1)],
-        auth: None,
-        ack: !a.common.no_ack,
-        strict: false,
-    };
-    h.phase = "ramp".into();
-    let open = h.open(&plan, a.clients, a.ramp_rate).await?;
-    fail_if_none_connected(&open)?;
-    h.phase = "hold".into();
-    h.run_for(Duration::from_millis(1500)).await;
-    let connected = h.server_sample();
+}
+
+pub async fn fanout(a: FanoutArgs) -> Result<(RunReport, Harness), String> {
+    let TradeSubscribers {
+        mut h,
+        hook,
+        base,
+        open,
+        connected,
+    } = TradeSubscribers::open(
+        &a.common,
+        "fanout",
+        (a.clients, a.rooms, a.ramp_rate),
+        a.transport,
+        (a.rate, a.duration, 30.0),
+    )
+    .await?;
     h.phase = "publish".into();
     let m0 = msgs_out(&h);
     h.begin_window("measure");
@@ -416,31 +461,20 @@ fn worst(v: &[f64]) -> f64 {
 }
 
 pub async fn overload(a: OverloadArgs) -> Result<(RunReport, Harness), String> {
-    check_bounds(a.clients, a.rate, a.duration)?;
-    if a.rooms == 0 || a.rooms > 10_000 {
-        return Err("--rooms must be 1..10000".into());
-    }
-    let budget = Duration::from_secs_f64(
-        a.clients as f64 / a.ramp_rate.max(1.0) + a.duration + a.common.drain_secs + 60.0,
-    );
-    let mut h = Harness::new(a.common.clone(), "overload", budget).await?;
-    let hook = h.require_hook()?;
-    h.start_workers(workers_for(&a.common, a.clients)).await?;
-    let base = h.server_sample();
-    let symbols: Vec<String> = (0..a.rooms).map(symbol).collect();
-    let plan = Plan {
-        transport: Transport::Websocket,
-        subs: vec![trades_sub(&symbols, 1)],
-        auth: None,
-        ack: !a.common.no_ack,
-        strict: false,
-    };
-    h.phase = "ramp".into();
-    let open = h.open(&plan, a.clients, a.ramp_rate).await?;
-    fail_if_none_connected(&open)?;
-    h.phase = "hold".into();
-    h.run_for(Duration::from_millis(1500)).await;
-    let connected = h.server_sample();
+    let TradeSubscribers {
+        mut h,
+        hook,
+        base,
+        open,
+        connected,
+    } = TradeSubscribers::open(
+        &a.common,
+        "overload",
+        (a.clients, a.rooms, a.ramp_rate),
+        Transport::Websocket,
+        (a.rate, a.duration, 60.0),
+    )
+    .await?;
     h.phase = "overload".into();
     let m0 = msgs_out(&h);
     h.begin_window("measure");
