@@ -109,6 +109,31 @@ impl Session {
         }
     }
 
+    /// Calls the layer with this session's time and handshake token, and a per-user cap
+    /// that admits as `self.admit` says; counts the users it admitted.
+    fn with_ctx(&mut self, f: impl FnOnce(&mut SocketLayer, &mut Ctx<'_>)) {
+        let mut asked: Vec<Arc<str>> = Vec::new();
+        {
+            let admit = self.admit;
+            let mut admit_user = |user: &Arc<str>| {
+                asked.push(user.clone());
+                admit
+            };
+            let mut ctx = Ctx {
+                now_ms: self.now_ms,
+                handshake_token: self.handshake_token.as_deref(),
+                admit_user: &mut admit_user,
+                admit_rooms: &mut |_| true,
+            };
+            f(&mut self.layer, &mut ctx);
+        }
+        if self.admit {
+            for user in asked {
+                *self.admitted.entry(user).or_default() += 1;
+            }
+        }
+    }
+
     fn step(&mut self, app: &App, step: &[u8]) {
         let Some((&tag, rest)) = step.split_first() else {
             return;
@@ -153,30 +178,11 @@ impl Session {
         };
 
         let mut out = Vec::new();
-        let mut asked: Vec<Arc<str>> = Vec::new();
-        {
-            let admit = self.admit;
-            let mut admit_user = |user: &Arc<str>| {
-                asked.push(user.clone());
-                admit
-            };
-            let mut ctx = Ctx {
-                now_ms: self.now_ms,
-                handshake_token: self.handshake_token.as_deref(),
-                admit_user: &mut admit_user,
-                admit_rooms: &mut |_| true,
-            };
-            match call {
-                Call::Text(t) => self.layer.on_text(app, &t, &mut ctx, &mut out),
-                Call::Binary(b) => self.layer.on_binary(app, b, &mut ctx, &mut out),
-                Call::Tick => self.layer.on_tick(app, self.now_ms, &mut out),
-            }
-        }
-        if self.admit {
-            for user in asked {
-                *self.admitted.entry(user).or_default() += 1;
-            }
-        }
+        self.with_ctx(|layer, ctx| match call {
+            Call::Text(t) => layer.on_text(app, &t, ctx, &mut out),
+            Call::Binary(b) => layer.on_binary(app, b, ctx, &mut out),
+            Call::Tick => layer.on_tick(app, ctx.now_ms, &mut out),
+        });
         let mut i = 0;
         while i < out.len() {
             let o = out[i].clone();
@@ -201,27 +207,9 @@ impl Session {
                         skip_until: *offset,
                     });
                     let mut more = Vec::new();
-                    let mut asked_later: Vec<Arc<str>> = Vec::new();
-                    {
-                        let admit = self.admit;
-                        let mut admit_user = |user: &Arc<str>| {
-                            asked_later.push(user.clone());
-                            admit
-                        };
-                        let mut ctx = Ctx {
-                            now_ms: self.now_ms,
-                            handshake_token: self.handshake_token.as_deref(),
-                            admit_user: &mut admit_user,
-                            admit_rooms: &mut |_| true,
-                        };
-                        self.layer
-                            .finish_connect(app, &mut ctx, restored.as_ref(), &mut more);
-                    }
-                    if self.admit {
-                        for user in asked_later {
-                            *self.admitted.entry(user).or_default() += 1;
-                        }
-                    }
+                    self.with_ctx(|layer, ctx| {
+                        layer.finish_connect(app, ctx, restored.as_ref(), &mut more)
+                    });
                     out.extend(more);
                 }
             }
