@@ -81,6 +81,7 @@ fn fanout(c: &mut Criterion) {
                     appended_ms: None,
                     tickers: None,
                     latest_key: None,
+                    refresh: None,
                 };
                 sim.publish(&[publish.encode(1, None, None)]);
                 black_box(sim.bytes_written)

@@ -8,6 +8,10 @@
 //! | `orderbook:{S}` | a symbol's order book |
 //! | `trades:{S}` | a symbol's trades |
 //! | `klines:{S}:{interval}` | a symbol's candles of one interval |
+//! | `bookTicker:{S}`, `bookTicker:all` | a symbol's best bid and ask, every symbol's |
+//! | `orderbook:{S}:{depth}:{speed}ms` | a book at another depth or speed than the default |
+//! | `ticker:{S}:{speed}ms`, `ticker:all:{speed}ms` | tickers at another throttle window |
+//! | `klines:{S}:{interval}:{speed}ms` | candles at another throttle window |
 //! | `user:{id}:{orders,trades,balances,deposits}` | one user's private events |
 //!
 //! Anything else is a room a backend broadcast to by name (`Room::Other`).
@@ -18,6 +22,12 @@ use std::sync::Arc;
 
 /// Candle intervals.
 pub const INTERVALS: [&str; 10] = ["1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1M"];
+
+/// Order book depths a subscription may ask for.
+pub const DEPTHS: [u16; 5] = [5, 10, 20, 50, 100];
+
+/// Update speeds (ms) a subscription may ask for: every update, or at most one per window.
+pub const SPEEDS: [u32; 3] = [0, 100, 1000];
 
 /// `[A-Z0-9]{2,20}`.
 pub fn valid_symbol(s: &str) -> bool {
@@ -187,10 +197,69 @@ pub enum Room<'a> {
     Orderbook(&'a str),
     Trades(&'a str),
     Klines(&'a str, &'a str),
+    /// A view at a subscription's own depth or speed (see [`View`]).
+    View(View<'a>),
     BookTicker(&'a str),
     BookTickerAll,
     User(&'a str, PrivateChannel),
     Other(&'a str),
+}
+
+/// A stream at a subscription's own depth or speed rather than the gateway's defaults: each
+/// is a room of its own, computed only while someone is subscribed to it (the market keeps
+/// its throttle or its window of the book, chained and checksummed on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View<'a> {
+    /// `orderbook:{S}:{depth}:{speed}ms`.
+    Book {
+        symbol: &'a str,
+        depth: u16,
+        speed: u32,
+    },
+    /// `ticker:{S}:{speed}ms`.
+    Ticker { symbol: &'a str, speed: u32 },
+    /// `ticker:all:{speed}ms`.
+    TickerAll { speed: u32 },
+    /// `klines:{S}:{interval}:{speed}ms`.
+    Klines {
+        symbol: &'a str,
+        interval: &'a str,
+        speed: u32,
+    },
+}
+
+impl<'a> View<'a> {
+    /// The symbol whose events feed it (none for `ticker:all`).
+    pub fn symbol(&self) -> Option<&'a str> {
+        match *self {
+            View::Book { symbol, .. }
+            | View::Ticker { symbol, .. }
+            | View::Klines { symbol, .. } => Some(symbol),
+            View::TickerAll { .. } => None,
+        }
+    }
+
+    pub fn speed(&self) -> u32 {
+        match *self {
+            View::Book { speed, .. }
+            | View::Ticker { speed, .. }
+            | View::TickerAll { speed }
+            | View::Klines { speed, .. } => speed,
+        }
+    }
+}
+
+// A view's depth and speed are what clients may ask for or the configured defaults (which
+// need not be among the values clients choose from); written one way only, so a name has one
+// meaning and a meaning one name.
+fn parse_speed(s: &str) -> Option<u32> {
+    let n: u32 = s.strip_suffix("ms")?.parse().ok()?;
+    (s == format!("{n}ms")).then_some(n)
+}
+
+fn parse_depth(s: &str) -> Option<u16> {
+    let n: u16 = s.parse().ok()?;
+    (n > 0 && s == n.to_string()).then_some(n)
 }
 
 impl<'a> Room<'a> {
@@ -206,6 +275,9 @@ impl<'a> Room<'a> {
             (Some("bookTicker"), Some("all"), None) => Room::BookTickerAll,
             (Some("bookTicker"), Some(s), None) => Room::BookTicker(s),
             (Some("klines"), Some(s), Some(i)) if !i.contains(':') => Room::Klines(s, i),
+            (Some("ticker" | "orderbook" | "klines"), Some(_), Some(_)) => {
+                Room::parse_view(name).unwrap_or(Room::Other(name))
+            }
             (Some("user"), Some(u), Some(c)) if !u.is_empty() => {
                 match PrivateChannel::from_suffix(c) {
                     Some(c) => Room::User(u, c),
@@ -216,12 +288,48 @@ impl<'a> Room<'a> {
         }
     }
 
+    fn parse_view(name: &'a str) -> Option<Room<'a>> {
+        let parts: smallvec::SmallVec<[&str; 4]> = name.split(':').collect();
+        let view = match parts.as_slice() {
+            ["ticker", "all", speed] => View::TickerAll {
+                speed: parse_speed(speed)?,
+            },
+            ["ticker", symbol, speed] => View::Ticker {
+                symbol,
+                speed: parse_speed(speed)?,
+            },
+            ["orderbook", symbol, depth, speed] => View::Book {
+                symbol,
+                depth: parse_depth(depth)?,
+                speed: parse_speed(speed)?,
+            },
+            ["klines", symbol, interval, speed] => View::Klines {
+                symbol,
+                interval,
+                speed: parse_speed(speed)?,
+            },
+            _ => return None,
+        };
+        Some(Room::View(view))
+    }
+
+    /// The view this room is, when it is one.
+    pub fn view(&self) -> Option<View<'a>> {
+        match self {
+            Room::View(v) => Some(*v),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> RoomKind {
         match self {
             Room::Ticker(_) | Room::TickerAll => RoomKind::Ticker,
             Room::Orderbook(_) => RoomKind::Orderbook,
             Room::Trades(_) => RoomKind::Trades,
             Room::Klines(..) => RoomKind::Klines,
+            Room::View(View::Ticker { .. } | View::TickerAll { .. }) => RoomKind::Ticker,
+            Room::View(View::Book { .. }) => RoomKind::Orderbook,
+            Room::View(View::Klines { .. }) => RoomKind::Klines,
             Room::BookTicker(_) | Room::BookTickerAll => RoomKind::BookTicker,
             Room::User(..) => RoomKind::User,
             Room::Other(_) => RoomKind::Other,
@@ -248,6 +356,18 @@ impl<'a> Room<'a> {
             Room::Orderbook(s) => format!("orderbook:{s}"),
             Room::Trades(s) => format!("trades:{s}"),
             Room::Klines(s, i) => format!("klines:{s}:{i}"),
+            Room::View(View::Book {
+                symbol,
+                depth,
+                speed,
+            }) => format!("orderbook:{symbol}:{depth}:{speed}ms"),
+            Room::View(View::Ticker { symbol, speed }) => format!("ticker:{symbol}:{speed}ms"),
+            Room::View(View::TickerAll { speed }) => format!("ticker:all:{speed}ms"),
+            Room::View(View::Klines {
+                symbol,
+                interval,
+                speed,
+            }) => format!("klines:{symbol}:{interval}:{speed}ms"),
             Room::BookTicker(s) => format!("bookTicker:{s}"),
             Room::BookTickerAll => "bookTicker:all".to_owned(),
             Room::User(u, c) => format!("user:{u}:{}", c.suffix()),
@@ -271,6 +391,21 @@ mod tests {
             Room::BookTicker("BTCUSDT"),
             Room::BookTickerAll,
             Room::User("u-1", PrivateChannel::Balances),
+            Room::View(View::Book {
+                symbol: "BTCUSDT",
+                depth: 5,
+                speed: 100,
+            }),
+            Room::View(View::Ticker {
+                symbol: "BTCUSDT",
+                speed: 0,
+            }),
+            Room::View(View::TickerAll { speed: 1000 }),
+            Room::View(View::Klines {
+                symbol: "BTCUSDT",
+                interval: "1m",
+                speed: 100,
+            }),
         ];
         for r in rooms {
             assert_eq!(Room::parse(&r.name()), r);
@@ -281,6 +416,11 @@ mod tests {
             "user:u-1:secrets",
             "user::orders",
             "klines:A:1m:x",
+            "orderbook:A:0:100ms",
+            "orderbook:A:5:100",
+            "orderbook:A:05:100ms",
+            "ticker:A:050ms",
+            "klines:A:1m:100ms:x",
         ] {
             assert_eq!(Room::parse(other), Room::Other(other), "{other}");
             assert_eq!(Room::parse(other).kind(), RoomKind::Other);

@@ -114,6 +114,11 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
             message_rate: config.max_messages_per_sec,
             message_burst: config.max_messages_per_sec * 2.0,
             recovery: config.recovery_window_ms > 0,
+            views: crate::gateway::channels::ViewDefaults {
+                book_depth: u16::try_from(config.orderbook_depth).unwrap_or(u16::MAX),
+                book_speed_ms: u32::try_from(config.orderbook_conflation_ms).unwrap_or(u32::MAX),
+                throttle_ms: config.ticker_throttle_ms,
+            },
         })),
     })
 }
@@ -254,6 +259,7 @@ impl Gateway {
                 App::Gateway(g) => g.symbols.clone(),
                 App::Conformance => Arc::new(Symbols::any()),
             },
+            shared.demand.clone(),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -233,6 +233,7 @@ impl World {
                     appended_ms: late.map(|l| self.sim.now.unix_ms.saturating_sub(u64::from(l) * 10)),
                     tickers: None,
                     latest_key: None,
+                    refresh: None,
                 };
                 self.sim.publish(&[b]);
             }

@@ -1,7 +1,7 @@
 //! The client → server API of namespace `/ws` (contract §3), as a pure function from one
 //! event to the effects it has: emits, acks and room changes. The shard applies them.
 
-use super::channels::parse_subscription;
+use super::channels::{parse_subscription, ViewDefaults};
 use crate::auth::{Authenticator, Identity};
 use crate::notice;
 use crate::notice::{ApiError, ErrorCode};
@@ -25,6 +25,8 @@ pub struct GatewaySettings {
     pub message_burst: f64,
     /// Offer connection state recovery on `/ws` (a `pid` in the CONNECT answer).
     pub recovery: bool,
+    /// The depth and speed of a subscription that names none.
+    pub views: ViewDefaults,
 }
 
 impl Default for GatewaySettings {
@@ -37,6 +39,7 @@ impl Default for GatewaySettings {
             message_rate: 50.0,
             recovery: false,
             message_burst: 100.0,
+            views: ViewDefaults::default(),
         }
     }
 }
@@ -149,11 +152,11 @@ pub fn on_event(
     let mut fx = Effects::new();
     let result = match name {
         "subscribe" => subscribe(settings, socket, payload, admit_rooms, &mut fx),
-        "unsubscribe" => unsubscribe(socket, payload, &mut fx),
+        "unsubscribe" => unsubscribe(settings, socket, payload, &mut fx),
         "subscribe.private" => subscribe_private(settings, socket, payload, admit_rooms, &mut fx),
         "unsubscribe.private" => unsubscribe_private(socket, payload, &mut fx),
         "ping" => Ok(("pong", obj([("timestamp", json!(now_ms))]))),
-        "resync" => resync(socket, payload, now_ms, &mut fx),
+        "resync" => resync(settings, socket, payload, now_ms, &mut fx),
         "auth" => refresh(settings, socket, payload, now_ms),
         other => Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -190,7 +193,7 @@ fn subscribe(
     admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
     fx: &mut Effects,
 ) -> Answer {
-    let req = parse_subscription(payload, Some(&settings.symbols))?;
+    let req = parse_subscription(payload, Some(&settings.symbols), &settings.views)?;
     let new: Vec<Arc<str>> = req
         .rooms
         .iter()
@@ -221,12 +224,13 @@ fn subscribe(
 /// `resync {channel: "orderbook", symbol}`: a fresh snapshot of a book the socket follows,
 /// chained to the deltas after it, at most `RESYNC_RATE` per second.
 fn resync(
+    settings: &GatewaySettings,
     socket: &mut GatewaySocket,
     payload: Option<&Value>,
     now_ms: u64,
     fx: &mut Effects,
 ) -> Answer {
-    let req = parse_subscription(payload, None)?;
+    let req = parse_subscription(payload, None, &settings.views)?;
     let room = match req.rooms.as_slice() {
         [room] => room.clone(),
         _ => return Err(ApiError::new(
@@ -234,7 +238,10 @@ fn resync(
             "resync one order book at a time: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
         )),
     };
-    if !matches!(Room::parse(&room), Room::Orderbook(_)) {
+    if !matches!(
+        Room::parse(&room),
+        Room::Orderbook(_) | Room::View(crate::room::View::Book { .. })
+    ) {
         return Err(ApiError::new(
             ErrorCode::InvalidChannel,
             "only order books resync: {\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\"}",
@@ -259,8 +266,13 @@ fn resync(
     Ok(("resynced", answer(req)))
 }
 
-fn unsubscribe(socket: &mut GatewaySocket, payload: Option<&Value>, fx: &mut Effects) -> Answer {
-    let req = parse_subscription(payload, None)?;
+fn unsubscribe(
+    settings: &GatewaySettings,
+    socket: &mut GatewaySocket,
+    payload: Option<&Value>,
+    fx: &mut Effects,
+) -> Answer {
+    let req = parse_subscription(payload, None, &settings.views)?;
     for room in &req.rooms {
         if let Some(room) = socket.rooms.swap_take(&**room) {
             fx.push(Effect::Leave(room));

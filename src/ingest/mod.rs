@@ -6,6 +6,7 @@ pub mod demo;
 pub mod parse;
 
 use crate::clock::unix_ms;
+use crate::market::demand::Demand;
 use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery};
 use crate::room::Symbols;
@@ -44,6 +45,8 @@ pub struct Ingest {
     /// While catching up with the cluster stream, what would have been published, folded per
     /// room (newest values, book views, lossless rooms touched); the shards get it at the end.
     history: Mutex<Option<Overflow>>,
+    /// Which views the shards have open.
+    demand: Arc<Demand>,
 }
 
 /// Where an event read from the cluster stream stands: its entry id (the recovery offset of
@@ -79,9 +82,11 @@ impl Ingest {
         settings: MarketSettings,
         recovery: Option<Arc<Recovery>>,
         symbols: Arc<Symbols>,
+        demand: Arc<Demand>,
     ) -> Arc<Ingest> {
         Arc::new(Ingest {
             fanout,
+            demand,
             recovery,
             symbols,
             market: Mutex::new(Market::new(settings)),
@@ -273,6 +278,10 @@ impl Ingest {
             market
                 .validate(&events)
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
+            // Views opened since the last turn start before this batch, so the state a new
+            // member gets first is the one the batch's updates chain to.
+            market.views_changed(self.demand.take_changes(), &mut out);
+            offsets.resize(out.len(), None);
             let mut by_type = self.by_type.lock();
             for (ev, id) in events.into_iter().zip(ids) {
                 match by_type.get_mut(ev.kind()) {
@@ -379,20 +388,22 @@ impl Ingest {
         self.fanout.publish(batch, created);
     }
 
-    /// Runs throttle and conflation timers until `stop`; one thread for all symbols.
+    /// Runs throttle and conflation timers, and starts and drops views as the shards open and
+    /// close them, until `stop`; one thread for all symbols.
     pub fn run_timers(&self, stop: &AtomicBool) {
         while !stop.load(Relaxed) {
             let now = unix_ms();
             let wait = {
                 let mut market = self.market.lock();
                 let mut out = Vec::new();
+                market.views_changed(self.demand.take_changes(), &mut out);
                 market.poll(now, &mut out);
                 self.publish(out, Vec::new(), now, Arrival::Live);
                 market
                     .next_deadline()
                     .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))
             };
-            std::thread::sleep(Duration::from_millis(wait));
+            self.demand.wait(Duration::from_millis(wait));
         }
     }
 }

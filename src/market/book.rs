@@ -270,21 +270,34 @@ pub enum BookChange {
     Resync,
 }
 
+/// A symbol's replica and the default room's window of it.
 #[derive(Debug)]
 pub struct OrderBook {
+    replica: Replica,
+    window: Window,
+}
+
+/// Every level of a book, as the backend's snapshots and deltas left it.
+#[derive(Debug)]
+pub struct Replica {
     symbol: Arc<str>,
     bids: BTreeMap<Reverse<Decimal>, Level>,
     asks: BTreeMap<Decimal, Level>,
     last_update_id: Option<u64>,
+}
+
+/// The top levels of a book one room's clients follow, and the view they were last sent:
+/// each window is snapshotted, diffed, chained and checksummed on its own.
+#[derive(Debug)]
+pub struct Window {
     depth: usize,
-    /// The view clients have been sent, and the id it reflects.
     sent: Arc<BookView>,
 }
 
-impl OrderBook {
-    pub fn new(symbol: &str, depth: usize) -> OrderBook {
-        let symbol: Arc<str> = Arc::from(symbol);
-        OrderBook {
+impl Window {
+    pub fn new(symbol: &Arc<str>, depth: usize) -> Window {
+        Window {
+            depth: depth.max(1),
             sent: Arc::new(BookView {
                 symbol: symbol.clone(),
                 bids: Vec::new(),
@@ -292,26 +305,93 @@ impl OrderBook {
                 last_update_id: 0,
                 checksum: checksum(&[], &[]),
             }),
-            symbol,
-            bids: BTreeMap::new(),
-            asks: BTreeMap::new(),
-            last_update_id: None,
-            depth: depth.max(1),
         }
     }
 
+    /// The view clients were last sent.
+    pub fn sent(&self) -> &Arc<BookView> {
+        &self.sent
+    }
+
+    fn current(&self, book: &Replica) -> BookView {
+        let bids: Vec<Level> = book.bids.values().take(self.depth).cloned().collect();
+        let asks: Vec<Level> = book.asks.values().take(self.depth).cloned().collect();
+        BookView {
+            symbol: book.symbol.clone(),
+            checksum: checksum(&bids, &asks),
+            bids,
+            asks,
+            last_update_id: book.last_update_id.unwrap_or(0),
+        }
+    }
+
+    /// Takes the book's current top as what clients now have, for a snapshot.
+    pub fn snapshot(&mut self, book: &Replica) -> Arc<BookView> {
+        self.sent = Arc::new(self.current(book));
+        self.sent.clone()
+    }
+
+    /// The delta from the view clients have to the book's current top, covering every update
+    /// id since; `None` only when no update came since. A delta that leaves the window as it
+    /// was still goes out, with empty sides: a client learns every update id as it happens,
+    /// so it can tell it is current (and compare with a REST snapshot).
+    pub fn delta(&mut self, book: &Replica) -> Option<(Delta, Arc<BookView>)> {
+        let last = book.last_update_id?;
+        if last <= self.sent.last_update_id {
+            return None;
+        }
+        let view = self.current(book);
+        let delta = Delta {
+            first_update_id: self.sent.last_update_id + 1,
+            last_update_id: last,
+            bids: diff(&self.sent.bids, &view.bids, |a, b| b.cmp(a)),
+            asks: diff(&self.sent.asks, &view.asks, |a, b| a.cmp(b)),
+            checksum: view.checksum,
+        };
+        self.sent = Arc::new(view);
+        Some((delta, self.sent.clone()))
+    }
+}
+
+impl OrderBook {
+    pub fn new(symbol: &str, depth: usize) -> OrderBook {
+        let symbol: Arc<str> = Arc::from(symbol);
+        OrderBook {
+            window: Window::new(&symbol, depth),
+            replica: Replica {
+                symbol,
+                bids: BTreeMap::new(),
+                asks: BTreeMap::new(),
+                last_update_id: None,
+            },
+        }
+    }
+
+    /// The whole book, for windows other than the default room's.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The default room's window, and the replica it is a window of.
+    pub fn parts(&mut self) -> (&mut Window, &Replica) {
+        (&mut self.window, &self.replica)
+    }
+
     pub fn last_update_id(&self) -> Option<u64> {
-        self.last_update_id
+        self.replica.last_update_id
     }
 
     /// The best bid and the best ask of the whole replica.
     pub fn best(&self) -> (Option<&Level>, Option<&Level>) {
-        (self.bids.values().next(), self.asks.values().next())
+        (
+            self.replica.bids.values().next(),
+            self.replica.asks.values().next(),
+        )
     }
 
-    /// The view clients were last sent.
+    /// The view the default room's clients were last sent.
     pub fn sent_view(&self) -> &Arc<BookView> {
-        &self.sent
+        self.window.sent()
     }
 
     /// Refuses an update whose ids go backwards from `last` (the book's, or the one a batch
@@ -338,9 +418,9 @@ impl OrderBook {
                 asks,
                 last_update_id,
             } => {
-                self.bids = bids.into_iter().map(|l| (Reverse(l.key), l)).collect();
-                self.asks = asks.into_iter().map(|l| (l.key, l)).collect();
-                self.last_update_id = Some(last_update_id);
+                self.replica.bids = bids.into_iter().map(|l| (Reverse(l.key), l)).collect();
+                self.replica.asks = asks.into_iter().map(|l| (l.key, l)).collect();
+                self.replica.last_update_id = Some(last_update_id);
                 BookChange::Resync
             }
             BookUpdate::Delta {
@@ -350,6 +430,7 @@ impl OrderBook {
                 last_update_id,
             } => {
                 let continuous = self
+                    .replica
                     .last_update_id
                     .is_some_and(|l| first_update_id == l + 1);
                 // A level keeps the price text it was first sent with: the same price
@@ -357,9 +438,10 @@ impl OrderBook {
                 // so the checksum stays the one its replica computes.
                 for l in bids {
                     if l.qty_is_zero() {
-                        self.bids.remove(&Reverse(l.key));
+                        self.replica.bids.remove(&Reverse(l.key));
                     } else {
-                        self.bids
+                        self.replica
+                            .bids
                             .entry(Reverse(l.key))
                             .and_modify(|kept| kept.qty = l.qty.clone())
                             .or_insert(l);
@@ -367,15 +449,16 @@ impl OrderBook {
                 }
                 for l in asks {
                     if l.qty_is_zero() {
-                        self.asks.remove(&l.key);
+                        self.replica.asks.remove(&l.key);
                     } else {
-                        self.asks
+                        self.replica
+                            .asks
                             .entry(l.key)
                             .and_modify(|kept| kept.qty = l.qty.clone())
                             .or_insert(l);
                     }
                 }
-                self.last_update_id = Some(last_update_id);
+                self.replica.last_update_id = Some(last_update_id);
                 if continuous {
                     BookChange::Continuous
                 } else {
@@ -385,43 +468,14 @@ impl OrderBook {
         }
     }
 
-    fn current_view(&self) -> BookView {
-        let bids: Vec<Level> = self.bids.values().take(self.depth).cloned().collect();
-        let asks: Vec<Level> = self.asks.values().take(self.depth).cloned().collect();
-        BookView {
-            symbol: self.symbol.clone(),
-            checksum: checksum(&bids, &asks),
-            bids,
-            asks,
-            last_update_id: self.last_update_id.unwrap_or(0),
-        }
-    }
-
-    /// Takes the current view as what clients now have, for a snapshot.
+    /// Takes the current top as what the default room's clients now have, for a snapshot.
     pub fn take_snapshot(&mut self) -> Arc<BookView> {
-        self.sent = Arc::new(self.current_view());
-        self.sent.clone()
+        self.window.snapshot(&self.replica)
     }
 
-    /// The delta from the view clients have to the current one, covering every update id
-    /// since; `None` only when no update came since. A delta that leaves the window as it
-    /// was still goes out, with empty sides: a client learns every update id as it happens,
-    /// so it can tell it is current (and compare with a REST snapshot).
+    /// The default room's next delta (see [`Window::delta`]).
     pub fn take_delta(&mut self) -> Option<(Delta, Arc<BookView>)> {
-        let last = self.last_update_id?;
-        if last <= self.sent.last_update_id {
-            return None;
-        }
-        let view = self.current_view();
-        let delta = Delta {
-            first_update_id: self.sent.last_update_id + 1,
-            last_update_id: last,
-            bids: diff(&self.sent.bids, &view.bids, |a, b| b.cmp(a)),
-            asks: diff(&self.sent.asks, &view.asks, |a, b| a.cmp(b)),
-            checksum: view.checksum,
-        };
-        self.sent = Arc::new(view);
-        Some((delta, self.sent.clone()))
+        self.window.delta(&self.replica)
     }
 }
 

@@ -6,15 +6,17 @@
 //! one heap for all symbols.
 
 pub mod book;
+pub mod demand;
 pub mod input;
 pub mod throttle;
+mod views;
 
 use crate::codec::WireMessage;
 use crate::gateway::envelope;
 pub use crate::gateway::envelope::Payload;
 use crate::recovery::Offset;
 use crate::room::Room;
-use book::{BookChange, BookView, OrderBook};
+use book::{BookChange, BookView, Delta, OrderBook, Replica, Window};
 use indexmap::IndexMap;
 use input::IngestEvent;
 use serde_json::Value;
@@ -60,6 +62,31 @@ pub struct Publish<B = Event> {
     /// For a latest-only room carrying several streams (`bookTicker:all`: one per symbol):
     /// which one this is, so a newer value replaces only the same stream's.
     pub latest_key: Option<u64>,
+    /// Set on a view's state sent to the shards that opened it (see `demand`): the epoch it
+    /// answers. Never delivered as such; a shard gives it to the members waiting for it.
+    pub refresh: Option<u64>,
+}
+
+impl Publish<Event> {
+    /// An event for a room's members, delivered now and kept nowhere.
+    pub fn new(room: Arc<str>, name: &str, data: Payload, class: StreamClass) -> Publish {
+        Publish {
+            room,
+            body: Event {
+                name: Arc::from(name),
+                data,
+            },
+            class,
+            deliver: true,
+            retain: false,
+            book: None,
+            offset: None,
+            appended_ms: None,
+            tickers: None,
+            latest_key: None,
+            refresh: None,
+        }
+    }
 }
 
 /// One symbol's latest ticker, as the JSON its `data` is sent as.
@@ -104,6 +131,7 @@ impl Publish<Event> {
             appended_ms: self.appended_ms,
             tickers: self.tickers,
             latest_key: self.latest_key,
+            refresh: self.refresh,
         }
     }
 }
@@ -139,15 +167,127 @@ enum TimerKey {
     AllTickers,
     Kline(Arc<str>, &'static str),
     Book(Arc<str>),
+    /// A view's throttle or conflation window, by its room.
+    View(Arc<str>),
 }
 
+/// One stream of candles (a symbol and interval, at one throttle window).
 struct KlineState {
     throttle: Throttle<Value>,
     open_time: Option<u64>,
 }
 
+impl KlineState {
+    fn new(window_ms: u64) -> KlineState {
+        KlineState {
+            throttle: Throttle::new(window_ms),
+            open_time: None,
+        }
+    }
+
+    /// Takes a candle update: what goes out now, and when to arm the throttle's timer (none
+    /// armed yet). A closed candle and the held value of a previous candle always go out, so
+    /// candles stay in order and none is lost.
+    #[allow(clippy::too_many_arguments)]
+    fn offer(
+        &mut self,
+        room: &Arc<str>,
+        open_time: Option<u64>,
+        closed: bool,
+        data: Value,
+        now: u64,
+        out: &mut Vec<Publish>,
+        counters: &mut MarketCounters,
+    ) -> Option<u64> {
+        if open_time.is_some() && self.open_time.is_some() && open_time != self.open_time {
+            if let Some(prev) = self.throttle.take_pending() {
+                out.push(kline_publish(room.clone(), prev, false));
+                self.throttle.mark_emitted(now);
+            }
+        }
+        if open_time.is_some() {
+            self.open_time = open_time;
+        }
+        if closed {
+            // The closed value supersedes anything held for the same candle.
+            if self.throttle.take_pending().is_some() {
+                counters.throttled += 1;
+            }
+            self.throttle.mark_emitted(now);
+            out.push(kline_publish(room.clone(), data, true));
+            return None;
+        }
+        match self.throttle.offer(data, now) {
+            Offer::Emit(v) => {
+                out.push(kline_publish(room.clone(), v, false));
+                None
+            }
+            Offer::Held(at) => {
+                counters.throttled += 1;
+                at
+            }
+        }
+    }
+}
+
+/// One window of a book and how often it goes out.
+struct BookFeed<'a> {
+    room: &'a Arc<str>,
+    window: &'a mut Window,
+    speed_ms: u64,
+    /// Changes are waiting for the conflation window to end.
+    conflating: &'a mut bool,
+}
+
+impl BookFeed<'_> {
+    /// Takes a change of the replica: a snapshot at once after a reset or gap, a delta at once
+    /// at speed 0, else a delta when the conflation window ends (returns when, if a timer must
+    /// be armed).
+    fn on_change(
+        self,
+        change: &BookChange,
+        replica: &Replica,
+        now: u64,
+        out: &mut Vec<Publish>,
+        counters: &mut MarketCounters,
+    ) -> Option<u64> {
+        match change {
+            BookChange::Resync => {
+                *self.conflating = false;
+                let view = self.window.snapshot(replica);
+                out.push(book_snapshot(self.room.clone(), view, "resync"));
+                None
+            }
+            BookChange::Continuous if self.speed_ms == 0 => {
+                if let Some(d) = self.window.delta(replica) {
+                    out.push(book_delta(self.room.clone(), d));
+                }
+                None
+            }
+            BookChange::Continuous => {
+                counters.conflated += 1;
+                if *self.conflating {
+                    return None;
+                }
+                *self.conflating = true;
+                Some(now + self.speed_ms)
+            }
+        }
+    }
+
+    /// The conflation window ended: the delta of everything since the last one.
+    fn on_timer(self, replica: &Replica, out: &mut Vec<Publish>) {
+        if std::mem::take(self.conflating) {
+            if let Some(d) = self.window.delta(replica) {
+                out.push(book_delta(self.room.clone(), d));
+            }
+        }
+    }
+}
+
 struct BookState {
     book: OrderBook,
+    room: Arc<str>,
     conflating: bool,
     /// The best bid and ask last sent on `bookTicker`: (price, quantity) of each side.
     top: [Option<(Arc<str>, Arc<str>)>; 2],
@@ -164,6 +304,12 @@ pub struct Market {
     books: HashMap<Arc<str>, BookState>,
     timers: BinaryHeap<Reverse<(u64, TimerKey)>>,
     pub counters: MarketCounters,
+    /// Streams at a subscription's own depth or speed, while subscribed to.
+    views: views::Views,
+    /// Each symbol's latest ticker as JSON, and each symbol and interval's latest candle:
+    /// what a view that starts sends first.
+    ticker_json: HashMap<Arc<str>, bytes::Bytes>,
+    kline_latest: HashMap<(Arc<str>, &'static str), Value>,
 }
 
 impl Market {
@@ -178,6 +324,9 @@ impl Market {
             books: HashMap::new(),
             timers: BinaryHeap::new(),
             counters: MarketCounters::default(),
+            views: views::Views::default(),
+            ticker_json: HashMap::new(),
+            kline_latest: HashMap::new(),
         }
     }
 
@@ -227,6 +376,7 @@ impl Market {
                     .entry(symbol.clone())
                     .or_insert_with(|| BookState {
                         book: OrderBook::new(&symbol, depth),
+                        room: Room::Orderbook(&symbol).name(),
                         conflating: false,
                         top: [None, None],
                     });
@@ -238,61 +388,45 @@ impl Market {
                     let last_update_id = state.book.last_update_id().unwrap_or(0);
                     book_tickers(&symbol, &state.top, last_update_id, out);
                 }
-                match change {
-                    BookChange::Resync => {
-                        state.conflating = false;
-                        self.counters.resyncs += 1;
-                        let view = state.book.take_snapshot();
-                        out.push(book_snapshot(&symbol, view));
-                    }
-                    BookChange::Continuous if self.settings.orderbook_conflation_ms == 0 => {
-                        if let Some(p) = book_delta(&symbol, &mut state.book) {
-                            out.push(p);
-                        }
-                    }
-                    BookChange::Continuous => {
-                        self.counters.conflated += 1;
-                        if !state.conflating {
-                            state.conflating = true;
-                            self.schedule(
-                                now + self.settings.orderbook_conflation_ms,
-                                TimerKey::Book(symbol),
-                            );
-                        }
-                    }
+                if change == BookChange::Resync {
+                    self.counters.resyncs += 1;
+                }
+                let (window, replica) = state.book.parts();
+                let feed = BookFeed {
+                    room: &state.room,
+                    window,
+                    speed_ms: self.settings.orderbook_conflation_ms,
+                    conflating: &mut state.conflating,
+                };
+                if let Some(at) = feed.on_change(&change, replica, now, out, &mut self.counters) {
+                    self.timers
+                        .push(Reverse((at, TimerKey::Book(symbol.clone()))));
+                }
+                if !self.views.is_empty() {
+                    self.views.on_book(
+                        &symbol,
+                        &change,
+                        replica,
+                        now,
+                        out,
+                        &mut self.counters,
+                        &mut self.timers,
+                    );
                 }
             }
-            IngestEvent::Trade { symbol, data } => out.push(Publish {
-                room: Room::Trades(&symbol).name(),
-                body: Event {
-                    name: Arc::from("trade"),
-                    data: Payload::Value(data),
-                },
-                class: StreamClass::Lossless,
-                deliver: true,
-                retain: false,
-                book: None,
-                offset: None,
-                appended_ms: None,
-                tickers: None,
-                latest_key: None,
-            }),
+            IngestEvent::Trade { symbol, data } => out.push(Publish::new(
+                Room::Trades(&symbol).name(),
+                "trade",
+                Payload::Value(data),
+                StreamClass::Lossless,
+            )),
             IngestEvent::Private { room, event, data }
-            | IngestEvent::Manual { room, event, data } => out.push(Publish {
+            | IngestEvent::Manual { room, event, data } => out.push(Publish::new(
                 room,
-                body: Event {
-                    name: Arc::from(event),
-                    data: Payload::Value(data),
-                },
-                class: StreamClass::Lossless,
-                deliver: true,
-                retain: false,
-                book: None,
-                offset: None,
-                appended_ms: None,
-                tickers: None,
-                latest_key: None,
-            }),
+                &event,
+                Payload::Value(data),
+                StreamClass::Lossless,
+            )),
         }
     }
 
@@ -304,8 +438,15 @@ impl Market {
             .tickers
             .entry(symbol.clone())
             .or_insert_with(|| Throttle::new(window));
+        if !self.views.is_empty() {
+            self.views
+                .on_ticker(&symbol, &data, now, out, &mut self.timers);
+        }
         match t.offer(data, now) {
-            Offer::Emit(v) => out.push(ticker_publish(&symbol, v)),
+            Offer::Emit(v) => out.push(ticker_publish(
+                Room::Ticker(&symbol).name(),
+                Payload::Value(v),
+            )),
             Offer::Held(at) => {
                 self.counters.throttled += 1;
                 if let Some(at) = at {
@@ -324,22 +465,10 @@ impl Market {
         if self.changed_tickers.is_empty() {
             return;
         }
-        let changed: Vec<Value> = self.changed_tickers.drain(..).map(|(_, v)| v).collect();
-        out.push(Publish {
-            room: Room::TickerAll.name(),
-            body: Event {
-                name: Arc::from("tickers.update"),
-                data: Payload::Value(Value::Array(changed)),
-            },
-            class: StreamClass::Latest,
-            deliver: true,
-            retain: false,
-            book: None,
-            offset: None,
-            appended_ms: None,
-            tickers: None,
-            latest_key: None,
-        });
+        out.push(tickers_digest(
+            Room::TickerAll.name(),
+            &mut self.changed_tickers,
+        ));
     }
 
     /// After a batch: the tickers it changed, for shards to keep every symbol's latest value
@@ -358,20 +487,18 @@ impl Market {
                 json: serde_json::to_vec(&v).unwrap_or_default().into(),
             })
             .collect();
+        for v in values.iter() {
+            self.ticker_json.insert(v.symbol.clone(), v.json.clone());
+        }
         out.push(Publish {
-            room: Room::TickerAll.name(),
-            body: Event {
-                name: Arc::from("tickers.update"),
-                data: Payload::Json(b"[]".to_vec()),
-            },
-            class: StreamClass::Latest,
             deliver: false,
-            retain: false,
-            book: None,
-            offset: None,
-            appended_ms: None,
             tickers: Some(values),
-            latest_key: None,
+            ..Publish::new(
+                Room::TickerAll.name(),
+                "tickers.update",
+                Payload::Json(b"[]".to_vec()),
+                StreamClass::Latest,
+            )
         });
     }
 
@@ -387,39 +514,27 @@ impl Market {
         out: &mut Vec<Publish>,
     ) {
         let window = self.settings.ticker_throttle_ms;
-        let key = (symbol.clone(), interval);
-        let state = self.klines.entry(key).or_insert_with(|| KlineState {
-            throttle: Throttle::new(window),
-            open_time: None,
-        });
-        let room = || Room::Klines(&symbol, interval).name();
-        // A new candle: the previous one's held value goes out first, so candles stay in order.
-        if open_time.is_some() && state.open_time.is_some() && open_time != state.open_time {
-            if let Some(prev) = state.throttle.take_pending() {
-                out.push(kline_publish(room(), prev, false));
-                state.throttle.mark_emitted(now);
-            }
+        self.kline_latest
+            .insert((symbol.clone(), interval), data.clone());
+        if !self.views.is_empty() {
+            self.views.on_kline(
+                &symbol,
+                interval,
+                (open_time, closed, &data),
+                now,
+                out,
+                &mut self.counters,
+                &mut self.timers,
+            );
         }
-        if open_time.is_some() {
-            state.open_time = open_time;
-        }
-        if closed {
-            // The closed value supersedes anything held for the same candle.
-            if state.throttle.take_pending().is_some() {
-                self.counters.throttled += 1;
-            }
-            state.throttle.mark_emitted(now);
-            out.push(kline_publish(room(), data, true));
-            return;
-        }
-        match state.throttle.offer(data, now) {
-            Offer::Emit(v) => out.push(kline_publish(room(), v, false)),
-            Offer::Held(at) => {
-                self.counters.throttled += 1;
-                if let Some(at) = at {
-                    self.schedule(at, TimerKey::Kline(symbol, interval));
-                }
-            }
+        let state = self
+            .klines
+            .entry((symbol.clone(), interval))
+            .or_insert_with(|| KlineState::new(window));
+        let room = Room::Klines(&symbol, interval).name();
+        if let Some(at) = state.offer(&room, open_time, closed, data, now, out, &mut self.counters)
+        {
+            self.schedule(at, TimerKey::Kline(symbol, interval));
         }
     }
 
@@ -435,7 +550,10 @@ impl Market {
             match key {
                 TimerKey::Ticker(symbol) => {
                     if let Some(v) = self.tickers.get_mut(&symbol).and_then(|t| t.on_timer(now)) {
-                        out.push(ticker_publish(&symbol, v));
+                        out.push(ticker_publish(
+                            Room::Ticker(&symbol).name(),
+                            Payload::Value(v),
+                        ));
                     }
                 }
                 TimerKey::AllTickers => {
@@ -459,14 +577,17 @@ impl Market {
                 }
                 TimerKey::Book(symbol) => {
                     if let Some(state) = self.books.get_mut(&symbol) {
-                        if state.conflating {
-                            state.conflating = false;
-                            if let Some(p) = book_delta(&symbol, &mut state.book) {
-                                out.push(p);
-                            }
-                        }
+                        let (window, replica) = state.book.parts();
+                        let feed = BookFeed {
+                            room: &state.room,
+                            window,
+                            speed_ms: self.settings.orderbook_conflation_ms,
+                            conflating: &mut state.conflating,
+                        };
+                        feed.on_timer(replica, out);
                     }
                 }
+                TimerKey::View(room) => self.view_timer(&room, now, out),
             }
         }
     }
@@ -477,43 +598,33 @@ impl Market {
     }
 }
 
-fn ticker_publish(symbol: &str, data: Value) -> Publish {
+fn ticker_publish(room: Arc<str>, data: Payload) -> Publish {
     Publish {
-        room: Room::Ticker(symbol).name(),
-        body: Event {
-            name: Arc::from("ticker.update"),
-            data: Payload::Value(data),
-        },
-        class: StreamClass::Latest,
-        deliver: true,
         retain: true,
-        book: None,
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
+        ..Publish::new(room, "ticker.update", data, StreamClass::Latest)
     }
 }
 
-fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
-    Publish {
+/// `tickers.update` with the tickers changed since the last one.
+fn tickers_digest(room: Arc<str>, changed: &mut IndexMap<Arc<str>, Value>) -> Publish {
+    let changed: Vec<Value> = changed.drain(..).map(|(_, v)| v).collect();
+    Publish::new(
         room,
-        body: Event {
-            name: Arc::from("kline.update"),
-            data: Payload::Value(data),
-        },
-        class: if closed {
-            StreamClass::Lossless
-        } else {
-            StreamClass::Latest
-        },
-        deliver: true,
+        "tickers.update",
+        Payload::Value(Value::Array(changed)),
+        StreamClass::Latest,
+    )
+}
+
+fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
+    let class = if closed {
+        StreamClass::Lossless
+    } else {
+        StreamClass::Latest
+    };
+    Publish {
         retain: true,
-        book: None,
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
+        ..Publish::new(room, "kline.update", Payload::Value(data), class)
     }
 }
 
@@ -548,58 +659,40 @@ fn book_tickers(
         (Room::BookTickerAll.name(), false, Some(symbol_key)),
     ] {
         out.push(Publish {
-            room,
-            body: Event {
-                name: Arc::from("bookTicker.update"),
-                data: Payload::Value(data.clone()),
-            },
-            class: StreamClass::Latest,
-            deliver: true,
             retain,
-            book: None,
-            offset: None,
-            appended_ms: None,
-            tickers: None,
             latest_key,
+            ..Publish::new(
+                room,
+                "bookTicker.update",
+                Payload::Value(data.clone()),
+                StreamClass::Latest,
+            )
         });
     }
 }
 
-fn book_snapshot(symbol: &str, view: Arc<BookView>) -> Publish {
+fn book_snapshot(room: Arc<str>, view: Arc<BookView>, reason: &str) -> Publish {
     Publish {
-        room: Room::Orderbook(symbol).name(),
-        body: Event {
-            name: Arc::from("orderbook.update"),
-            data: Payload::Json(view.snapshot_json("resync")),
-        },
-        class: StreamClass::BookSnapshot,
-        deliver: true,
-        retain: false,
-        book: Some(view),
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
+        book: Some(view.clone()),
+        ..Publish::new(
+            room,
+            "orderbook.update",
+            Payload::Json(view.snapshot_json(reason)),
+            StreamClass::BookSnapshot,
+        )
     }
 }
 
-fn book_delta(symbol: &str, book: &mut OrderBook) -> Option<Publish> {
-    let (delta, view) = book.take_delta()?;
-    Some(Publish {
-        room: Room::Orderbook(symbol).name(),
-        body: Event {
-            name: Arc::from("orderbook.update"),
-            data: Payload::Json(delta.json(symbol)),
-        },
-        class: StreamClass::BookDelta,
-        deliver: true,
-        retain: false,
-        book: Some(view),
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
-    })
+fn book_delta(room: Arc<str>, (delta, view): (Delta, Arc<BookView>)) -> Publish {
+    Publish {
+        book: Some(view.clone()),
+        ..Publish::new(
+            room,
+            "orderbook.update",
+            Payload::Json(delta.json(&view.symbol)),
+            StreamClass::BookDelta,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,8 @@ pub struct Overflow {
     /// What was folded is history the instance read while catching up with the cluster
     /// stream, not batches a shard was too slow to take.
     pub stream_gap: bool,
+    /// The newest state sent for each view opened meanwhile (see `market::demand`).
+    pub refreshes: HashMap<Arc<str>, Broadcast>,
 }
 
 impl Overflow {
@@ -97,6 +99,10 @@ impl Overflow {
         self.batches += 1;
         self.created.get_or_insert(created);
         for b in batch {
+            if b.refresh.is_some() {
+                self.refreshes.insert(b.room.clone(), b.clone());
+                continue;
+            }
             self.last_offset = self.last_offset.max(b.offset);
             if let Some(values) = &b.tickers {
                 for v in values.iter() {
@@ -141,6 +147,7 @@ impl Overflow {
         self.lossless.extend(newer.lossless);
         self.tickers.extend(newer.tickers);
         self.stream_gap |= newer.stream_gap;
+        self.refreshes.extend(newer.refreshes);
         self.all_lossless |= newer.all_lossless;
     }
 }

@@ -76,6 +76,8 @@ pub struct Shared {
     pub recovery: Option<Arc<Recovery>>,
     /// Where the instance stands against the cluster stream (always following standalone).
     pub catch_up: Arc<crate::ingest::catch_up::CatchUp>,
+    /// Which views (rooms at a subscription's own depth or speed) shards have open.
+    pub demand: Arc<crate::market::demand::Demand>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             upstream_ok: Arc::new(AtomicBool::new(true)),
             recovery: None,
             catch_up: Arc::new(crate::ingest::catch_up::CatchUp::following()),
+            demand: Arc::default(),
         }
     }
 }

@@ -263,19 +263,8 @@ impl Engine {
                 }
                 Output::Join(room) => {
                     self.count_work(|w| w.rooms += 1);
-                    if let Some(last) = self.last_values.get(&room) {
-                        joined.push(last.clone());
-                    } else if crate::room::Room::parse(&room) == crate::room::Room::TickerAll {
-                        if let Some(all) = self.ticker_all.snapshot(self.now.unix_ms) {
-                            joined.push(all);
-                        }
-                    } else if let Some((view, cached)) = self.books.get_mut(&room) {
-                        let now_ms = self.now.unix_ms;
-                        let m = cached.get_or_insert_with(|| {
-                            let data = Payload::Json(view.snapshot_json("subscribe"));
-                            envelope::encode_payload("orderbook.update", &room, &data, now_ms)
-                        });
-                        joined.push(m.clone());
+                    if let Some(m) = self.first_message(&room) {
+                        joined.push(m);
                     }
                     let mut at = self.last_offset.unwrap_or(Offset::ZERO);
                     let behind = self.shared.catch_up.is_behind();

@@ -35,6 +35,7 @@ mod session;
 pub mod sim;
 mod ticker_all;
 mod timers;
+mod views;
 mod ws;
 
 #[cfg(test)]
@@ -118,6 +119,8 @@ pub struct Engine {
     ticker_all: ticker_all::TickerDirectory,
     /// Each order book room's current view, and its subscribe snapshot once encoded.
     books: HashMap<Arc<str>, (Arc<BookView>, Option<WireMessage>)>,
+    /// Views this shard has members in.
+    views: HashMap<Arc<str>, views::OpenView>,
     timers: Timers,
     /// Connections to write to, in the order they became due (so none is always last).
     dirty_conns: VecDeque<ConnId>,
@@ -170,6 +173,7 @@ impl Engine {
             last_values: HashMap::new(),
             ticker_all: ticker_all::TickerDirectory::default(),
             books: HashMap::new(),
+            views: HashMap::new(),
             timers: Timers::default(),
             dirty_conns: VecDeque::new(),
             dirty_sessions: Vec::new(),
@@ -493,10 +497,20 @@ impl Engine {
             self.pending_publish = Some(self.pending_publish.map_or(created, |t| t.min(created)));
         }
         self.last_offset = self.last_offset.max(overflow.last_offset);
-        self.last_values.extend(overflow.retained);
+        // Views' states first: what was folded after them is newer.
+        let refreshes: Vec<Broadcast> = overflow.refreshes.into_values().collect();
+        self.publish(&refreshes);
+        for (room, m) in overflow.retained {
+            if self.follows(&room) {
+                self.last_values.insert(room, m);
+            }
+        }
         self.ticker_all.merge(overflow.tickers);
         let mut owed = Vec::new();
         for (room, view) in overflow.books {
+            if !self.follows(&room) {
+                continue;
+            }
             if let Some(r) = self.rooms.get(&room) {
                 for &s in &r.members {
                     if let Some(session) = session::live_mut(&mut self.sessions, s) {
@@ -773,9 +787,7 @@ impl Engine {
             };
             self.sids.remove(&session.sid);
             for room in session.sockets.rooms() {
-                if self.rooms.leave(room, s) {
-                    self.shared.limits.room_changed(false);
-                }
+                self.leave_room(room, s);
             }
             match session.transport {
                 session::Transport::WebSocket(_) => {
@@ -846,14 +858,16 @@ impl Engine {
     }
 
     fn join_room(&mut self, room: Arc<str>, s: SessionId) {
-        if self.rooms.join(room, s) {
+        if self.rooms.join(room.clone(), s) {
             self.shared.limits.room_changed(true);
+            self.open_view(&room);
         }
     }
 
     fn leave_room(&mut self, room: &str, s: SessionId) {
         if self.rooms.leave(room, s) {
             self.shared.limits.room_changed(false);
+            self.close_view(room);
         }
     }
 

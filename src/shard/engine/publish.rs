@@ -21,6 +21,13 @@ impl Engine {
         );
         for b in batch {
             self.counters.broadcasts_received += 1;
+            if b.refresh.is_some() {
+                self.refreshed(b);
+                continue;
+            }
+            if (b.retain || b.book.is_some()) && !self.follows(&b.room) {
+                continue;
+            }
             if b.retain {
                 self.last_values.insert(b.room.clone(), b.body.clone());
             }

@@ -86,6 +86,7 @@ fn trade_with(room: &str, data: Payload) -> Broadcast {
         appended_ms: None,
         tickers: None,
         latest_key: None,
+        refresh: None,
     }
 }
 
@@ -102,6 +103,7 @@ fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
         appended_ms: None,
         tickers: None,
         latest_key: None,
+        refresh: None,
     }
 }
 
@@ -1131,6 +1133,7 @@ fn under_backpressure_book_ticker_all_keeps_the_newest_top_of_every_symbol() {
     let top = |symbol: &str, n: u64| Broadcast {
         class: StreamClass::Latest,
         latest_key: Some(if symbol == "XSYM" { 1 } else { 2 }),
+        refresh: None,
         ..trade_with(
             "bookTicker:all",
             Payload::Json(

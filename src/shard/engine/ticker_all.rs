@@ -5,7 +5,6 @@
 use crate::codec::WireMessage;
 use crate::gateway::envelope;
 use crate::market::{Payload, TickerValue};
-use crate::room::Room;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use std::sync::Arc;
@@ -13,8 +12,8 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 pub struct TickerDirectory {
     values: IndexMap<Arc<str>, Bytes>,
-    /// The composed message, until a value changes.
-    composed: Option<WireMessage>,
+    /// The composed message and the room it was composed for, until a value changes.
+    composed: Option<(Arc<str>, WireMessage)>,
 }
 
 impl TickerDirectory {
@@ -34,13 +33,17 @@ impl TickerDirectory {
         }
     }
 
-    /// `tickers.update` with every known ticker, or `None` before any.
-    pub fn snapshot(&mut self, now_ms: u64) -> Option<WireMessage> {
+    /// `tickers.update` with every known ticker for `room` (`ticker:all` or one of its views),
+    /// or `None` before any.
+    pub fn snapshot(&mut self, room: &Arc<str>, now_ms: u64) -> Option<WireMessage> {
         if self.values.is_empty() {
             return None;
         }
+        if self.composed.as_ref().is_some_and(|(r, _)| r != room) {
+            self.composed = None;
+        }
         let values = &self.values;
-        let m = self.composed.get_or_insert_with(|| {
+        let (_, m) = self.composed.get_or_insert_with(|| {
             let mut json =
                 Vec::with_capacity(values.values().map(|v| v.len() + 1).sum::<usize>() + 2);
             json.push(b'[');
@@ -51,8 +54,8 @@ impl TickerDirectory {
                 json.extend_from_slice(v);
             }
             json.push(b']');
-            let room = Room::TickerAll.name();
-            envelope::encode_payload("tickers.update", &room, &Payload::Json(json), now_ms)
+            let m = envelope::encode_payload("tickers.update", room, &Payload::Json(json), now_ms);
+            (room.clone(), m)
         });
         Some(m.clone())
     }

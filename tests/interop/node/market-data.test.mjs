@@ -189,9 +189,10 @@ class BookGen {
 
 /** Rebuilds a book from orderbook.update envelopes as a client would; records violations. */
 class Follower {
-  constructor(symbol, depth) {
+  constructor(symbol, depth, room = `orderbook:${symbol}`) {
     this.symbol = symbol;
     this.depth = depth;
+    this.room = room;
     this.book = new Book();
     this.violations = [];
     this.snapshots = []; // [index, reason, lastUpdateId]
@@ -204,7 +205,7 @@ class Follower {
   }
   feed(msg) {
     this.n += 1;
-    if (msg.channel !== `orderbook:${this.symbol}`) return this.bad(msg, 'wrong room');
+    if (msg.channel !== this.room) return this.bad(msg, 'wrong room');
     const d = msg.data;
     if (d.symbol !== this.symbol) return this.bad(msg, 'wrong symbol');
     if (d.type === 'snapshot') {
@@ -235,7 +236,7 @@ class Follower {
     }
   }
   feedFrom(rec) {
-    const msgs = rec.payloads('orderbook.update');
+    const msgs = rec.payloads('orderbook.update').filter((m) => m.channel === this.room);
     for (const m of msgs.slice(this.fed)) this.feed(m);
     this.fed = msgs.length;
   }
@@ -427,16 +428,20 @@ for (const mode of MODES) {
       assert.equal(b.rec.payloads('ticker.update').length, 0);
     });
 
-    it('order book bot: 5,000 deltas (a fifth leave the window as it was), every message checksum-verified, a gap and a requested resync', T, async () => {
-      const depth = 20;
-      const g = await fresh(['--orderbook-depth', String(depth)]);
+    // A bot's book: 5,000 random deltas (a fifth leave the window as it was) in 20 batches, with
+    // a gap at the 2,000th and a requested resync; every message checksum-verified. `ask` is
+    // the subscription's depth and speed (none: the defaults).
+    const orderBookBot = async (ask, depth, room) => {
+      const g = await fresh(['--orderbook-depth', '20']);
       const S = sym('BOT');
+      room = room(S);
       const seed = Math.floor(Math.random() * 2 ** 31) + 1;
       const gen = new BookGen(seed);
       await ingestOk(g, bookEv(S, gen.snapshot()));
       const a = await connect(g);
-      await subscribeOk(a.socket, { channel: 'orderbook', symbol: S });
-      const f = new Follower(S, depth);
+      const sub = await subscribeOk(a.socket, { channel: 'orderbook', symbol: S, ...ask });
+      assert.deepEqual(sub.rooms, [room]);
+      const f = new Follower(S, depth, room);
       let n = 0;
       let gapAt;
       let requested;
@@ -458,8 +463,8 @@ for (const mode of MODES) {
         await ingestOk(g, events);
         f.feedFrom(a.rec);
         if (batch === 12) {
-          const ack = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S });
-          assert.deepEqual(ack, { ok: true, channel: 'orderbook', rooms: [`orderbook:${S}`], symbol: S });
+          const ack = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S, ...ask });
+          assert.deepEqual(ack, { ok: true, channel: 'orderbook', rooms: [room], symbol: S, ...ask });
           requested = true;
         }
       }
@@ -472,18 +477,30 @@ for (const mode of MODES) {
       });
       assert.ok(requested);
       assert.deepEqual(f.violations, [], `seed ${seed}`);
+      // The replica is the backend's book cut to the subscription's depth.
+      assert.deepEqual(f.view(), gen.refView(S, depth), `seed ${seed}`);
       const reasons = f.snapshots.map(([, r]) => r);
       assert.equal(reasons[0], 'subscribe');
       assert.ok(f.snapshots.some(([, r, last]) => r === 'resync' && last >= gapAt.lastUpdateId), JSON.stringify(f.snapshots));
       assert.ok(reasons.includes('request'), JSON.stringify(f.snapshots));
-      // Every update id came, at once: 5,000 less the gap's (a snapshot) chained messages.
-      assert.ok(f.deltas >= 4990, `${f.deltas} deltas`);
       // Past its burst, resync is refused with a clear code.
       const answers = [];
-      for (let i = 0; i < 6; i++) answers.push(await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S }));
+      for (let i = 0; i < 6; i++) answers.push(await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: S, ...ask }));
       assert.ok(answers.some((x) => x.ok === false && x.error.code === 'RATE_LIMITED'), JSON.stringify(answers));
       const other = await emitAck(a.socket, 'resync', { channel: 'orderbook', symbol: 'NOTSUBSCRIBED' });
       assert.equal(other.ok, false);
+      return f;
+    };
+
+    it('order book bot: 5,000 deltas (a fifth leave the window as it was), every message checksum-verified, a gap and a requested resync', T, async () => {
+      const f = await orderBookBot({}, 20, (S) => `orderbook:${S}`);
+      // Every update id came, at once: 5,000 less the gap's (a snapshot) chained messages.
+      assert.ok(f.deltas >= 4990, `${f.deltas} deltas`);
+    });
+
+    it('order book bot at depth 5, speed 100: its own window, chain and checksum, at most one delta per 100 ms', T, async () => {
+      const f = await orderBookBot({ depth: 5, speed: 100 }, 5, (S) => `orderbook:${S}:5:100ms`);
+      assert.ok(f.deltas > 0 && f.deltas < 1000, `${f.deltas} deltas for 5,000 updates in 20 batches`);
     });
 
     // 4. order book rebuild (small) --------------------------------------------
