@@ -507,3 +507,14 @@ def rss(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def metric(gw, name):
+    """The sum of every series of a Prometheus metric the gateway exports."""
+    status, raw, _ = http("GET", gw.internal_url + "/metrics")
+    assert status == 200
+    total = 0.0
+    for line in raw.decode().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from gateway_harness import Gateway, RedisServer, unique_symbol
+from gateway_harness import Gateway, RedisServer, metric, unique_symbol
 from rawproto import OP_TEXT, encode_frame, ws_open_namespace
 
 TRADE_PREFIX = b'42/ws,["trade"'
@@ -113,18 +113,6 @@ def batch_body(sym, first_seq, size):
                      '"price":"45000.00","quantity":"0.5","timestamp":%d,"seq":%d}}'
                      % (sym, s, sym, 1_700_000_000_000 + s, s))
     return ("[" + ",".join(parts) + "]").encode()
-
-
-def metric(gw, name):
-    conn = http.client.HTTPConnection("127.0.0.1", gw.internal_port, timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def main():

@@ -17,7 +17,7 @@ import time
 import jwt
 import pytest
 
-from gateway_harness import http, rss, unique_symbol
+from gateway_harness import http, metric, rss, unique_symbol
 from rawproto import (
     churn_subscriptions,
     send_for,
@@ -51,16 +51,6 @@ def stats(gw):
     status, raw, _ = http("GET", gw.internal_url + "/stats")
     assert status == 200
     return json.loads(raw)
-
-
-def metric(gw, name):
-    status, raw, _ = http("GET", gw.internal_url + "/metrics")
-    assert status == 200
-    total = 0.0
-    for line in raw.decode().splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def publish_trade(gw, symbol, data):

@@ -13,8 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from gateway_harness import (assert_envelope, book_checksum, check_alive, http, parse_json,
-                             unique_symbol)
+from gateway_harness import (assert_envelope, book_checksum, check_alive, http, metric,
+                             parse_json, unique_symbol)
 from rawproto import Closed, ws_open_namespace
 
 NS = "/ws"
@@ -973,3 +973,100 @@ def test_lossless_trades_and_broadcasts(gateway, clients, transports):
     for (e, m), (we, wd) in zip(got, want):
         assert e == we, (e, m, we, wd)
         assert_envelope(m, room, wd)
+
+
+# ---- per-subscription depth and speed ---------------------------------------------------------
+
+
+def test_ticker_and_kline_speed_is_the_subscriptions_own_throttle(gateway_factory, clients):
+    gw = gateway_factory("--ticker-throttle-ms", "1000")
+    sym = unique_symbol("SPD")
+    gw.ingest_ok(ticker_ev(sym, 0))
+    gw.ingest_ok(kline_ev(sym, "1m", kline(sym, "1m", 0, 0)))
+    every, rec_every = clients(gw, ["websocket"], ordered=True)
+    ack = subscribe_ok(every, {"channel": "ticker", "symbol": sym, "speed": 0})
+    assert ack["rooms"] == [f"ticker:{sym}:0ms"] and ack["speed"] == 0
+    ack = subscribe_ok(every, {"channel": "klines", "symbol": sym, "interval": "1m", "speed": 0})
+    assert ack["rooms"] == [f"klines:{sym}:1m:0ms"]
+    default, rec_default = clients(gw, ["websocket"], ordered=True)
+    # Asking for the default speed is the default room.
+    ack = subscribe_ok(default, {"channel": "ticker", "symbol": sym, "speed": 1000})
+    assert ack["rooms"] == [f"ticker:{sym}"]
+    # The first message of a view is the latest value, as for the default room.
+    first = rec_every.wait_event("ticker.update", timeout=3)
+    assert first["channel"] == f"ticker:{sym}:0ms" and first["data"]["seq"] == 0
+    assert rec_every.wait_event("kline.update", timeout=3)["data"]["seq"] == 0
+    rec_default.wait_event("ticker.update", timeout=3)
+    for seq in range(1, 21):
+        gw.ingest_ok([ticker_ev(sym, seq), kline_ev(sym, "1m", kline(sym, "1m", 0, seq))])
+    rec_every.wait_event("ticker.update", timeout=5, pred=lambda m: m["data"]["seq"] == 20)
+    rec_every.wait_event("kline.update", timeout=5, pred=lambda m: m["data"]["seq"] == 20)
+    rec_default.wait_event("ticker.update", timeout=5, pred=lambda m: m["data"]["seq"] == 20)
+    ticks = [m for m in rec_every.named("ticker.update")]
+    assert [m["data"]["seq"] for m in ticks] == list(range(21)), "speed 0: every update, in order"
+    assert all(m["channel"] == f"ticker:{sym}:0ms" for m in ticks)
+    assert [m["data"]["seq"] for m in rec_every.named("kline.update")] == list(range(21))
+    assert len(rec_default.named("ticker.update")) <= 3, "the default stays throttled"
+
+
+def test_invalid_depth_and_speed_are_refused_with_their_codes(gateway_factory, clients):
+    gw = gateway_factory("--orderbook-depth", "20")
+    sym = unique_symbol("BADV")
+    gw.ingest_ok(ticker_ev(sym, 0))
+    sio, _ = clients(gw, ["websocket"])
+    cases = [
+        ({"channel": "orderbook", "symbol": sym, "depth": 50}, "INVALID_DEPTH"),
+        ({"channel": "orderbook", "symbol": sym, "depth": 7}, "INVALID_DEPTH"),
+        ({"channel": "orderbook", "symbol": sym, "depth": "5"}, "INVALID_DEPTH"),
+        ({"channel": "trades", "symbol": sym, "depth": 5}, "INVALID_DEPTH"),
+        ({"channel": "orderbook", "symbol": sym, "speed": 250}, "INVALID_SPEED"),
+        ({"channel": "ticker", "symbol": sym, "speed": -100}, "INVALID_SPEED"),
+        ({"channel": "klines", "symbol": sym, "interval": "1m", "speed": 1e3}, "INVALID_SPEED"),
+        ({"channel": "trades", "symbol": sym, "speed": 0}, "INVALID_SPEED"),
+    ]
+    for payload, code in cases:
+        ack = sio.call("subscribe", payload, namespace=NS, timeout=5)
+        assert ack["ok"] is False and ack["error"]["code"] == code, (payload, ack)
+    ok = subscribe_ok(sio, {"channel": "orderbook", "symbol": sym, "depth": 20, "speed": 0})
+    assert ok["rooms"] == [f"orderbook:{sym}"], "depth 20 at speed 0 is --orderbook-depth 20's room"
+
+
+def test_each_view_is_encoded_once_per_update_whatever_its_subscribers(gateway_factory, clients):
+    gw = gateway_factory("--orderbook-depth", "20", "--shards", "2")
+    sym = unique_symbol("ENC")
+    bids = [[str(100 - i), "1"] for i in range(20)]
+    gw.ingest_ok(book_ev(sym, {"type": "snapshot", "bids": bids, "asks": [["101", "1"]],
+                               "lastUpdateId": 1}))
+    last = 1
+
+    def deltas(n):
+        # Below the best bid: the book's window changes, its best levels do not.
+        nonlocal last
+        events = []
+        for _ in range(n):
+            last += 1
+            events.append(book_ev(sym, {"type": "delta", "bids": [["95", str(last)]], "asks": [],
+                                        "firstUpdateId": last, "lastUpdateId": last}))
+        before = metric(gw, "gateway_broadcasts_encoded_total")
+        gw.ingest_ok(events)
+        return metric(gw, "gateway_broadcasts_encoded_total") - before
+
+    assert deltas(50) == 50, "no view: the default room's delta only"
+    followers = []
+    for ask in [{}, {}, {"depth": 5, "speed": 0}, {"depth": 5, "speed": 0}, {"depth": 5, "speed": 0},
+                {"depth": 10, "speed": 0}]:
+        sio, rec = clients(gw, ["websocket"], ordered=True)
+        subscribe_ok(sio, {"channel": "orderbook", "symbol": sym, **ask})
+        followers.append(rec)
+    for rec in followers:
+        rec.wait_event("orderbook.update", timeout=5)  # each one's snapshot
+    assert deltas(50) == 150, "three distinct variants subscribed: three encodes per update"
+    for rec in followers:
+        rec.wait_event("orderbook.update", timeout=5,
+                       pred=lambda m: m["data"].get("lastUpdateId") == last)
+    five = [m for m in followers[2].named("orderbook.update")]
+    assert all(m["channel"] == f"orderbook:{sym}:5:0ms" for m in five)
+    assert five[0]["data"]["reason"] == "subscribe" and len(five[0]["data"]["bids"]) == 5
+    # 95 is the 6th bid: outside the depth-5 window, every delta there is empty but chained.
+    assert all(m["data"]["bids"] == [] for m in five[1:])
+    assert [m["data"]["firstUpdateId"] for m in five[1:]] == list(range(five[0]["data"]["lastUpdateId"] + 1, last + 1))
