@@ -296,7 +296,7 @@ pub struct MixedArgs {
     /// Symbols LT0000.. with order books, trades, tickers and klines.
     #[arg(long, default_value_t = 20)]
     pub symbols: usize,
-    /// WebSocket-only bots: order book + trades on --bot-symbols symbols each.
+    /// WebSocket-only bots: order book, trades and best bid/ask on --bot-symbols symbols each.
     #[arg(long, default_value_t = 200)]
     pub bots: u64,
     #[arg(long, default_value_t = 3)]

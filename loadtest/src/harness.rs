@@ -80,7 +80,7 @@ struct WorkerProc {
 /// Figures over a window (measurement phase, capacity step).
 pub struct Window {
     pub lat: Vec<Histogram<u64>>,
-    pub received: [u64; 8],
+    pub received: [u64; KIND_COUNT],
     pub gaps: u64,
     pub started: Instant,
     pub server_cpu_us0: Option<u64>,
@@ -93,7 +93,7 @@ pub struct Window {
 pub struct WindowResult {
     pub secs: f64,
     pub lat: Vec<Histogram<u64>>,
-    pub received: [u64; 8],
+    pub received: [u64; KIND_COUNT],
     pub gaps: u64,
     pub server_cpu_us: Option<u64>,
     pub client_cpu_us: u64,
@@ -608,7 +608,7 @@ impl Harness {
             .max(0.001);
         self.prev_sample_at = now;
         let mut interval = hist::new_hist();
-        let mut received = [0u64; 8];
+        let mut received = [0u64; KIND_COUNT];
         let mut gaps = 0;
         let mut lag = 0;
         let mut hs = hist::new_hist();
@@ -757,8 +757,8 @@ impl Harness {
 
     pub fn begin_window(&mut self, name: &str) {
         let w = Window {
-            lat: (0..8).map(|_| hist::new_hist()).collect(),
-            received: [0; 8],
+            lat: (0..KIND_COUNT).map(|_| hist::new_hist()).collect(),
+            received: [0; KIND_COUNT],
             gaps: 0,
             started: Instant::now(),
             server_cpu_us0: self.server_sample().map(|s| s.cpu_us),

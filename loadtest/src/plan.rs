@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 /// Latency kinds, by the event a client receives.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; KIND_COUNT] = [
     "trade",
     "orderbook",
     "ticker",
@@ -15,7 +15,14 @@ pub const KINDS: [&str; 8] = [
     "private",
     "probe",
     "other",
+    "bookTicker",
 ];
+
+pub const KIND_COUNT: usize = 9;
+
+/// `bookTicker.update`: the publish time is the `lastUpdateId` of the book update that moved
+/// the best bid or ask (the publisher puts its timestamp there).
+pub const BOOK_TICKER: usize = 8;
 
 pub fn kind_of(event: &str) -> usize {
     match event {
@@ -25,6 +32,7 @@ pub fn kind_of(event: &str) -> usize {
         "tickers.update" => 3,
         "kline.update" => 4,
         "probe" => 6,
+        "bookTicker.update" => BOOK_TICKER,
         e if e.starts_with("order.")
             || e.starts_with("balance.")
             || e.starts_with("deposit.")
@@ -140,9 +148,9 @@ pub struct Tick {
     /// Connections closed by the server or the network after connecting.
     pub dropped: u64,
     /// Data events received, per kind (this interval).
-    pub received: [u64; 8],
+    pub received: [u64; KIND_COUNT],
     /// Base64 HdrHistograms of the interval, per kind (empty when no samples).
-    pub latency: [String; 8],
+    pub latency: [String; KIND_COUNT],
     pub handshake: String,
     pub bytes: u64,
     /// Messages missing between sequence numbers seen this interval (gaps).

@@ -1131,8 +1131,9 @@ pub async fn mixed(a: MixedArgs) -> Result<(RunReport, Harness), String> {
         env.push(("GATEWAY_JWT_SECRET".to_string(), a.jwt_secret.clone()));
     }
     let mut h = Harness::with_env(a.common.clone(), "mixed", budget, &env).await?;
-    // Per-second latency: the unthrottled kinds (trades, book deltas, private events).
-    h.timeline_kinds = vec![0, 1, 5];
+    // Per-second latency: the unthrottled kinds (trades, book deltas, private events, best
+    // bid and ask).
+    h.timeline_kinds = vec![0, 1, 5, crate::plan::BOOK_TICKER];
     let hook = h.require_hook()?;
     h.start_workers(workers_for(&a.common, total)).await?;
     let base = h.server_sample();
@@ -1173,6 +1174,15 @@ pub async fn mixed(a: MixedArgs) -> Result<(RunReport, Harness), String> {
                 per_user_stream: false,
             },
             trades_sub(&symbols, a.bot_symbols.min(symbols.len())),
+            SubTemplate {
+                event: "subscribe".into(),
+                channel: "bookTicker".into(),
+                symbols: symbols.clone(),
+                per_client: a.bot_symbols.min(symbols.len()),
+                interval: None,
+                stream_base: None,
+                per_user_stream: false,
+            },
         ],
         auth: None,
         ack,
@@ -1349,7 +1359,7 @@ pub async fn mixed(a: MixedArgs) -> Result<(RunReport, Harness), String> {
         end,
         msgs_out: m0.zip(m1).map(|(a, b)| b.saturating_sub(a)),
         // The overall figure: the unthrottled streams.
-        latency_kinds: vec![0, 1, 5],
+        latency_kinds: vec![0, 1, 5, crate::plan::BOOK_TICKER],
         rate_secs: Some(secs),
     };
     let r = build(&h, "mixed", serde_json::to_value(&a).unwrap(), parts);

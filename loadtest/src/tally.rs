@@ -2,12 +2,13 @@
 //! harness.
 
 use crate::hist;
+use crate::plan::KIND_COUNT;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 
 /// Counts and latency histograms per event kind (8 kinds, see `plan`).
 pub struct Tally {
-    pub received: [u64; 8],
+    pub received: [u64; KIND_COUNT],
     pub lat: Vec<Histogram<u64>>,
     pub handshake: Histogram<u64>,
     pub bytes: u64,
@@ -23,8 +24,8 @@ pub struct Tally {
 impl Tally {
     pub fn new() -> Self {
         Tally {
-            received: [0; 8],
-            lat: (0..8).map(|_| hist::new_hist()).collect(),
+            received: [0; KIND_COUNT],
+            lat: (0..KIND_COUNT).map(|_| hist::new_hist()).collect(),
             handshake: hist::new_hist(),
             bytes: 0,
             gaps: 0,

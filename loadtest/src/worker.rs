@@ -1040,6 +1040,11 @@ impl Conn {
                     _ => {}
                 }
             }
+            if kind == crate::plan::BOOK_TICKER && ts.is_none() {
+                ts = m
+                    .last_update_id
+                    .filter(|last| *last > 1_000_000_000_000_000);
+            }
             if let Some(ts) = ts {
                 // Before setup completes (sub_us 0) or published before it: a replay (last
                 // value on subscribe), not a live delivery.
