@@ -269,6 +269,15 @@ impl Collector for GatewayCollector {
             "Envelopes encoded (one per publish, whatever the subscribers)",
             vec![(Labels::new(), ConstCounter::new(self.ingest.encodes()))],
         )?;
+        family(
+            &mut enc,
+            "gateway_views_open",
+            "Rooms at a subscription's own depth or speed, computed while subscribed to",
+            vec![(
+                Labels::new(),
+                ConstGauge::new(self.shared.demand.open_count() as i64),
+            )],
+        )?;
 
         if let Some(r) = &self.shared.recovery {
             let c = &r.counters;

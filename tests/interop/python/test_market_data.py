@@ -1053,13 +1053,16 @@ def test_each_view_is_encoded_once_per_update_whatever_its_subscribers(gateway_f
 
     assert deltas(50) == 50, "no view: the default room's delta only"
     followers = []
+    socks = []
     for ask in [{}, {}, {"depth": 5, "speed": 0}, {"depth": 5, "speed": 0}, {"depth": 5, "speed": 0},
                 {"depth": 10, "speed": 0}]:
         sio, rec = clients(gw, ["websocket"], ordered=True)
         subscribe_ok(sio, {"channel": "orderbook", "symbol": sym, **ask})
         followers.append(rec)
+        socks.append(sio)
     for rec in followers:
         rec.wait_event("orderbook.update", timeout=5)  # each one's snapshot
+    assert metric(gw, "gateway_views_open") == 2
     assert deltas(50) == 150, "three distinct variants subscribed: three encodes per update"
     for rec in followers:
         rec.wait_event("orderbook.update", timeout=5,
@@ -1070,3 +1073,11 @@ def test_each_view_is_encoded_once_per_update_whatever_its_subscribers(gateway_f
     # 95 is the 6th bid: outside the depth-5 window, every delta there is empty but chained.
     assert all(m["data"]["bids"] == [] for m in five[1:])
     assert [m["data"]["firstUpdateId"] for m in five[1:]] == list(range(five[0]["data"]["lastUpdateId"] + 1, last + 1))
+    # Nobody left on the views: they are no longer computed.
+    for sio in socks[2:]:
+        sio.disconnect()
+    deadline = time.time() + 5
+    while metric(gw, "gateway_views_open") != 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert metric(gw, "gateway_views_open") == 0
+    assert deltas(20) == 20
