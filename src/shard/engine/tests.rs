@@ -1167,3 +1167,117 @@ fn under_backpressure_book_ticker_all_keeps_the_newest_top_of_every_symbol() {
         texts.len()
     );
 }
+
+/// A book view's message as the market sends it: a snapshot or delta of `room` at `last`,
+/// optionally as the refresh answering `epoch`.
+fn view_book(room: &str, last: u64, snapshot: bool, refresh: Option<u64>) -> Broadcast {
+    use crate::market::book::{checksum, BookView};
+    let view = Arc::new(BookView {
+        symbol: Arc::from("BTCUSDT"),
+        bids: Vec::new(),
+        asks: Vec::new(),
+        last_update_id: last,
+        checksum: checksum(&[], &[]),
+    });
+    let data = if snapshot {
+        view.snapshot_json(if refresh.is_some() {
+            "subscribe"
+        } else {
+            "resync"
+        })
+    } else {
+        format!("{{\"type\":\"delta\",\"firstUpdateId\":{last},\"lastUpdateId\":{last}}}")
+            .into_bytes()
+    };
+    Broadcast {
+        room: Arc::from(room),
+        body: envelope::encode_payload("orderbook.update", room, &Payload::Json(data), 1),
+        class: if snapshot {
+            StreamClass::BookSnapshot
+        } else {
+            StreamClass::BookDelta
+        },
+        deliver: refresh.is_none(),
+        retain: false,
+        book: Some(view),
+        offset: None,
+        appended_ms: None,
+        tickers: None,
+        latest_key: None,
+        refresh,
+    }
+}
+
+#[test]
+fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
+    let shared = shared(false);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let room = "orderbook:BTCUSDT:5:100ms";
+    let (c, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(c, &client::text("40/ws,"));
+    // Someone elsewhere had the view open once: its old epoch's messages are stale here.
+    let old = shared.demand.open(&Arc::from(room));
+    shared.demand.close(&Arc::from(room));
+    sim.send(
+        c,
+        &client::text(
+            "42/ws,1[\"subscribe\",{\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\",\"depth\":5,\"speed\":100}]",
+        ),
+    );
+    let texts = client::texts(&sim.take(c));
+    assert!(texts[2].contains("orderbook:BTCUSDT:5:100ms"), "{texts:?}");
+    assert_eq!(
+        texts.len(),
+        3,
+        "no snapshot before the market's refresh: {texts:?}"
+    );
+    let epoch = match shared.demand.take_changes().as_slice() {
+        [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
+        other => panic!("{other:?}"),
+    };
+    assert!(epoch > old);
+    // A delta and a refresh that left the market before this epoch began: not for it.
+    sim.publish(&[
+        view_book(room, 7, false, None),
+        view_book(room, 7, true, Some(old)),
+    ]);
+    assert!(client::texts(&sim.take(c)).is_empty());
+    // Its own refresh is its first message; the deltas after it follow.
+    sim.publish(&[
+        view_book(room, 9, true, Some(epoch)),
+        view_book(room, 10, false, None),
+    ]);
+    let texts = client::texts(&sim.take(c));
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts[0].contains("\"reason\":\"subscribe\"") && texts[0].contains("\"lastUpdateId\":9")
+    );
+    assert!(texts[1].contains("\"firstUpdateId\":10"));
+    // A second member gets the view as last sent, at once, chained to what follows.
+    let (d, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(d, &client::text("40/ws,"));
+    sim.send(
+        d,
+        &client::text(
+            "42/ws,1[\"subscribe\",{\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\",\"depth\":5,\"speed\":100}]",
+        ),
+    );
+    let texts = client::texts(&sim.take(d));
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    assert!(
+        texts[3].contains("\"reason\":\"subscribe\"") && texts[3].contains("\"lastUpdateId\":10")
+    );
+    assert!(
+        shared.demand.take_changes().is_empty(),
+        "already open on this shard"
+    );
+    // The last one out closes it.
+    for (conn, id) in [(c, 2), (d, 2)] {
+        let leave = format!("42/ws,{id}[\"unsubscribe\",{{\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\",\"depth\":5,\"speed\":100}}]");
+        assert_eq!(shared.demand.open_count(), 1);
+        sim.send(conn, &client::text(&leave));
+        sim.take(conn);
+    }
+    assert_eq!(shared.demand.open_count(), 0);
+    sim.engine.check_invariants().unwrap();
+}
