@@ -349,7 +349,7 @@ impl Harness {
             deadline: started + budget + Duration::from_secs(60),
             peak_rss: 0,
             ignored_failures: 0,
-            timeline_kinds: (0..8).collect(),
+            timeline_kinds: (0..KIND_COUNT).collect(),
         })
     }
 

@@ -396,7 +396,7 @@ pub async fn fanout(a: FanoutArgs) -> Result<(RunReport, Harness), String> {
         connected,
         end,
         msgs_out: m0.zip(m1).map(|(a, b)| b.saturating_sub(a)),
-        latency_kinds: (0..8).collect(),
+        latency_kinds: (0..KIND_COUNT).collect(),
         rate_secs: Some(pub_secs),
     };
     let r = build(&h, "fanout", serde_json::to_value(&a).unwrap(), parts);
@@ -555,7 +555,7 @@ pub async fn overload(a: OverloadArgs) -> Result<(RunReport, Harness), String> {
         connected,
         end,
         msgs_out: m0.zip(m1).map(|(a, b)| b.saturating_sub(a)),
-        latency_kinds: (0..8).collect(),
+        latency_kinds: (0..KIND_COUNT).collect(),
         rate_secs: Some(pub_secs),
     };
     let mut r = build(&h, "overload", serde_json::to_value(&a).unwrap(), parts);
@@ -667,7 +667,7 @@ pub async fn connect(a: ConnectArgs) -> Result<(RunReport, Harness), String> {
         connected,
         end,
         msgs_out: None,
-        latency_kinds: (0..8).collect(),
+        latency_kinds: (0..KIND_COUNT).collect(),
         rate_secs: None,
     };
     let mut r = build(&h, "connect", serde_json::to_value(&a).unwrap(), parts);
@@ -791,7 +791,7 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
         h.begin_window(&name);
         h.run_for(Duration::from_secs_f64(a.step_secs)).await;
         let w = h.end_window(&name).unwrap();
-        let lat = w.all_latency(&(0..8).collect::<Vec<_>>());
+        let lat = w.all_latency(&(0..KIND_COUNT).collect::<Vec<_>>());
         let s = hist::summary(&lat);
         let deliveries = w.deliveries();
         let dropped = h.dropped();
@@ -930,7 +930,7 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
         connected: connected_sample,
         end,
         msgs_out: None,
-        latency_kinds: (0..8).collect(),
+        latency_kinds: (0..KIND_COUNT).collect(),
         rate_secs: None,
     };
     let mut r = build(&h, "capacity", serde_json::to_value(&a).unwrap(), parts);
