@@ -100,6 +100,9 @@ impl Overflow {
         self.created.get_or_insert(created);
         for b in batch {
             if b.refresh.is_some() {
+                // What was folded for the view before is older than its state here: a shard
+                // takes the state first and then only what came after it.
+                self.forget(&b.room);
                 self.refreshes.insert(b.room.clone(), b.clone());
                 continue;
             }
@@ -133,8 +136,17 @@ impl Overflow {
 }
 
 impl Overflow {
+    fn forget(&mut self, room: &Arc<str>) {
+        self.retained.remove(room);
+        self.books.remove(room);
+        self.latest.retain(|(r, _), _| r != room);
+    }
+
     /// Adds `newer`, folded after everything in `self`.
     fn merge(&mut self, newer: Overflow) {
+        for room in newer.refreshes.keys() {
+            self.forget(room);
+        }
         self.batches += newer.batches;
         self.created = match (self.created, newer.created) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -1281,3 +1281,135 @@ fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
     assert_eq!(shared.demand.open_count(), 0);
     sim.engine.check_invariants().unwrap();
 }
+
+// A view's refresh folded into an overflow comes after what was folded for it before.
+
+fn view_ticker(room: &str, v: u64, refresh: Option<u64>) -> Broadcast {
+    let data = Payload::Json(format!("{{\"v\":{v}}}").into_bytes());
+    Broadcast {
+        room: Arc::from(room),
+        body: envelope::encode_payload("ticker.update", room, &data, 1),
+        class: StreamClass::Latest,
+        deliver: refresh.is_none(),
+        retain: true,
+        book: None,
+        offset: None,
+        appended_ms: None,
+        tickers: None,
+        latest_key: None,
+        refresh,
+    }
+}
+
+#[test]
+fn an_overflowed_view_refresh_is_not_followed_by_older_values() {
+    use crate::shard::handle::Overflow;
+    let shared = shared(false);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let room = "ticker:BTCUSDT:100ms";
+    // Another shard follows the view (epoch e): the market emits v2 for it, holds v3.
+    let e = shared.demand.open(&Arc::from(room));
+    shared.demand.take_changes();
+    let (c, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(c, &client::text("40/ws,"));
+    sim.take(c);
+    // This shard is behind (its publishes are being folded) when its client subscribes.
+    let mut overflow = Overflow::default();
+    overflow.fold(&[view_ticker(room, 2, None)], std::time::Instant::now());
+    sim.send(
+        c,
+        &client::text(
+            "42/ws,1[\"subscribe\",{\"channel\":\"ticker\",\"symbol\":\"BTCUSDT\",\"speed\":100}]",
+        ),
+    );
+    sim.take(c);
+    // The shard opened the view in the same epoch (checked by opening it once more).
+    assert_eq!(shared.demand.open(&Arc::from(room)), e);
+    shared.demand.close(&Arc::from(room));
+    // The market answers the opening with the newest ticker (v3).
+    overflow.fold(&[view_ticker(room, 3, Some(e))], std::time::Instant::now());
+    sim.engine.handle_overflow(sim.now, overflow);
+    sim.pump();
+    let texts = client::texts(&sim.take(c));
+    // A second member joining now gets the retained value.
+    let (d, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(d, &client::text("40/ws,"));
+    sim.send(
+        d,
+        &client::text(
+            "42/ws,1[\"subscribe\",{\"channel\":\"ticker\",\"symbol\":\"BTCUSDT\",\"speed\":100}]",
+        ),
+    );
+    let texts2 = client::texts(&sim.take(d));
+    assert_eq!(texts.len(), 1, "only the newest value (v3): {texts:?}");
+    assert!(texts[0].contains("{\"v\":3}"), "{texts:?}");
+    assert!(texts2.iter().any(|t| t.contains("{\"v\":3}")), "{texts2:?}");
+}
+
+#[test]
+fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
+    use crate::shard::handle::Overflow;
+    let shared = shared(false);
+    let mut sim = Sim::new(settings(), shared.clone(), 1);
+    let room = "orderbook:BTCUSDT:5:100ms";
+    let sub = "[\"subscribe\",{\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\",\"depth\":5,\"speed\":100}]";
+    let unsub = "[\"unsubscribe\",{\"channel\":\"orderbook\",\"symbol\":\"BTCUSDT\",\"depth\":5,\"speed\":100}]";
+    let (c, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(c, &client::text(&format!("42/ws,1{sub}")));
+    sim.take(c);
+    let e1 = match shared.demand.take_changes().as_slice() {
+        [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
+        other => panic!("{other:?}"),
+    };
+    sim.publish(&[
+        view_book(room, 100, true, Some(e1)),
+        view_book(room, 101, false, None),
+    ]);
+    sim.take(c);
+    // The shard falls behind: epoch e1's next delta (105) is folded ...
+    let mut overflow = Overflow::default();
+    overflow.fold(
+        &[view_book(room, 105, false, None)],
+        std::time::Instant::now(),
+    );
+    // ... meanwhile the client unsubscribes and subscribes again: last one out, so a new epoch.
+    sim.send(c, &client::text(&format!("42/ws,2{unsub}")));
+    sim.send(c, &client::text(&format!("42/ws,3{sub}")));
+    sim.take(c);
+    let changes = shared.demand.take_changes();
+    let e2 = match changes.as_slice() {
+        [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
+        other => panic!("{other:?}"),
+    };
+    assert!(e2 > e1);
+    // The market restarted the view from the replica (at 150) and answers e2 with it.
+    overflow.fold(
+        &[view_book(room, 150, true, Some(e2))],
+        std::time::Instant::now(),
+    );
+    sim.engine.handle_overflow(sim.now, overflow);
+    sim.pump();
+    // The view's next delta chains to 150.
+    sim.publish(&[view_book(room, 151, false, None)]);
+    let texts = client::texts(&sim.take(c));
+    let ids: Vec<String> = texts
+        .iter()
+        .map(|t| {
+            let reason = t
+                .split("\"reason\":\"")
+                .nth(1)
+                .map(|r| r.split('"').next().unwrap_or(""));
+            let last = t.split("\"lastUpdateId\":").nth(1).map(|r| {
+                r.split(|ch: char| !ch.is_ascii_digit())
+                    .next()
+                    .unwrap_or("")
+            });
+            format!("{}@{}", reason.unwrap_or("delta"), last.unwrap_or("?"))
+        })
+        .collect();
+    assert!(
+        !ids.iter().any(|s| s.ends_with("@105")),
+        "the old epoch's window must not be sent after the new epoch's refresh: {ids:?}"
+    );
+}
