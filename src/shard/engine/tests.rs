@@ -1315,7 +1315,7 @@ fn an_overflowed_view_refresh_is_not_followed_by_older_values() {
     sim.take(c);
     // This shard is behind (its publishes are being folded) when its client subscribes.
     let mut overflow = Overflow::default();
-    overflow.fold(&[view_ticker(room, 2, None)], std::time::Instant::now());
+    overflow.fold(&[view_ticker(room, 2, None)], sim.now.mono);
     sim.send(
         c,
         &client::text(
@@ -1327,7 +1327,7 @@ fn an_overflowed_view_refresh_is_not_followed_by_older_values() {
     assert_eq!(shared.demand.open(&Arc::from(room)), e);
     shared.demand.close(&Arc::from(room));
     // The market answers the opening with the newest ticker (v3).
-    overflow.fold(&[view_ticker(room, 3, Some(e))], std::time::Instant::now());
+    overflow.fold(&[view_ticker(room, 3, Some(e))], sim.now.mono);
     sim.engine.handle_overflow(sim.now, overflow);
     sim.pump();
     let texts = client::texts(&sim.take(c));
@@ -1369,10 +1369,7 @@ fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
     sim.take(c);
     // The shard falls behind: epoch e1's next delta (105) is folded ...
     let mut overflow = Overflow::default();
-    overflow.fold(
-        &[view_book(room, 105, false, None)],
-        std::time::Instant::now(),
-    );
+    overflow.fold(&[view_book(room, 105, false, None)], sim.now.mono);
     // ... meanwhile the client unsubscribes and subscribes again: last one out, so a new epoch.
     sim.send(c, &client::text(&format!("42/ws,2{unsub}")));
     sim.send(c, &client::text(&format!("42/ws,3{sub}")));
@@ -1384,10 +1381,7 @@ fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
     };
     assert!(e2 > e1);
     // The market restarted the view from the replica (at 150) and answers e2 with it.
-    overflow.fold(
-        &[view_book(room, 150, true, Some(e2))],
-        std::time::Instant::now(),
-    );
+    overflow.fold(&[view_book(room, 150, true, Some(e2))], sim.now.mono);
     sim.engine.handle_overflow(sim.now, overflow);
     sim.pump();
     // The view's next delta chains to 150.
