@@ -224,6 +224,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_ROOMS", default_value_t = 100_000)]
     pub max_rooms: usize,
 
+    /// Depth/speed views (rooms at a subscription's own depth or speed) the gateway computes
+    /// at most; past it, and past --max-views-per-ip view subscriptions from one address,
+    /// subscriptions to new views are refused with SUBSCRIPTION_LIMIT.
+    #[arg(long, env = "GATEWAY_MAX_VIEWS", default_value_t = 10_000)]
+    pub max_views: usize,
+
+    #[arg(long, env = "GATEWAY_MAX_VIEWS_PER_IP", default_value_t = 1_000)]
+    pub max_views_per_ip: usize,
+
     /// Let clients subscribe to any well-formed symbol. By default a symbol must be listed in
     /// `--symbols` or have been seen from ingest, so clients cannot create rooms at will.
     #[arg(

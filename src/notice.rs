@@ -130,6 +130,24 @@ pub fn rate_limited(rate_per_sec: f64) -> ApiError {
     )
 }
 
+/// A subscription to rooms the gateway does not hold, past its room cap.
+pub fn room_limit() -> ApiError {
+    ApiError::new(
+        ErrorCode::SubscriptionLimit,
+        "the gateway is at its limit of rooms; retry later",
+    )
+}
+
+/// A subscription to depth/speed views past the address's or the gateway's view cap.
+pub fn view_limit(per_ip: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::SubscriptionLimit,
+        format!(
+            "at most {per_ip} depth/speed subscriptions per address, within the gateway's limit of views; subscribe at the default depth and speed, or retry later"
+        ),
+    )
+}
+
 /// Why a namespace CONNECT was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectRefusal {

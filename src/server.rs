@@ -223,6 +223,8 @@ impl Gateway {
             max_input_per_ip: config.max_input_per_ip,
             max_input: config.max_input,
             max_rooms: config.max_rooms,
+            max_views: config.max_views,
+            max_views_per_ip: config.max_views_per_ip,
             max_tcp: max_tcp_connections(config),
         });
         let (store_tx, store_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -47,7 +47,7 @@ fn text(layer: &mut SocketLayer, app: &App, msg: &str, now_ms: u64) -> Vec<Outpu
         now_ms,
         handshake_token: None,
         admit_user: &mut admit,
-        admit_rooms: &mut |_| true,
+        admit_rooms: &mut |_| Ok(()),
     };
     let mut out = Vec::new();
     layer.on_text(app, msg, &mut ctx, &mut out);
@@ -400,7 +400,7 @@ fn socket_layer_refuses_protocol_abuse_cleanly() {
             now_ms: 0,
             handshake_token: None,
             admit_user: &mut admit,
-            admit_rooms: &mut |_| true,
+            admit_rooms: &mut |_| Ok(()),
         };
         let mut out = Vec::new();
         layer.on_binary(&app, Bytes::from_static(b"\x00"), &mut ctx, &mut out);

@@ -123,7 +123,7 @@ impl Session {
                 now_ms: self.now_ms,
                 handshake_token: self.handshake_token.as_deref(),
                 admit_user: &mut admit_user,
-                admit_rooms: &mut |_| true,
+                admit_rooms: &mut |_| Ok(()),
             };
             f(&mut self.layer, &mut ctx);
         }

@@ -58,6 +58,10 @@ pub enum Effect {
 
 pub type Effects = SmallVec<[Effect; 4]>;
 
+/// Whether the rooms a subscription adds may be joined (the gateway's room and view caps),
+/// or why not.
+pub type AdmitRooms<'a> = dyn FnMut(&[Arc<str>]) -> Result<(), ApiError> + 'a;
+
 /// A `/ws` socket's own state: the rooms it is in and who it is.
 #[derive(Debug, Default)]
 pub struct GatewaySocket {
@@ -137,8 +141,8 @@ pub fn connected(socket_id: &str, identity: Option<&Identity>, now_ms: u64) -> V
 }
 
 /// Handles one event sent on `/ws`. `args` excludes the event name.
-/// `admit_rooms` says whether rooms the gateway does not hold yet may be created (its room
-/// cap).
+/// `admit_rooms` says whether the rooms a subscription adds may be joined (the gateway's
+/// room and view caps), or why not.
 pub fn on_event(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
@@ -146,7 +150,7 @@ pub fn on_event(
     args: &[Value],
     ack: Option<u64>,
     now_ms: u64,
-    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
+    admit_rooms: &mut AdmitRooms<'_>,
 ) -> Effects {
     let payload = args.first();
     let mut fx = Effects::new();
@@ -190,7 +194,7 @@ fn subscribe(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
     payload: Option<&Value>,
-    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
+    admit_rooms: &mut AdmitRooms<'_>,
     fx: &mut Effects,
 ) -> Answer {
     let req = parse_subscription(payload, Some(&settings.symbols), &settings.views)?;
@@ -209,9 +213,7 @@ fn subscribe(
             ),
         ));
     }
-    if !admit_rooms(&new) {
-        return Err(room_limit());
-    }
+    admit_rooms(&new)?;
     for room in &req.rooms {
         if !socket.rooms.contains(&**room) {
             socket.rooms.insert(room.clone());
@@ -314,19 +316,11 @@ fn private_room(
     ))
 }
 
-/// The gateway holds as many rooms as it may.
-fn room_limit() -> ApiError {
-    ApiError::new(
-        ErrorCode::SubscriptionLimit,
-        "the gateway is at its limit of rooms; retry later",
-    )
-}
-
 fn subscribe_private(
     settings: &GatewaySettings,
     socket: &mut GatewaySocket,
     payload: Option<&Value>,
-    admit_rooms: &mut dyn FnMut(&[Arc<str>]) -> bool,
+    admit_rooms: &mut AdmitRooms<'_>,
     fx: &mut Effects,
 ) -> Answer {
     let (channel, room) = private_room(socket, payload)?;
@@ -340,9 +334,7 @@ fn subscribe_private(
                 ),
             ));
         }
-        if !admit_rooms(std::slice::from_ref(&room)) {
-            return Err(room_limit());
-        }
+        admit_rooms(std::slice::from_ref(&room))?;
         socket.rooms.insert(room.clone());
         fx.push(Effect::Join(room.clone()));
     }
@@ -428,7 +420,7 @@ mod tests {
         let s = GatewaySettings::default();
         let mut sock = GatewaySocket::default();
         let p = [json!({"channel":"trades","symbol":"BTCUSDT"})];
-        let fx = on_event(&s, &mut sock, "subscribe", &p, None, 1, &mut |_| true);
+        let fx = on_event(&s, &mut sock, "subscribe", &p, None, 1, &mut |_| Ok(()));
         assert_eq!(fx[0], Effect::Join(Arc::from("trades:BTCUSDT")));
         assert_eq!(
             fx[1],
@@ -436,7 +428,7 @@ mod tests {
                 json!(["subscribed", {"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
             )
         );
-        let fx = on_event(&s, &mut sock, "subscribe", &p, Some(7), 1, &mut |_| true);
+        let fx = on_event(&s, &mut sock, "subscribe", &p, Some(7), 1, &mut |_| Ok(()));
         assert_eq!(fx.len(), 1, "already joined: only the ack");
         assert_eq!(
             fx[0],
@@ -445,7 +437,7 @@ mod tests {
                 json!([{"ok":true,"channel":"trades","rooms":["trades:BTCUSDT"],"symbol":"BTCUSDT"}])
             )
         );
-        let fx = on_event(&s, &mut sock, "unsubscribe", &p, None, 1, &mut |_| true);
+        let fx = on_event(&s, &mut sock, "unsubscribe", &p, None, 1, &mut |_| Ok(()));
         assert_eq!(fx[0], Effect::Leave(Arc::from("trades:BTCUSDT")));
         assert!(sock.rooms.is_empty());
     }
@@ -464,7 +456,7 @@ mod tests {
             &[json!({"channel":"trades","symbols":["AAA","BBB"]})],
             Some(1),
             1,
-            &mut |_| true,
+            &mut |_| Ok(()),
         );
         assert_eq!(
             fx[0],
@@ -480,12 +472,12 @@ mod tests {
             &[json!({"channel":"user.orders"})],
             None,
             1,
-            &mut |_| true,
+            &mut |_| Ok(()),
         );
         assert!(
             matches!(&fx[0], Effect::Emit(v) if v[1]["code"] == "UNAUTHORIZED" && v[1]["request"]["channel"] == "user.orders")
         );
-        let fx = on_event(&s, &mut sock, "ping", &[], Some(3), 9, &mut |_| true);
+        let fx = on_event(&s, &mut sock, "ping", &[], Some(3), 9, &mut |_| Ok(()));
         assert_eq!(fx[0], Effect::Ack(3, json!([{"ok":true,"timestamp":9}])));
     }
 }

@@ -32,6 +32,10 @@ pub struct LimitSettings {
     pub max_input: usize,
     /// Rooms all shards together hold at most.
     pub max_rooms: usize,
+    /// Depth/speed views the market computes at most (`market::demand`).
+    pub max_views: usize,
+    /// View subscriptions of one address, all its connections together.
+    pub max_views_per_ip: usize,
 }
 
 impl Default for LimitSettings {
@@ -47,6 +51,8 @@ impl Default for LimitSettings {
             max_input_per_ip: 8 << 20,
             max_input: 32 << 20,
             max_rooms: 100_000,
+            max_views: 10_000,
+            max_views_per_ip: 1_000,
         }
     }
 }
@@ -168,12 +174,15 @@ struct IpEntry {
     input: Arc<AtomicUsize>,
     handshakes: TokenBucket,
     recoveries: TokenBucket,
+    /// Subscriptions to depth/speed views.
+    views: usize,
 }
 
 impl IpEntry {
     fn holds_nothing(&self, now_ms: u64) -> bool {
         self.connections == 0
             && self.tcp == 0
+            && self.views == 0
             && Arc::strong_count(&self.input) == 1
             && self.input.load(Ordering::Relaxed) == 0
             && self.handshakes.is_full(now_ms)
@@ -249,6 +258,7 @@ impl Limits {
                 s.handshake_burst_per_ip,
                 now_ms,
             ),
+            views: 0,
         })
     }
 
@@ -404,6 +414,39 @@ impl Limits {
     /// same moment may pass it by a few.
     pub fn rooms_available(&self, new: usize) -> bool {
         new == 0 || self.rooms.load(Ordering::Relaxed) + new <= self.settings.max_rooms
+    }
+
+    /// Whether `ip` may subscribe to `new` more views, `opening` of them not computed yet
+    /// while `open` are. Views cost the market per update of their symbol, so they are
+    /// bounded apart from rooms: neither one address nor all of them can take the room budget
+    /// the default channels need.
+    pub fn views_available(&self, ip: IpAddr, new: usize, opening: usize, open: usize) -> bool {
+        if new == 0 {
+            return true;
+        }
+        let s = &self.settings;
+        let held = self
+            .per_ip
+            .lock()
+            .get(&address_key(ip))
+            .map_or(0, |e| e.views);
+        held + new <= s.max_views_per_ip && open + opening <= s.max_views
+    }
+
+    pub fn max_views_per_ip(&self) -> usize {
+        self.settings.max_views_per_ip
+    }
+
+    /// A connection from `ip` joined (`true`) or left a view.
+    pub fn view_subscription(&self, ip: IpAddr, joined: bool, now_ms: u64) {
+        let ip = address_key(ip);
+        let mut per_ip = self.per_ip.lock();
+        let e = self.entry(&mut per_ip, ip, now_ms);
+        e.views = if joined {
+            e.views + 1
+        } else {
+            e.views.saturating_sub(1)
+        };
     }
 
     /// A shard created (`true`) or removed a room.

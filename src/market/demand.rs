@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// View changes the market takes per turn of its lock.
+pub const CHANGES_PER_TURN: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct Demand {
     inner: Mutex<Inner>,
@@ -72,16 +75,19 @@ impl Demand {
         }
     }
 
-    /// What changed since the last call, as things stand now (a view opened and closed in
-    /// between is simply dropped).
+    /// The oldest changes since the last call, at most `CHANGES_PER_TURN`, as things stand
+    /// now (a view opened and closed in between is simply dropped). Bounded because the
+    /// market starts views under its lock: clients opening views by the thousand wait for
+    /// their own snapshots, while everyone else's updates go on between turns.
     pub fn take_changes(&self) -> Vec<Change> {
         let mut inner = self.inner.lock();
         if inner.pending.is_empty() {
             return Vec::new();
         }
-        let pending = std::mem::take(&mut inner.pending);
-        pending
-            .into_keys()
+        let n = inner.pending.len().min(CHANGES_PER_TURN);
+        let taken: Vec<Arc<str>> = inner.pending.drain(..n).map(|(room, ())| room).collect();
+        taken
+            .into_iter()
             .map(|room| match inner.open.get(&room) {
                 Some(&(_, epoch)) => Change::Refresh { room, epoch },
                 None => Change::Drop { room },
@@ -95,6 +101,10 @@ impl Demand {
         if inner.pending.is_empty() {
             self.changed.wait_for(&mut inner, timeout);
         }
+    }
+
+    pub fn is_open(&self, room: &str) -> bool {
+        self.inner.lock().open.contains_key(room)
     }
 
     /// Views open now.
@@ -134,5 +144,27 @@ mod tests {
             "opened and closed in between: dropped"
         );
         assert_eq!(d.open_count(), 0);
+    }
+
+    #[test]
+    fn changes_come_a_bounded_number_per_turn_oldest_first() {
+        let d = Demand::default();
+        let rooms: Vec<Arc<str>> = (0..CHANGES_PER_TURN + 10)
+            .map(|i| Arc::from(format!("ticker:S{i}:0ms")))
+            .collect();
+        for r in &rooms {
+            d.open(r);
+        }
+        let first = d.take_changes();
+        assert_eq!(first.len(), CHANGES_PER_TURN);
+        assert_eq!(
+            first[0],
+            Change::Refresh {
+                room: rooms[0].clone(),
+                epoch: 1
+            }
+        );
+        assert_eq!(d.take_changes().len(), 10);
+        assert!(d.take_changes().is_empty());
     }
 }

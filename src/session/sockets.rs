@@ -65,7 +65,7 @@ pub struct Ctx<'a> {
     pub handshake_token: Option<&'a str>,
     pub admit_user: &'a mut dyn FnMut(&Arc<str>) -> bool,
     /// Whether rooms the gateway does not hold yet may be created (its room cap).
-    pub admit_rooms: &'a mut dyn FnMut(&[Arc<str>]) -> bool,
+    pub admit_rooms: &'a mut crate::gateway::api::AdmitRooms<'a>,
 }
 
 /// Refused client events in a 10 s window past which a connection is closed as abusive, as a
@@ -689,7 +689,7 @@ mod tests {
             now_ms: now,
             handshake_token: None,
             admit_user: &mut admit,
-            admit_rooms: &mut |_| true,
+            admit_rooms: &mut |_| Ok(()),
         };
         layer.on_text(app, text, &mut ctx, out);
     }
@@ -763,7 +763,7 @@ mod tests {
             now_ms: 0,
             handshake_token: None,
             admit_user: &mut admit,
-            admit_rooms: &mut |_| true,
+            admit_rooms: &mut |_| Ok(()),
         };
         layer.on_binary(
             &app,

@@ -218,16 +218,29 @@ impl Engine {
         let limits = &self.shared.limits;
         let mut admit = |u: &Arc<str>| limits.admit_user(u);
         let rooms = &self.rooms;
-        let mut admit_rooms = |new: &[Arc<str>]| {
-            let missing = new.iter().filter(|r| rooms.get(r).is_none()).count();
-            limits.rooms_available(missing)
-        };
+        let demand = &self.shared.demand;
         let Some(session) = self
             .sessions
             .get_mut(s.key())
             .filter(|x| x.closing.is_none())
         else {
             return;
+        };
+        let ip = session.ip;
+        let mut admit_rooms = |new: &[Arc<str>]| {
+            let missing = new.iter().filter(|r| rooms.get(r).is_none()).count();
+            if !limits.rooms_available(missing) {
+                return Err(crate::notice::room_limit());
+            }
+            let views: Vec<&Arc<str>> = new
+                .iter()
+                .filter(|r| crate::room::Room::parse(r).view().is_some())
+                .collect();
+            let opening = views.iter().filter(|r| !demand.is_open(r)).count();
+            if !limits.views_available(ip, views.len(), opening, demand.open_count()) {
+                return Err(crate::notice::view_limit(limits.max_views_per_ip()));
+            }
+            Ok(())
         };
         let mut ctx = Ctx {
             now_ms: self.now.unix_ms,
@@ -248,7 +261,10 @@ impl Engine {
                 // Closed by an earlier output. What the layer already let go of must still be
                 // let go of here: `reap` only releases what the layer holds at the end.
                 match o {
-                    Output::Leave(room) => self.leave_room(&room, s),
+                    Output::Leave(room) => {
+                        let ip = self.sessions.get(s.key()).map(|x| x.ip);
+                        self.leave_room(&room, s, ip);
+                    }
                     Output::ReleaseUser(user) => self.shared.limits.release_user(&user),
                     _ => {}
                 }
@@ -283,7 +299,13 @@ impl Engine {
                             session.late_joins.push((room.clone(), now_ms));
                         }
                     }
-                    self.join_room(room, s);
+                    let ip = self.live_session(s).map(|x| x.ip);
+                    if let Some(ip) = ip {
+                        if self.join_room(room, s, ip) {
+                            // Opening a view makes the market build and send its state.
+                            self.count_work(|w| w.rooms += crate::limits::cost::ROOMS_PER_EVENT);
+                        }
+                    }
                 }
                 Output::Leave(room) => {
                     self.count_work(|w| w.rooms += 1);
@@ -299,7 +321,8 @@ impl Engine {
                             session.late_joins.retain(|(r, _)| *r != room);
                         }
                     }
-                    self.leave_room(&room, s);
+                    let ip = self.sessions.get(s.key()).map(|x| x.ip);
+                    self.leave_room(&room, s, ip);
                 }
                 Output::Resync(room) => {
                     if let Some((view, _)) = self.books.get(&room) {

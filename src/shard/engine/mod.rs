@@ -787,7 +787,7 @@ impl Engine {
             };
             self.sids.remove(&session.sid);
             for room in session.sockets.rooms() {
-                self.leave_room(room, s);
+                self.leave_room(room, s, Some(session.ip));
             }
             match session.transport {
                 session::Transport::WebSocket(_) => {
@@ -857,14 +857,29 @@ impl Engine {
         }
     }
 
-    fn join_room(&mut self, room: Arc<str>, s: SessionId) {
-        if self.rooms.join(room.clone(), s) {
-            self.shared.limits.room_changed(true);
+    /// Adds `s` to `room`; true if that opened a view on this shard (the market computes
+    /// its state for it).
+    fn join_room(&mut self, room: Arc<str>, s: SessionId, ip: IpAddr) -> bool {
+        let is_view = crate::room::Room::parse(&room).view().is_some();
+        if is_view {
+            let now_ms = self.now.unix_ms;
+            self.shared.limits.view_subscription(ip, true, now_ms);
+        }
+        if !self.rooms.join(room.clone(), s) {
+            return false;
+        }
+        self.shared.limits.room_changed(true);
+        if is_view {
             self.open_view(&room);
         }
+        is_view
     }
 
-    fn leave_room(&mut self, room: &str, s: SessionId) {
+    fn leave_room(&mut self, room: &str, s: SessionId, ip: Option<IpAddr>) {
+        if let Some(ip) = ip.filter(|_| crate::room::Room::parse(room).view().is_some()) {
+            let now_ms = self.now.unix_ms;
+            self.shared.limits.view_subscription(ip, false, now_ms);
+        }
         if self.rooms.leave(room, s) {
             self.shared.limits.room_changed(false);
             self.close_view(room);

@@ -1081,3 +1081,35 @@ def test_each_view_is_encoded_once_per_update_whatever_its_subscribers(gateway_f
         time.sleep(0.05)
     assert metric(gw, "gateway_views_open") == 0
     assert deltas(20) == 20
+
+
+def test_views_are_bounded_per_address_apart_from_the_default_channels(gateway_factory, clients):
+    gw = gateway_factory("--max-views-per-ip", "3")
+    sym = unique_symbol("VLIM")
+    gw.ingest_ok(ticker_ev(sym, 0))
+    a, _ = clients(gw, ["websocket"])
+    for speed in (0, 100):
+        subscribe_ok(a, {"channel": "ticker", "symbol": sym, "speed": speed})
+    b, _ = clients(gw, ["websocket"])
+    subscribe_ok(b, {"channel": "orderbook", "symbol": sym, "depth": 5})
+    # The address holds three view subscriptions, over two connections: no fourth.
+    ack = b.call("subscribe", {"channel": "orderbook", "symbol": sym, "depth": 10}, namespace=NS,
+                 timeout=5)
+    assert ack["ok"] is False and ack["error"]["code"] == "SUBSCRIPTION_LIMIT", ack
+    assert "depth/speed" in ack["error"]["message"]
+    # The default channels are another budget.
+    subscribe_ok(b, {"channel": "orderbook", "symbol": sym})
+    subscribe_ok(b, {"channel": "ticker", "symbol": sym})
+    # Leaving gives the slot back, and so does a closed connection.
+    b.call("unsubscribe", {"channel": "orderbook", "symbol": sym, "depth": 5}, namespace=NS,
+           timeout=5)
+    subscribe_ok(b, {"channel": "orderbook", "symbol": sym, "depth": 10})
+    a.disconnect()
+    deadline = time.time() + 5
+    while True:
+        ack = b.call("subscribe", {"channel": "orderbook", "symbol": sym, "depth": 20},
+                     namespace=NS, timeout=5)
+        if ack["ok"] or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert ack["ok"] is True, ack
