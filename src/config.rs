@@ -225,11 +225,12 @@ pub struct Config {
     pub max_rooms: usize,
 
     /// Depth/speed views (rooms at a subscription's own depth or speed) the gateway computes
-    /// at most; past it, and past --max-views-per-ip view subscriptions from one address,
-    /// subscriptions to new views are refused with SUBSCRIPTION_LIMIT.
+    /// at most; past it, subscriptions to new views are refused with SUBSCRIPTION_LIMIT.
     #[arg(long, env = "GATEWAY_MAX_VIEWS", default_value_t = 10_000)]
     pub max_views: usize,
 
+    /// Subscriptions to depth/speed views one client address holds at most, all its
+    /// connections together; past it they are refused with SUBSCRIPTION_LIMIT.
     #[arg(long, env = "GATEWAY_MAX_VIEWS_PER_IP", default_value_t = 1_000)]
     pub max_views_per_ip: usize,
 
