@@ -280,7 +280,7 @@ impl Ingest {
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
             // Views opened since the last turn start before this batch, so the state a new
             // member gets first is the one the batch's updates chain to.
-            market.views_changed(self.demand.take_changes(), &mut out);
+            market.views_changed(self.demand.take_changes(now), &mut out);
             offsets.resize(out.len(), None);
             let mut by_type = self.by_type.lock();
             for (ev, id) in events.into_iter().zip(ids) {
@@ -396,14 +396,14 @@ impl Ingest {
             let wait = {
                 let mut market = self.market.lock();
                 let mut out = Vec::new();
-                market.views_changed(self.demand.take_changes(), &mut out);
+                market.views_changed(self.demand.take_changes(now), &mut out);
                 market.poll(now, &mut out);
                 self.publish(out, Vec::new(), now, Arrival::Live);
                 market
                     .next_deadline()
                     .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))
             };
-            self.demand.wait(Duration::from_millis(wait));
+            self.demand.wait(Duration::from_millis(wait), unix_ms());
         }
     }
 }

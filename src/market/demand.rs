@@ -10,6 +10,7 @@
 //! refresh that left the market before the view was dropped and computed afresh (its window
 //! would not chain to the deltas that follow).
 
+use crate::limits::bucket::TokenBucket;
 use indexmap::IndexMap;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -19,19 +20,48 @@ use std::time::Duration;
 /// View changes the market takes per turn of its lock.
 pub const CHANGES_PER_TURN: usize = 64;
 
-#[derive(Debug, Default)]
+/// Refreshes (a view's state built and encoded) the market makes per second, all clients
+/// together, and the burst allowed: however many addresses open views, computing them stays
+/// a bounded share of one core; past it, the views' own subscribers wait.
+pub const REFRESHES_PER_SEC: f64 = 5_000.0;
+
+#[derive(Debug)]
 pub struct Demand {
     inner: Mutex<Inner>,
     changed: Condvar,
 }
 
-#[derive(Debug, Default)]
+impl Default for Demand {
+    fn default() -> Self {
+        Demand {
+            inner: Mutex::new(Inner {
+                open: HashMap::new(),
+                next_epoch: 0,
+                pending: IndexMap::new(),
+                refreshes: TokenBucket::new(REFRESHES_PER_SEC, REFRESHES_PER_SEC, 0),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
     /// Open views: how many shards have each open, and its epoch.
     open: HashMap<Arc<str>, (u32, u64)>,
     next_epoch: u64,
     /// Views opened or closed since the market last looked, oldest first.
     pending: IndexMap<Arc<str>, ()>,
+    refreshes: TokenBucket,
+}
+
+impl Inner {
+    /// Whether the market could take a change now.
+    fn ready(&self, now_ms: u64) -> bool {
+        self.pending.first().is_some_and(|(room, _)| {
+            !self.open.contains_key(room) || self.refreshes.has_token(now_ms)
+        })
+    }
 }
 
 /// What the market does with a view that changed.
@@ -75,30 +105,32 @@ impl Demand {
         }
     }
 
-    /// The oldest changes since the last call, at most `CHANGES_PER_TURN`, as things stand
-    /// now (a view opened and closed in between is simply dropped). Bounded because the
-    /// market starts views under its lock: clients opening views by the thousand wait for
-    /// their own snapshots, while everyone else's updates go on between turns.
-    pub fn take_changes(&self) -> Vec<Change> {
-        let mut inner = self.inner.lock();
-        if inner.pending.is_empty() {
-            return Vec::new();
+    /// The oldest changes since the last call, as things stand at `now_ms` (a view opened
+    /// and closed in between is simply dropped): at most `CHANGES_PER_TURN`, and refreshes
+    /// within `REFRESHES_PER_SEC`. Bounded because the market builds views' states under its
+    /// lock: clients opening views by the thousand wait for their own snapshots, while
+    /// everyone else's updates go on.
+    pub fn take_changes(&self, now_ms: u64) -> Vec<Change> {
+        let inner = &mut *self.inner.lock();
+        let mut out = Vec::new();
+        for room in inner.pending.keys().take(CHANGES_PER_TURN) {
+            out.push(match inner.open.get(room) {
+                Some(&(_, epoch)) if inner.refreshes.take(now_ms) => Change::Refresh {
+                    room: room.clone(),
+                    epoch,
+                },
+                Some(_) => break,
+                None => Change::Drop { room: room.clone() },
+            });
         }
-        let n = inner.pending.len().min(CHANGES_PER_TURN);
-        let taken: Vec<Arc<str>> = inner.pending.drain(..n).map(|(room, ())| room).collect();
-        taken
-            .into_iter()
-            .map(|room| match inner.open.get(&room) {
-                Some(&(_, epoch)) => Change::Refresh { room, epoch },
-                None => Change::Drop { room },
-            })
-            .collect()
+        inner.pending.drain(..out.len());
+        out
     }
 
-    /// Waits until a view changes, or `timeout`.
-    pub fn wait(&self, timeout: Duration) {
+    /// Waits until the market can take a change, or `timeout`.
+    pub fn wait(&self, timeout: Duration, now_ms: u64) {
         let mut inner = self.inner.lock();
-        if inner.pending.is_empty() {
+        if !inner.ready(now_ms) {
             self.changed.wait_for(&mut inner, timeout);
         }
     }
@@ -124,22 +156,22 @@ mod tests {
         let first = d.open(&room);
         assert_eq!(d.open(&room), first, "a second shard joins the same epoch");
         assert_eq!(
-            d.take_changes(),
+            d.take_changes(0),
             vec![Change::Refresh {
                 room: room.clone(),
                 epoch: first
             }]
         );
         d.close(&room);
-        assert!(d.take_changes().is_empty(), "still open on one shard");
+        assert!(d.take_changes(0).is_empty(), "still open on one shard");
         d.close(&room);
         d.close(&room);
-        assert_eq!(d.take_changes(), vec![Change::Drop { room: room.clone() }]);
+        assert_eq!(d.take_changes(0), vec![Change::Drop { room: room.clone() }]);
         let again = d.open(&room);
         assert!(again > first);
         d.close(&room);
         assert_eq!(
-            d.take_changes(),
+            d.take_changes(0),
             vec![Change::Drop { room }],
             "opened and closed in between: dropped"
         );
@@ -155,7 +187,7 @@ mod tests {
         for r in &rooms {
             d.open(r);
         }
-        let first = d.take_changes();
+        let first = d.take_changes(0);
         assert_eq!(first.len(), CHANGES_PER_TURN);
         assert_eq!(
             first[0],
@@ -164,7 +196,35 @@ mod tests {
                 epoch: 1
             }
         );
-        assert_eq!(d.take_changes().len(), 10);
-        assert!(d.take_changes().is_empty());
+        assert_eq!(d.take_changes(0).len(), 10);
+        assert!(d.take_changes(0).is_empty());
+    }
+
+    #[test]
+    fn refreshes_are_made_at_a_bounded_rate_drops_at_once() {
+        let d = Demand::default();
+        let burst = REFRESHES_PER_SEC as usize;
+        for i in 0..burst + 3 {
+            d.open(&Arc::from(format!("ticker:S{i}:0ms")));
+        }
+        let mut taken = 0;
+        while let n @ 1.. = d.take_changes(0).len() {
+            taken += n;
+        }
+        assert_eq!(
+            taken, burst,
+            "the burst, then nothing until the bucket refills"
+        );
+        d.close(&Arc::from(format!("ticker:S{}:0ms", burst + 2)));
+        assert_eq!(
+            d.take_changes(0).len(),
+            0,
+            "a drop waits behind the older opening"
+        );
+        assert_eq!(
+            d.take_changes(1).len(),
+            3,
+            "two refreshes and the drop once the bucket refills"
+        );
     }
 }

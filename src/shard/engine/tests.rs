@@ -1231,7 +1231,7 @@ fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
         3,
         "no snapshot before the market's refresh: {texts:?}"
     );
-    let epoch = match shared.demand.take_changes().as_slice() {
+    let epoch = match shared.demand.take_changes(0).as_slice() {
         [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
         other => panic!("{other:?}"),
     };
@@ -1268,7 +1268,7 @@ fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
         texts[3].contains("\"reason\":\"subscribe\"") && texts[3].contains("\"lastUpdateId\":10")
     );
     assert!(
-        shared.demand.take_changes().is_empty(),
+        shared.demand.take_changes(0).is_empty(),
         "already open on this shard"
     );
     // The last one out closes it.
@@ -1309,7 +1309,7 @@ fn an_overflowed_view_refresh_is_not_followed_by_older_values() {
     let room = "ticker:BTCUSDT:100ms";
     // Another shard follows the view (epoch e): the market emits v2 for it, holds v3.
     let e = shared.demand.open(&Arc::from(room));
-    shared.demand.take_changes();
+    shared.demand.take_changes(0);
     let (c, _) = sim.open_websocket(CLIENT).expect("websocket handshake");
     sim.send(c, &client::text("40/ws,"));
     sim.take(c);
@@ -1358,7 +1358,7 @@ fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
     sim.send(c, &client::text("40/ws,"));
     sim.send(c, &client::text(&format!("42/ws,1{sub}")));
     sim.take(c);
-    let e1 = match shared.demand.take_changes().as_slice() {
+    let e1 = match shared.demand.take_changes(0).as_slice() {
         [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
         other => panic!("{other:?}"),
     };
@@ -1374,7 +1374,7 @@ fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
     sim.send(c, &client::text(&format!("42/ws,2{unsub}")));
     sim.send(c, &client::text(&format!("42/ws,3{sub}")));
     sim.take(c);
-    let changes = shared.demand.take_changes();
+    let changes = shared.demand.take_changes(0);
     let e2 = match changes.as_slice() {
         [crate::market::demand::Change::Refresh { epoch, .. }] => *epoch,
         other => panic!("{other:?}"),
