@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use maven_gateway::gateway::envelope;
 use maven_gateway::gateway::GatewaySettings;
 use maven_gateway::limits::LimitSettings;
-use maven_gateway::market::{Event, Payload, Publish, StreamClass};
+use maven_gateway::market::{Payload, Publish, StreamClass};
 use maven_gateway::session::sockets::App;
 use maven_gateway::shard::engine::sim::{client, Sim};
 use maven_gateway::shard::{ServerSettings, Shared};
@@ -67,22 +67,12 @@ fn fanout(c: &mut Criterion) {
         g.throughput(Throughput::Elements(members as u64));
         g.bench_function(format!("publish_to_members/{members}"), |b| {
             b.iter(|| {
-                let publish = Publish {
-                    room: Arc::from("trades:BTCUSDT"),
-                    body: Event {
-                        name: Arc::from("trade"),
-                        data: payload.clone(),
-                    },
-                    class: StreamClass::Lossless,
-                    deliver: true,
-                    retain: false,
-                    book: None,
-                    offset: None,
-                    appended_ms: None,
-                    tickers: None,
-                    latest_key: None,
-                    refresh: None,
-                };
+                let publish = Publish::new(
+                    Arc::from("trades:BTCUSDT"),
+                    "trade",
+                    payload.clone(),
+                    StreamClass::Lossless,
+                );
                 sim.publish(&[publish.encode(1, None, None)]);
                 black_box(sim.bytes_written)
             })

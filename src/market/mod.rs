@@ -293,6 +293,20 @@ struct BookState {
     top: [Option<(Arc<str>, Arc<str>)>; 2],
 }
 
+impl BookState {
+    /// The default room's window as a feed, and the replica it is a window of.
+    fn feed(&mut self, speed_ms: u64) -> (BookFeed<'_>, &Replica) {
+        let (window, replica) = self.book.parts();
+        let feed = BookFeed {
+            room: &self.room,
+            window,
+            speed_ms,
+            conflating: &mut self.conflating,
+        };
+        (feed, replica)
+    }
+}
+
 pub struct Market {
     settings: MarketSettings,
     tickers: HashMap<Arc<str>, Throttle<Value>>,
@@ -391,13 +405,7 @@ impl Market {
                 if change == BookChange::Resync {
                     self.counters.resyncs += 1;
                 }
-                let (window, replica) = state.book.parts();
-                let feed = BookFeed {
-                    room: &state.room,
-                    window,
-                    speed_ms: self.settings.orderbook_conflation_ms,
-                    conflating: &mut state.conflating,
-                };
+                let (feed, replica) = state.feed(self.settings.orderbook_conflation_ms);
                 if let Some(at) = feed.on_change(&change, replica, now, out, &mut self.counters) {
                     self.timers
                         .push(Reverse((at, TimerKey::Book(symbol.clone()))));
@@ -577,13 +585,7 @@ impl Market {
                 }
                 TimerKey::Book(symbol) => {
                     if let Some(state) = self.books.get_mut(&symbol) {
-                        let (window, replica) = state.book.parts();
-                        let feed = BookFeed {
-                            room: &state.room,
-                            window,
-                            speed_ms: self.settings.orderbook_conflation_ms,
-                            conflating: &mut state.conflating,
-                        };
+                        let (feed, replica) = state.feed(self.settings.orderbook_conflation_ms);
                         feed.on_timer(replica, out);
                     }
                 }

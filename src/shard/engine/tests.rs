@@ -5,10 +5,9 @@ use super::outbound::ITEM_COST;
 use super::sim::{client, Sim};
 use super::ConnId;
 use crate::codec::WireMessage;
-use crate::gateway::envelope;
 use crate::gateway::GatewaySettings;
 use crate::limits::LimitSettings;
-use crate::market::{Payload, StreamClass};
+use crate::market::{Payload, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery, RecoverySettings};
 use crate::session::sockets::App;
 use crate::shard::handle::Broadcast;
@@ -74,37 +73,18 @@ fn bodies(sim: &mut Sim, c: ConnId) -> Vec<(u16, String)> {
         .collect()
 }
 
+/// An event to a room, encoded as ingest encodes it, at time 1.
+fn broadcast(room: &str, event: &str, data: Payload, class: StreamClass) -> Publish {
+    Publish::new(Arc::from(room), event, data, class)
+}
+
 fn trade_with(room: &str, data: Payload) -> Broadcast {
-    Broadcast {
-        room: Arc::from(room),
-        body: envelope::encode_payload("trade", room, &data, 1),
-        class: StreamClass::Lossless,
-        deliver: true,
-        retain: false,
-        book: None,
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
-        refresh: None,
-    }
+    broadcast(room, "trade", data, StreamClass::Lossless).encode(1, None, None)
 }
 
 fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
     let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into_bytes());
-    Broadcast {
-        room: Arc::from(room),
-        body: envelope::encode_payload_at("trade", room, &data, 1, offset),
-        class: StreamClass::Lossless,
-        deliver: true,
-        retain: false,
-        book: None,
-        offset,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
-        refresh: None,
-    }
+    broadcast(room, "trade", data, StreamClass::Lossless).encode(1, offset, None)
 }
 
 /// A WebSocket client connected to `/ws` and subscribed to `trades:BTCUSDT`.
@@ -1189,23 +1169,18 @@ fn view_book(room: &str, last: u64, snapshot: bool, refresh: Option<u64>) -> Bro
         format!("{{\"type\":\"delta\",\"firstUpdateId\":{last},\"lastUpdateId\":{last}}}")
             .into_bytes()
     };
-    Broadcast {
-        room: Arc::from(room),
-        body: envelope::encode_payload("orderbook.update", room, &Payload::Json(data), 1),
-        class: if snapshot {
-            StreamClass::BookSnapshot
-        } else {
-            StreamClass::BookDelta
-        },
+    let class = if snapshot {
+        StreamClass::BookSnapshot
+    } else {
+        StreamClass::BookDelta
+    };
+    Publish {
         deliver: refresh.is_none(),
-        retain: false,
         book: Some(view),
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
         refresh,
+        ..broadcast(room, "orderbook.update", Payload::Json(data), class)
     }
+    .encode(1, None, None)
 }
 
 #[test]
@@ -1286,19 +1261,13 @@ fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
 
 fn view_ticker(room: &str, v: u64, refresh: Option<u64>) -> Broadcast {
     let data = Payload::Json(format!("{{\"v\":{v}}}").into_bytes());
-    Broadcast {
-        room: Arc::from(room),
-        body: envelope::encode_payload("ticker.update", room, &data, 1),
-        class: StreamClass::Latest,
+    Publish {
         deliver: refresh.is_none(),
         retain: true,
-        book: None,
-        offset: None,
-        appended_ms: None,
-        tickers: None,
-        latest_key: None,
         refresh,
+        ..broadcast(room, "ticker.update", data, StreamClass::Latest)
     }
+    .encode(1, None, None)
 }
 
 #[test]
