@@ -31,9 +31,55 @@ pub enum Cmd {
     /// Subscribers whose TCP connections are destroyed every 10–20 s and come back ~2 s
     /// later with connection state recovery: delivery, duplicates, order, replay delay.
     Jitter(JitterArgs),
+    /// The ingest API at rising rates: accepted events/s, gateway CPU per event and, with
+    /// subscribers, ingest → delivery latency, step by step until ingest saturates.
+    Ingest(IngestArgs),
     /// Internal: a worker process (started by the coordinator).
     #[command(name = "__worker", hide = true)]
     Worker,
+}
+
+/// What the `ingest` scenario posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum IngestKind {
+    Trades,
+    Tickers,
+    Books,
+    Private,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, value_enum, default_value = "trades")]
+    pub kind: IngestKind,
+    /// Target events per second, one step each, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50000,100000,200000,400000,800000"
+    )]
+    pub rates: Vec<f64>,
+    /// Concurrent posters (HTTP connections); each takes its own slice of the symbols.
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// Symbols (or users, for private events) the events are spread over.
+    #[arg(long, default_value_t = 200)]
+    pub symbols: usize,
+    /// Clients subscribed to the events' rooms (one room each, round robin), for latency.
+    #[arg(long, default_value_t = 0)]
+    pub subscribers: u64,
+    /// Measured seconds per step (after warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub step_secs: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp_rate: f64,
+    /// HS256 secret for the private subscribers' JWTs (`sub` = lt-user-N).
+    #[arg(long, default_value = "loadtest-secret")]
+    pub jwt_secret: String,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -506,6 +506,11 @@ impl Harness {
     pub async fn run_for(&mut self, d: Duration) {
         let until = Instant::now() + d;
         while self.pump(until).await {}
+        // With no worker left to hear from, the time still has to pass (publishers run).
+        let until = until.min(self.deadline);
+        if Instant::now() < until {
+            tokio::time::sleep_until(until.into()).await;
+        }
     }
 
     /// Handle one report or sample the timeline; false once `until` has passed.

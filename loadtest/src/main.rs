@@ -3,6 +3,7 @@
 mod cli;
 mod harness;
 mod hist;
+mod ingest;
 mod jitter;
 mod jwt;
 mod plan;
@@ -36,6 +37,7 @@ fn main() {
             Cmd::Mixed(a) => (a.common.clone(), scenarios::mixed(a).await),
             Cmd::Overload(a) => (a.common.clone(), scenarios::overload(a).await),
             Cmd::Jitter(a) => (a.common.clone(), jitter::run(a).await),
+            Cmd::Ingest(a) => (a.common.clone(), ingest::run(a).await),
             Cmd::Worker => unreachable!(),
         };
         match res {

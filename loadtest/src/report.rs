@@ -153,6 +153,12 @@ pub struct Step {
     pub machine_cpu_pct: Option<f64>,
     pub held: bool,
     pub verdict: String,
+    /// Events the server accepted per second (`ingest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_per_s: Option<f64>,
+    /// Server CPU per accepted event, µs (`ingest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_event: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -358,6 +364,13 @@ pub fn human(r: &RunReport) -> String {
                 opt(st.server_cpu_us_per_delivery, 2, ""),
                 st.verdict
             );
+            if let Some(accepted) = st.accepted_per_s {
+                let _ = writeln!(
+                    o,
+                    "         ingest accepted {accepted:.0} events/s, server CPU {} µs per event",
+                    opt(st.server_cpu_us_per_event, 2, "")
+                );
+            }
         }
         let _ = writeln!(o, "  → {}", cap.conclusion);
     }
@@ -596,6 +609,40 @@ pub fn html_report(r: &RunReport) -> String {
                 true,
             ));
         }
+    }
+    if let Some(cap) = r
+        .capacity
+        .as_ref()
+        .filter(|c| c.steps.iter().any(|s| s.accepted_per_s.is_some()))
+    {
+        let accepted: Vec<(f64, f64)> = cap
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.load, s.accepted_per_s?)))
+            .collect();
+        let target: Vec<(f64, f64)> = cap.steps.iter().map(|s| (s.load, s.load)).collect();
+        let cpu: Vec<(f64, f64)> = cap
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.load, s.server_cpu_us_per_event?)))
+            .collect();
+        charts.push(chart(
+            "Ingest: events/s accepted per step",
+            "target events/s",
+            "events/s",
+            &[
+                ("accepted".into(), C1, accepted),
+                ("target".into(), C3, target),
+            ],
+            false,
+        ));
+        charts.push(chart(
+            "Ingest: server CPU per event",
+            "target events/s",
+            "µs",
+            &[("CPU per event".into(), C2, cpu)],
+            false,
+        ));
     }
     if let Some(cap) = &r.capacity {
         let p99: Vec<(f64, f64)> = cap

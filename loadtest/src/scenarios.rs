@@ -13,18 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn workers_for(common: &Common, clients: u64) -> usize {
+pub(crate) fn workers_for(common: &Common, clients: u64) -> usize {
     common
         .workers
         .unwrap_or_else(|| ((clients as usize).div_ceil(15_000)).max(2))
         .clamp(1, 64)
 }
 
-fn mb(s: Option<ProcSample>) -> Option<f64> {
+pub(crate) fn mb(s: Option<ProcSample>) -> Option<f64> {
     s.map(|s| s.rss_bytes as f64 / 1048576.0)
 }
 
-fn trades_sub(symbols: &[String], per_client: usize) -> SubTemplate {
+pub(crate) fn trades_sub(symbols: &[String], per_client: usize) -> SubTemplate {
     SubTemplate {
         event: "subscribe".into(),
         channel: "trades".into(),
@@ -45,23 +45,23 @@ fn msgs_out(h: &Harness) -> Option<u64> {
 }
 
 /// Everything the common report needs from a run.
-struct Parts {
-    requested: u64,
-    transport: String,
-    open: OpenResult,
-    window: Option<WindowResult>,
-    finals: FinalReport,
-    publish: Option<PublishSummary>,
-    base: Option<ProcSample>,
-    connected: Option<ProcSample>,
-    end: Option<ProcSample>,
-    msgs_out: Option<u64>,
-    latency_kinds: Vec<usize>,
+pub(crate) struct Parts {
+    pub requested: u64,
+    pub transport: String,
+    pub open: OpenResult,
+    pub window: Option<WindowResult>,
+    pub finals: FinalReport,
+    pub publish: Option<PublishSummary>,
+    pub base: Option<ProcSample>,
+    pub connected: Option<ProcSample>,
+    pub end: Option<ProcSample>,
+    pub msgs_out: Option<u64>,
+    pub latency_kinds: Vec<usize>,
     /// Seconds of publishing, for rates (the window also holds the drain).
-    rate_secs: Option<f64>,
+    pub rate_secs: Option<f64>,
 }
 
-fn build(h: &Harness, scenario: &str, config: serde_json::Value, p: Parts) -> RunReport {
+pub(crate) fn build(h: &Harness, scenario: &str, config: serde_json::Value, p: Parts) -> RunReport {
     let mut r = RunReport {
         tool: "loadtest".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -252,7 +252,12 @@ fn bottleneck_warnings(r: &mut RunReport, _h: &Harness, w: Option<&WindowResult>
     }
 }
 
-fn publish_summary(hook: &Hook, stats: &PubStats, target: f64, secs: f64) -> PublishSummary {
+pub(crate) fn publish_summary(
+    hook: &Hook,
+    stats: &PubStats,
+    target: f64,
+    secs: f64,
+) -> PublishSummary {
     use std::sync::atomic::Ordering::Relaxed;
     let sent = stats.sent.load(Relaxed);
     PublishSummary {
@@ -853,6 +858,8 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
             } else {
                 format!("BROKE: {}", reasons.join(", "))
             },
+            accepted_per_s: None,
+            server_cpu_us_per_event: None,
         };
         if !a.common.quiet {
             eprintln!("\nstep {step}: load {load} → {}", st.verdict);
@@ -946,7 +953,7 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
 // ---------------------------------------------------------------------------------------------
 // mixed
 
-struct BookSource {
+pub(crate) struct BookSource {
     symbols: Vec<String>,
     last: Vec<u64>,
     next: usize,
@@ -971,7 +978,7 @@ fn levels_json(v: &[(String, String)]) -> String {
 }
 
 impl BookSource {
-    fn new(symbols: Vec<String>) -> Self {
+    pub(crate) fn new(symbols: Vec<String>) -> Self {
         use rand::SeedableRng;
         let n = symbols.len();
         BookSource {
@@ -981,7 +988,7 @@ impl BookSource {
             rng: rand::rngs::SmallRng::seed_from_u64(7),
         }
     }
-    fn snapshots(&mut self, ts: u64) -> Vec<Event> {
+    pub(crate) fn snapshots(&mut self, ts: u64) -> Vec<Event> {
         let bids = levels_json(&book_levels(1));
         let asks = levels_json(&book_levels(-1));
         (0..self.symbols.len())
@@ -1036,9 +1043,9 @@ impl Source for BookSource {
     }
 }
 
-struct TickerSource {
-    symbols: Vec<String>,
-    next: usize,
+pub(crate) struct TickerSource {
+    pub symbols: Vec<String>,
+    pub next: usize,
 }
 
 impl Source for TickerSource {
@@ -1086,10 +1093,10 @@ impl Source for KlineSource {
     }
 }
 
-struct PrivateSource {
-    first_user: u64,
-    users: u64,
-    next: u64,
+pub(crate) struct PrivateSource {
+    pub first_user: u64,
+    pub users: u64,
+    pub next: u64,
 }
 
 impl Source for PrivateSource {

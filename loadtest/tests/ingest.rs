@@ -1,0 +1,91 @@
+//! The ingest scenario against the gateway built beside it: every kind of event is accepted
+//! at the rates asked for, its CPU cost is reported, and subscribers see the events arrive
+//! with their latency measured and nothing lost.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("target").join("debug").join("maven-gateway")
+}
+
+fn run(kind: &str, subscribers: &str) -> serde_json::Value {
+    let gateway = gateway_bin();
+    assert!(
+        gateway.exists(),
+        "{} not built (cargo build --bins, or set GATEWAY_BIN)",
+        gateway.display()
+    );
+    let dir = std::env::temp_dir().join(format!("loadtest-ingest-{}-{kind}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("ingest.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["ingest", "--server-bin"])
+        .arg(&gateway)
+        .args([
+            "--server-arg=--ticker-throttle-ms=0",
+            "--kind",
+            kind,
+            "--rates",
+            "500,1000",
+            "--symbols",
+            "20",
+            "--subscribers",
+            subscribers,
+            "--step-secs",
+            "2",
+            "--warmup-secs",
+            "0.5",
+            "--no-html",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .status()
+        .expect("run loadtest");
+    assert!(
+        status.success(),
+        "loadtest ingest --kind {kind} failed: {status}"
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    report
+}
+
+#[test]
+fn each_kind_is_accepted_at_the_asked_rates_and_reaches_its_subscribers() {
+    for kind in ["trades", "tickers", "books", "private"] {
+        let r = run(kind, "40");
+        let steps = r["capacity"]["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 2, "{kind}: both steps kept up: {steps:?}");
+        for s in steps {
+            let target = s["load"].as_f64().unwrap();
+            let accepted = s["accepted_per_s"].as_f64().unwrap();
+            assert!(accepted >= 0.9 * target, "{kind}: {s}");
+            assert!(
+                s["server_cpu_us_per_event"].as_f64().unwrap() > 0.0,
+                "{kind}: {s}"
+            );
+            assert!(s["latency"]["count"].as_u64().unwrap() > 0, "{kind}: {s}");
+        }
+        assert_eq!(
+            r["publish"]["errors"].as_u64(),
+            Some(0),
+            "{kind}: {}",
+            r["publish"]
+        );
+        let d = &r["delivery"];
+        if kind == "trades" || kind == "private" {
+            // Lossless streams: every event published reached its subscriber.
+            assert!(d["expected"].as_u64().unwrap() > 0, "{kind}: {d}");
+            assert_eq!(d["missing"].as_u64(), Some(0), "{kind}: {d}");
+        }
+        if kind == "books" {
+            assert_eq!(d["book_gaps"].as_u64(), Some(0), "{kind}: {d}");
+        }
+    }
+}
