@@ -12,6 +12,7 @@ use crate::GATEWAY_NAMESPACE;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::fmt;
+use std::sync::Arc;
 
 /// The error codes of the contract, as sent in `error` events and acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,21 @@ pub fn view_limit(per_ip: usize) -> ApiError {
             "at most {per_ip} depth/speed subscriptions per address, within the gateway's limit of views; subscribe at the default depth and speed, or retry later"
         ),
     )
+}
+
+/// A recovered socket's subscriptions that its caps no longer admit (`error` with the rooms
+/// in `request`): the client resubscribes when it can.
+pub fn not_restored(ns: &str, rooms: &[Arc<str>], why: &ApiError) -> Packet {
+    let error = ApiError::new(
+        why.code,
+        format!(
+            "{} subscription(s) not restored after the reconnection: {}",
+            rooms.len(),
+            why.message
+        ),
+    );
+    let rooms: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+    api_error(ns, None, &error, serde_json::json!({ "rooms": rooms }))
 }
 
 /// Why a namespace CONNECT was refused.

@@ -240,11 +240,13 @@ pub fn parse_subscription(
         None
     };
     let ask = parse_ask(obj, channel, defaults, &mut echo)?;
-    let mut rooms: Vec<Arc<str>> = symbols
+    // A symbol named twice is one room, wherever the repeats are.
+    let rooms: Vec<Arc<str>> = symbols
         .iter()
         .map(|s| channel.room(s, interval, ask, defaults).name())
+        .collect::<indexmap::IndexSet<_>>()
+        .into_iter()
         .collect();
-    rooms.dedup();
     Ok(SubscriptionRequest {
         channel,
         rooms,
@@ -402,6 +404,13 @@ mod tests {
                 Arc::from("klines:BTCUSDT:1m"),
                 Arc::from("klines:ETHUSDT:1m")
             ]
+        );
+        let r = parse(json!({"channel":"ticker","symbol":"all"})).unwrap();
+        assert_eq!(r.rooms, vec![Arc::from("ticker:all")]);
+        let r = parse(json!({"channel":"trades","symbols":["AB","CD","AB","CD","AB"]})).unwrap();
+        assert_eq!(
+            r.rooms,
+            vec![Arc::from("trades:AB"), Arc::from("trades:CD")]
         );
         let r = parse(json!({"channel":"ticker","symbol":"all"})).unwrap();
         assert_eq!(r.rooms, vec![Arc::from("ticker:all")]);

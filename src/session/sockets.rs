@@ -181,7 +181,7 @@ impl SocketLayer {
                 p.identity,
                 None,
                 restored,
-                ctx.now_ms,
+                ctx,
                 out,
             );
             for input in p.held {
@@ -524,7 +524,7 @@ impl SocketLayer {
                 }
             }
         }
-        self.open(app, ns, identity, packet.data, None, ctx.now_ms, out);
+        self.open(app, ns, identity, packet.data, None, ctx, out);
     }
 
     /// Answers a CONNECT and creates the socket (new, or as `restored`).
@@ -536,9 +536,10 @@ impl SocketLayer {
         identity: Option<Identity>,
         auth: Option<Value>,
         restored: Option<&Restored>,
-        now_ms: u64,
+        ctx: &mut Ctx<'_>,
         out: &mut Vec<Output>,
     ) {
+        let now_ms = ctx.now_ms;
         let offers_recovery =
             matches!(app, App::Gateway(s) if s.recovery) && ns == GATEWAY_NAMESPACE;
         let (id, pid) = match restored {
@@ -564,9 +565,23 @@ impl SocketLayer {
                 }
                 // Both namespaces keep the identity so its per-user count is released.
                 let mut g = GatewaySocket::new(identity);
-                for (room, _) in restored.map_or(&[][..], |r| &r.rooms[..]) {
+                // Default channels first: the views, capped apart, are what may not fit.
+                let mut rooms: Vec<Arc<str>> = restored
+                    .map_or(&[][..], |r| &r.rooms[..])
+                    .iter()
+                    .map(|(room, _)| room.clone())
+                    .collect();
+                rooms.sort_by_key(|r| crate::room::Room::parse(r).view().is_some());
+                // The rooms are admitted again: the caps stand between sessions, not only
+                // within one. What no longer fits is not restored, and the client is told.
+                let (kept, refusal) = admit_prefix(&rooms, ctx.admit_rooms);
+                for room in &rooms[..kept] {
                     g.rooms.insert(room.clone());
                     out.push(Output::Join(room.clone()));
+                }
+                if let Some(e) = refusal {
+                    let lost = &rooms[kept..];
+                    out.push(Output::Send(notice::not_restored(&ns, lost, &e)));
                 }
                 Some(g)
             }
@@ -677,6 +692,28 @@ fn ack(ns: &str, id: u64, args: Value, attachments: Vec<bytes::Bytes>) -> Output
         data: Some(args),
         attachments,
     })
+}
+
+/// How many of `rooms`, in order, the caps admit (the longest admitted prefix: admitting
+/// more never turns a refusal into an admission), and why the rest were refused.
+fn admit_prefix(
+    rooms: &[Arc<str>],
+    admit: &mut crate::gateway::api::AdmitRooms<'_>,
+) -> (usize, Option<crate::notice::ApiError>) {
+    let refusal = match admit(rooms) {
+        Ok(()) => return (rooms.len(), None),
+        Err(e) => e,
+    };
+    let (mut ok, mut refused) = (0, rooms.len());
+    while refused - ok > 1 {
+        let mid = (ok + refused) / 2;
+        if admit(&rooms[..mid]).is_ok() {
+            ok = mid;
+        } else {
+            refused = mid;
+        }
+    }
+    (ok, Some(refusal))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::{Action, Engine};
 use crate::recovery::{self, Offset, RestoreTicket, SessionRecord};
 use crate::GATEWAY_NAMESPACE;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 impl Engine {
     /// A `/ws` CONNECT presented `pid`: ask for its record (or finish now when recovery is off).
@@ -101,6 +102,15 @@ impl Engine {
         self.feed_sockets(s, |layer, app, ctx, out| {
             layer.finish_connect(app, ctx, plan.as_ref(), out)
         });
+        // Rooms the caps did not admit again are not the session's (what it missed in them
+        // while it was subscribed is still replayed).
+        if let Some(session) = self.live_session_mut(s) {
+            if session.joined.len() > session.sockets.rooms().count() {
+                let kept: std::collections::HashSet<Arc<str>> =
+                    session.sockets.rooms().cloned().collect();
+                session.joined.retain(|r, _| kept.contains(r));
+            }
+        }
         if let (Some(p), Some(rec)) = (plan, &self.shared.recovery) {
             rec.counters
                 .replayed_events

@@ -203,6 +203,50 @@ describe('connection state recovery (standalone)', T, () => {
 });
 
 describe('connection state recovery limits', T, () => {
+  it('restored subscriptions pass the caps again: what no longer fits is not restored, and the client is told', async () => {
+    const gw = await startGateway(['--max-views-per-ip', '3']);
+    const lb = await startBalancer(gw.port);
+    try {
+      const syms = [sym(), sym(), sym()];
+      await ingestOk(gw, syms.map((s) => ({ type: 'ticker.update', symbol: s, data: { symbol: s, lastPrice: '1.00' } })));
+      const a = client(lb.url, { transports: ['websocket'], reconnectionDelay: 2000, reconnectionDelayMax: 2000 });
+      await once(a.socket, 'connect');
+      for (const s of syms) await subscribe(a.socket, { channel: 'ticker', symbol: s, speed: 0 });
+      await subscribe(a.socket, { channel: 'trades', symbol: syms[0] });
+      lb.cutAll();
+      await once(a.socket, 'disconnect');
+      // While it is away, another connection from the same address takes the address's views.
+      const b = client(gw.publicUrl, { transports: ['websocket'] });
+      await once(b.socket, 'connect');
+      await waitFor(async () => {
+        const ack = await emitAck(b.socket, 'subscribe', { channel: 'ticker', symbols: syms, speed: 0 });
+        if (!ack.ok) await sleep(100);
+        return ack.ok;
+      }, 1500, 'the views the dropped session gave back');
+      const mark = a.rec.mark();
+      await once(a.socket, 'connect', 10000);
+      assert.equal(a.socket.recovered, true);
+      const told = await waitFor(() => a.rec.since(mark, 'error')[0], 3000, 'an error naming what was not restored');
+      const e = told.args[0];
+      assert.equal(e.code, 'SUBSCRIPTION_LIMIT');
+      assert.match(e.message, /3 subscription\(s\) not restored/);
+      assert.deepEqual([...e.request.rooms].sort(), syms.map((s) => `ticker:${s}:0ms`).sort());
+      // What fitted was restored: the trades room is live again.
+      await ingestOk(gw, [trade(syms[0], 1)]);
+      await waitFor(() => seqs(a.rec, 'trade').includes(1), 5000, 'a trade on the restored room');
+      // And the views can be subscribed to again once the address has room for them.
+      b.socket.close();
+      await waitFor(async () => {
+        const ack = await emitAck(a.socket, 'subscribe', { channel: 'ticker', symbols: syms, speed: 0 });
+        if (!ack.ok) await sleep(100);
+        return ack.ok;
+      }, 3000, 'the views again');
+    } finally {
+      lb.close();
+      await gw.stop();
+    }
+  });
+
   it('beyond the window the client gets a new session, not a partial replay', async () => {
     const gw = await startGateway(['--recovery-window-ms', '300']);
     const lb = await startBalancer(gw.port);
