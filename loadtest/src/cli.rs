@@ -64,6 +64,9 @@ pub struct IngestArgs {
     /// Concurrent posters (HTTP connections); each takes its own slice of the symbols.
     #[arg(long, default_value_t = 2)]
     pub senders: usize,
+    /// Events per request at least (or what 50 ms brought), as a batching backend posts.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
     /// Symbols (or users, for private events) the events are spread over.
     #[arg(long, default_value_t = 200)]
     pub symbols: usize,

@@ -159,7 +159,7 @@ pub async fn run(a: IngestArgs) -> Result<(RunReport, Harness), String> {
     };
     let senders: Vec<Publisher> = sources
         .into_iter()
-        .map(|src| Publisher::start(hook.clone(), 0.0, src))
+        .map(|src| Publisher::start_batched(hook.clone(), 0.0, src, a.batch))
         .collect();
     for p in &senders {
         h.publishers.push(p.stats.clone());

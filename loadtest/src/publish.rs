@@ -177,6 +177,17 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(hook: Hook, rate: f64, source: Box<dyn Source>) -> Publisher {
+        Publisher::start_batched(hook, rate, source, 1)
+    }
+
+    /// As `start`, sending at least `min_batch` events a request (or what 50 ms brought), as
+    /// a backend batching its events would.
+    pub fn start_batched(
+        hook: Hook,
+        rate: f64,
+        source: Box<dyn Source>,
+        min_batch: usize,
+    ) -> Publisher {
         let stats = Arc::new(PubStats::default());
         *stats.req_hist.lock().unwrap() = Some(hist::new_hist());
         let rate_bits = Arc::new(AtomicU64::new(rate.to_bits()));
@@ -187,6 +198,7 @@ impl Publisher {
             stats.clone(),
             rate_bits.clone(),
             stop.clone(),
+            min_batch.clamp(1, MAX_BATCH),
         ));
         Publisher {
             stats,
@@ -330,6 +342,7 @@ async fn run(
     stats: Arc<PubStats>,
     rate_bits: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    min_batch: usize,
 ) {
     let mut sink = match Sink::open(&hook) {
         Ok(s) => s,
@@ -344,6 +357,7 @@ async fn run(
     // The first event goes out at once.
     let mut credit = 1.0f64;
     let mut last = Instant::now();
+    let mut last_send = Instant::now();
     let mut hist = hist::new_hist();
     while !stop.load(Relaxed) {
         let now = Instant::now();
@@ -353,9 +367,11 @@ async fn run(
         // Never bank more than 1 s of backlog.
         credit = credit.min(rate.max(1.0));
         let due = credit.floor() as usize;
-        if due == 0 {
+        let batching = due < min_batch && last_send.elapsed() < Duration::from_millis(50);
+        if due == 0 || batching {
+            let want = if batching { min_batch as f64 } else { 1.0 };
             let wait = if rate > 0.0 {
-                ((1.0 - credit) / rate).clamp(0.0005, 0.05)
+                ((want - credit) / rate).clamp(0.0005, 0.05)
             } else {
                 0.05
             };
@@ -364,6 +380,7 @@ async fn run(
         }
         let n = due.min(MAX_BATCH);
         credit -= n as f64;
+        last_send = Instant::now();
         let ts = now_us();
         let template = sink.template().map(str::to_string);
         let bodies: Vec<String> = (0..n)
