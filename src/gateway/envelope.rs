@@ -15,6 +15,30 @@ pub enum Payload {
     Json(Vec<u8>),
 }
 
+impl Payload {
+    /// The data as JSON text.
+    pub fn to_json(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            // Serializing a JSON value into a vector cannot fail.
+            Payload::Value(v) => serde_json::to_vec(v).unwrap_or_default().into(),
+            Payload::Json(j) => j.as_slice().into(),
+        }
+    }
+
+    /// A JSON array of `items`, written once.
+    pub fn array<'a>(items: impl IntoIterator<Item = &'a Payload>) -> Payload {
+        let mut out = vec![b'['];
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&item.to_json());
+        }
+        out.push(b']');
+        Payload::Json(out)
+    }
+}
+
 /// The envelope for a publish's payload.
 pub fn encode_payload(event: &str, room: &str, data: &Payload, timestamp_ms: u64) -> WireMessage {
     encode_payload_at(event, room, data, timestamp_ms, None)

@@ -4,6 +4,7 @@
 pub mod catch_up;
 pub mod demo;
 pub mod parse;
+pub mod raw;
 
 use crate::clock::unix_ms;
 use crate::market::demand::Demand;
@@ -124,9 +125,28 @@ impl Ingest {
         self.market.lock().counters
     }
 
-    /// Parses, validates and publishes a request body; all or nothing.
+    /// Parses, validates and publishes a request body; all or nothing. Each event's data
+    /// goes into frames as the backend wrote it, never decoded into a tree and written again.
     pub fn submit_body(&self, body: &[u8]) -> Result<usize, IngestError> {
-        self.submit(parse::parse_body(body)?)
+        let raw = parse::parse_body_raw(body)?;
+        let typed = Self::parse_all_raw(&raw)?;
+        self.apply_checked(
+            typed.into_iter().map(|e| (e, None)).collect(),
+            Arrival::Live,
+        )
+    }
+
+    fn parse_all_raw(
+        events: &[&str],
+    ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(index, ev)| {
+                crate::market::input::parse_raw_event(ev)
+                    .map_err(|message| IngestError::BadEvent { index, message })
+            })
+            .collect()
     }
 
     /// Validates every event first, then applies and publishes the batch; returns how many
@@ -154,16 +174,27 @@ impl Ingest {
 
     /// Checks a batch without applying it (cluster mode appends it to the stream instead):
     /// every event's own fields, and order book ids against the local replica. Returns each
-    /// event's JSON, compact, as the stream carries it, with the lossless stream it is
-    /// numbered in.
+    /// event's JSON as the stream carries it (as the backend wrote it), with the lossless
+    /// stream it is numbered in.
     pub fn check_body(&self, body: &[u8]) -> Result<Vec<Appended>, IngestError> {
-        self.check(parse::parse_body(body)?)
+        let raw = parse::parse_body_raw(body)?;
+        let typed = Self::parse_all_raw(&raw)?;
+        let json = raw.iter().map(|r| (*r).to_owned()).collect();
+        self.checked(json, typed)
     }
 
     /// As `check_body`, for events already parsed.
     pub fn check(&self, events: Vec<Value>) -> Result<Vec<Appended>, IngestError> {
         let json: Vec<String> = events.iter().map(Value::to_string).collect();
         let typed = Self::parse_all(events)?;
+        self.checked(json, typed)
+    }
+
+    fn checked(
+        &self,
+        json: Vec<String>,
+        typed: Vec<crate::market::input::IngestEvent>,
+    ) -> Result<Vec<Appended>, IngestError> {
         self.market
             .lock()
             .validate(&typed)

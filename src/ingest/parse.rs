@@ -5,6 +5,7 @@
 //! repeated runs) and clearly slower on short NDJSON lines, where its per-call setup dominates
 //! (`cargo bench --bench ingest` keeps the comparison).
 
+use super::raw;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -105,6 +106,51 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
     Ok(out)
 }
 
+/// As `parse_body`, but each event as the JSON text the body holds, checked and not
+/// decoded: the fields ingest routes on are read from it, and the `data` the gateway does not
+/// rewrite goes into frames as it came.
+pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let whole = |bytes| match checked(bytes) {
+        Ok(text) => Ok(raw::elements(text).unwrap_or_else(|| vec![text])),
+        Err(message) => Err(ParseError::BadJson {
+            index: None,
+            message,
+        }),
+    };
+    if trimmed[0] == b'[' || !trimmed.contains(&b'\n') {
+        return whole(trimmed);
+    }
+    let mut out = Vec::new();
+    for line in trimmed.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        match checked(line) {
+            Ok(v) => out.push(v),
+            Err(_) if out.is_empty() => return whole(trimmed),
+            Err(message) => {
+                return Err(ParseError::BadJson {
+                    index: Some(out.len()),
+                    message,
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn checked(bytes: &[u8]) -> Result<&str, String> {
+    if nesting_depth(bytes) > MAX_DEPTH {
+        return Err(format!("nesting deeper than {MAX_DEPTH} levels"));
+    }
+    raw::validate(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +190,29 @@ mod tests {
             Err(ParseError::BadJson { .. })
         ));
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"[["}"#), 1);
+    }
+
+    #[test]
+    fn raw_events_split_as_parsed_ones() {
+        for body in [
+            &br#"{"a":1}"#[..],
+            br#"[{"a":1},{"b":2}]"#,
+            b"{\"a\":1}\n\n{\"b\":2}\n",
+            b"{\n \"a\": 1\n}",
+            b" [ {\"a\" : [1, 2]} ,\n {\"b\":\"x\"} ] ",
+        ] {
+            let raw = parse_body_raw(body).unwrap();
+            let parsed: Vec<Value> = raw
+                .iter()
+                .map(|r| serde_json::from_str(r).unwrap())
+                .collect();
+            assert_eq!(parsed, parse_body(body).unwrap());
+        }
+        let e = parse_body_raw(b"{\"a\":1}\n{oops}\n").unwrap_err();
+        assert!(matches!(e, ParseError::BadJson { index: Some(1), .. }));
+        assert!(matches!(parse_body_raw(b"  "), Err(ParseError::Empty)));
+        let deep = format!("[{}{}]", "[".repeat(1000), "]".repeat(1000));
+        assert!(parse_body_raw(deep.as_bytes()).is_err());
     }
 
     #[test]

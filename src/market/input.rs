@@ -2,10 +2,13 @@
 //! events. Everything an event is routed on is checked here, before anything of its batch is
 //! published.
 
+use crate::gateway::envelope::Payload;
+use crate::ingest::raw;
 use crate::market::book::BookUpdate;
 use crate::room::{valid_interval, valid_symbol, INTERVALS};
 use crate::room::{PrivateChannel, Room};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A validated ingest event.
@@ -13,18 +16,18 @@ use std::sync::Arc;
 pub enum IngestEvent {
     Ticker {
         symbol: Arc<str>,
-        data: Value,
+        data: Payload,
     },
     Trade {
         symbol: Arc<str>,
-        data: Value,
+        data: Payload,
     },
     Kline {
         symbol: Arc<str>,
         interval: &'static str,
         open_time: Option<u64>,
         closed: bool,
-        data: Value,
+        data: Payload,
     },
     Book {
         symbol: Arc<str>,
@@ -34,13 +37,13 @@ pub enum IngestEvent {
     Private {
         room: Arc<str>,
         event: String,
-        data: Value,
+        data: Payload,
     },
     /// `{room, event, data}`.
     Manual {
         room: Arc<str>,
         event: String,
-        data: Value,
+        data: Payload,
     },
 }
 
@@ -93,20 +96,114 @@ const RESERVED: [&str; 6] = [
     "removeListener",
 ];
 
-fn str_field<'a>(ev: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
-    match ev.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(format!("'{key}' must be a string")),
-        None => Err(format!("missing '{key}'")),
+/// An event's top-level fields, as decoded JSON or as read from its raw text.
+enum Top<'a> {
+    Value(Map<String, Value>),
+    Raw(RawFields<'a>),
+}
+
+/// The top-level members of an event's text, undecoded (see `ingest::raw`).
+type RawFields<'a> = smallvec::SmallVec<[(&'a str, &'a str); 8]>;
+
+/// An event's `data`, as decoded JSON or as its text.
+enum Data<'a> {
+    Value(Value),
+    Raw(&'a str),
+}
+
+impl Top<'_> {
+    fn has(&self, key: &str) -> bool {
+        match self {
+            Top::Value(m) => m.contains_key(key),
+            Top::Raw(r) => raw::member(r, key).is_some(),
+        }
+    }
+
+    fn str_field(&self, key: &str) -> Result<Cow<'_, str>, String> {
+        match self {
+            Top::Value(m) => match m.get(key) {
+                Some(Value::String(s)) => Ok(Cow::Borrowed(s)),
+                Some(_) => Err(format!("'{key}' must be a string")),
+                None => Err(format!("missing '{key}'")),
+            },
+            Top::Raw(r) => match raw::member(r, key) {
+                Some(text) => raw::string(text).ok_or_else(|| format!("'{key}' must be a string")),
+                None => Err(format!("missing '{key}'")),
+            },
+        }
+    }
+
+    fn symbol(&self) -> Result<Arc<str>, String> {
+        let s = self.str_field("symbol")?;
+        if valid_symbol(&s) {
+            Ok(Arc::from(&*s))
+        } else {
+            Err(format!("invalid symbol '{s}' (expected [A-Z0-9]{{2,20}})"))
+        }
     }
 }
 
-fn symbol(ev: &Map<String, Value>) -> Result<Arc<str>, String> {
-    let s = str_field(ev, "symbol")?;
-    if valid_symbol(s) {
-        Ok(Arc::from(s))
-    } else {
-        Err(format!("invalid symbol '{s}' (expected [A-Z0-9]{{2,20}})"))
+impl Data<'_> {
+    fn is_object(&self) -> bool {
+        match self {
+            Data::Value(v) => v.is_object(),
+            Data::Raw(r) => r.starts_with('{'),
+        }
+    }
+
+    /// A candle's `closed` and `openTime`.
+    fn kline(&self) -> Result<(bool, Option<u64>), String> {
+        const CLOSED: &str = "kline 'closed' must be true or false";
+        const OPEN: &str = "kline 'openTime' must be a non-negative integer";
+        if !self.is_object() {
+            return Err("kline 'data' must be an object".into());
+        }
+        match self {
+            Data::Value(v) => {
+                let closed = match v.get("closed") {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(CLOSED.into()),
+                };
+                let open_time = match v.get("openTime") {
+                    None => None,
+                    Some(t) => Some(t.as_u64().ok_or(OPEN)?),
+                };
+                Ok((closed, open_time))
+            }
+            Data::Raw(r) => {
+                let m = raw::members(r).unwrap_or_default();
+                let closed = match raw::member(&m, "closed") {
+                    None => false,
+                    Some("true") => true,
+                    Some("false") => false,
+                    Some(_) => return Err(CLOSED.into()),
+                };
+                let open_time = match raw::member(&m, "openTime") {
+                    None => None,
+                    Some(t) => Some(t.parse::<u64>().map_err(|_| OPEN)?),
+                };
+                Ok((closed, open_time))
+            }
+        }
+    }
+
+    fn book(&self) -> Result<BookUpdate, String> {
+        match self {
+            Data::Value(v) => BookUpdate::parse(v),
+            Data::Raw(r) => {
+                let v: Value = serde_json::from_str(r).map_err(|e| e.to_string())?;
+                BookUpdate::parse(&v)
+            }
+        }
+    }
+
+    /// The data as it goes into frames: raw text passes through as it came.
+    fn into_payload(self) -> Payload {
+        match self {
+            Data::Value(v) => Payload::Value(v),
+            Data::Raw(r) => Payload::Json(r.as_bytes().to_vec()),
+        }
     }
 }
 
@@ -116,43 +213,56 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
         return Err("event must be a JSON object".into());
     };
     let data = obj.remove("data").ok_or("missing 'data'")?;
-    if obj.contains_key("room") || obj.contains_key("event") {
-        let room = str_field(&obj, "room")?;
-        let event = str_field(&obj, "event")?;
+    validate(&Top::Value(obj), Data::Value(data))
+}
+
+/// Validates one event from its JSON text (already checked to be valid JSON), decoding only
+/// what it is routed on: the data of trades, tickers, candles, private events and broadcasts
+/// goes into frames as it came.
+pub fn parse_raw_event(ev: &str) -> Result<IngestEvent, String> {
+    let fields = raw::members(ev).ok_or("event must be a JSON object")?;
+    let data = raw::member(&fields, "data").ok_or("missing 'data'")?;
+    validate(&Top::Raw(fields), Data::Raw(data))
+}
+
+fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
+    if top.has("room") || top.has("event") {
+        let room = top.str_field("room")?;
+        let event = top.str_field("event")?;
         if room.is_empty() || room.len() > 256 {
             return Err("'room' must be 1 to 256 characters".into());
         }
-        if event.is_empty() || event.len() > 128 || RESERVED.contains(&event) {
+        if event.is_empty() || event.len() > 128 || RESERVED.contains(&&*event) {
             return Err(format!("'{event}' cannot be used as an event name"));
         }
         return Ok(IngestEvent::Manual {
-            room: Arc::from(room),
-            event: event.into(),
-            data,
+            room: Arc::from(&*room),
+            event: event.into_owned(),
+            data: data.into_payload(),
         });
     }
-    let kind = str_field(&obj, "type")?;
-    Ok(match kind {
+    let kind = top.str_field("type")?;
+    Ok(match &*kind {
         "ticker.update" => {
             if !data.is_object() {
                 return Err("ticker 'data' must be an object".into());
             }
             IngestEvent::Ticker {
-                symbol: symbol(&obj)?,
-                data,
+                symbol: top.symbol()?,
+                data: data.into_payload(),
             }
         }
         "orderbook.update" => IngestEvent::Book {
-            symbol: symbol(&obj)?,
-            update: BookUpdate::parse(&data)?,
+            symbol: top.symbol()?,
+            update: data.book()?,
         },
         "trade" => IngestEvent::Trade {
-            symbol: symbol(&obj)?,
-            data,
+            symbol: top.symbol()?,
+            data: data.into_payload(),
         },
         "kline.update" => {
-            let symbol = symbol(&obj)?;
-            let i = str_field(&obj, "interval")?;
+            let symbol = top.symbol()?;
+            let i = top.str_field("interval")?;
             let Some(interval) = INTERVALS
                 .iter()
                 .copied()
@@ -164,40 +274,29 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
                     INTERVALS.join(" ")
                 ));
             };
-            let d = data.as_object().ok_or("kline 'data' must be an object")?;
-            let closed = match d.get("closed") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err("kline 'closed' must be true or false".into()),
-            };
-            let open_time = match d.get("openTime") {
-                None => None,
-                Some(v) => Some(
-                    v.as_u64()
-                        .ok_or("kline 'openTime' must be a non-negative integer")?,
-                ),
-            };
+            let (closed, open_time) = data.kline()?;
             IngestEvent::Kline {
                 symbol,
                 interval,
                 open_time,
                 closed,
-                data,
+                data: data.into_payload(),
             }
         }
         other => {
             let Some(channel) = PrivateChannel::for_event(other) else {
                 return Err(format!("unknown event type '{other}'"));
             };
-            let user = str_field(&obj, "userId")
+            let user = top
+                .str_field("userId")
                 .map_err(|_| format!("private event '{other}' needs a string 'userId'"))?;
             if user.is_empty() || user.len() > 128 || user.contains(':') {
                 return Err("'userId' must be 1 to 128 characters without ':'".into());
             }
             IngestEvent::Private {
-                room: Room::User(user, channel).name(),
+                room: Room::User(&user, channel).name(),
                 event: other.into(),
-                data,
+                data: data.into_payload(),
             }
         }
     })
@@ -233,6 +332,32 @@ mod tests {
     }
 
     #[test]
+    fn raw_events_read_as_decoded_ones_and_keep_their_data_text() {
+        let texts = [
+            r#"{"type":"ticker.update","symbol":"BTCUSDT","data":{"p":"1.50","v":1e3}}"#,
+            r#"{"type":"trade","symbol":"BTCUSDT","data":{"price":"45000.10","q":"0.00100"}}"#,
+            r#"{"type":"kline.update","symbol":"ETHUSDT","interval":"1M","data":{"openTime":5,"closed":true}}"#,
+            r#"{"type":"order.filled","userId":"u-1","data":{"id":"o\u00e9"}}"#,
+            r#"{"room":"news","event":"notice","data":[1,2]}"#,
+            r#"{"type":"orderbook.update","symbol":"BTCUSDT","data":{"type":"snapshot","bids":[["1","2"]],"asks":[],"lastUpdateId":3}}"#,
+        ];
+        for t in texts {
+            let (a, b) = (
+                parse_raw_event(t).unwrap(),
+                parse_event(serde_json::from_str(t).unwrap()).unwrap(),
+            );
+            assert_eq!(a.kind(), b.kind(), "{t}");
+            assert_eq!(a.symbol(), b.symbol(), "{t}");
+            assert_eq!(a.sequenced_room(), b.sequenced_room(), "{t}");
+        }
+        // Data passes through as written: decimal strings, exponents and escapes included.
+        let IngestEvent::Ticker { data, .. } = parse_raw_event(texts[0]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(data, Payload::Json(br#"{"p":"1.50","v":1e3}"#.to_vec()));
+    }
+
+    #[test]
     fn refuses_bad_events() {
         for bad in [
             json!([]),
@@ -249,7 +374,20 @@ mod tests {
             json!({"room":"","event":"x","data":{}}),
             json!({"room":"x","data":{}}),
         ] {
-            assert!(parse_event(bad.clone()).is_err(), "{bad}");
+            let text = bad.to_string();
+            assert_eq!(
+                parse_raw_event(&text).unwrap_err(),
+                parse_event(bad.clone()).unwrap_err(),
+                "the same answer for {bad}"
+            );
+        }
+        for bad in [
+            r#"{"type":"kline.update","symbol":"BTCUSDT","interval":"1m","data":{"openTime":1.5}}"#,
+            r#"{"type":"kline.update","symbol":"BTCUSDT","interval":"1m","data":{"closed":null}}"#,
+            r#"{"type":"ticker.update","symbol":"BTCUSDT","data":[]}"#,
+            r#"{"type":"trade","symbol":5,"data":{}}"#,
+        ] {
+            assert!(parse_raw_event(bad).is_err(), "{bad}");
         }
     }
 }

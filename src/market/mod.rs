@@ -173,7 +173,7 @@ enum TimerKey {
 
 /// One stream of candles (a symbol and interval, at one throttle window).
 struct KlineState {
-    throttle: Throttle<Value>,
+    throttle: Throttle<Payload>,
     open_time: Option<u64>,
 }
 
@@ -194,7 +194,7 @@ impl KlineState {
         room: &Arc<str>,
         open_time: Option<u64>,
         closed: bool,
-        data: Value,
+        data: Payload,
         now: u64,
         out: &mut Vec<Publish>,
         counters: &mut MarketCounters,
@@ -309,10 +309,10 @@ impl BookState {
 
 pub struct Market {
     settings: MarketSettings,
-    tickers: HashMap<Arc<str>, Throttle<Value>>,
-    changed_tickers: IndexMap<Arc<str>, Value>,
+    tickers: HashMap<Arc<str>, Throttle<Payload>>,
+    changed_tickers: IndexMap<Arc<str>, Payload>,
     /// Tickers ingested since `take_ticker_values` last ran.
-    fresh_tickers: IndexMap<Arc<str>, Value>,
+    fresh_tickers: IndexMap<Arc<str>, Payload>,
     all_tickers: Throttle<()>,
     klines: HashMap<(Arc<str>, &'static str), KlineState>,
     books: HashMap<Arc<str>, BookState>,
@@ -323,7 +323,7 @@ pub struct Market {
     /// Each symbol's latest ticker as JSON, and each symbol and interval's latest candle:
     /// what a view that starts sends first.
     ticker_json: HashMap<Arc<str>, bytes::Bytes>,
-    kline_latest: HashMap<(Arc<str>, &'static str), Value>,
+    kline_latest: HashMap<(Arc<str>, &'static str), Payload>,
 }
 
 impl Market {
@@ -425,20 +425,17 @@ impl Market {
             IngestEvent::Trade { symbol, data } => out.push(Publish::new(
                 Room::Trades(&symbol).name(),
                 "trade",
-                Payload::Value(data),
+                data,
                 StreamClass::Lossless,
             )),
             IngestEvent::Private { room, event, data }
-            | IngestEvent::Manual { room, event, data } => out.push(Publish::new(
-                room,
-                &event,
-                Payload::Value(data),
-                StreamClass::Lossless,
-            )),
+            | IngestEvent::Manual { room, event, data } => {
+                out.push(Publish::new(room, &event, data, StreamClass::Lossless))
+            }
         }
     }
 
-    fn ticker(&mut self, symbol: Arc<str>, data: Value, now: u64, out: &mut Vec<Publish>) {
+    fn ticker(&mut self, symbol: Arc<str>, data: Payload, now: u64, out: &mut Vec<Publish>) {
         self.fresh_tickers.insert(symbol.clone(), data.clone());
         self.changed_tickers.insert(symbol.clone(), data.clone());
         let window = self.settings.ticker_throttle_ms;
@@ -451,10 +448,7 @@ impl Market {
                 .on_ticker(&symbol, &data, now, out, &mut self.timers);
         }
         match t.offer(data, now) {
-            Offer::Emit(v) => out.push(ticker_publish(
-                Room::Ticker(&symbol).name(),
-                Payload::Value(v),
-            )),
+            Offer::Emit(v) => out.push(ticker_publish(Room::Ticker(&symbol).name(), v)),
             Offer::Held(at) => {
                 self.counters.throttled += 1;
                 if let Some(at) = at {
@@ -491,8 +485,10 @@ impl Market {
             .drain(..)
             .map(|(symbol, v)| TickerValue {
                 symbol,
-                // Serializing a JSON value into a vector cannot fail.
-                json: serde_json::to_vec(&v).unwrap_or_default().into(),
+                json: match v {
+                    Payload::Json(j) => j.into(),
+                    v => v.to_json().into_owned().into(),
+                },
             })
             .collect();
         for v in values.iter() {
@@ -517,7 +513,7 @@ impl Market {
         interval: &'static str,
         open_time: Option<u64>,
         closed: bool,
-        data: Value,
+        data: Payload,
         now: u64,
         out: &mut Vec<Publish>,
     ) {
@@ -558,10 +554,7 @@ impl Market {
             match key {
                 TimerKey::Ticker(symbol) => {
                     if let Some(v) = self.tickers.get_mut(&symbol).and_then(|t| t.on_timer(now)) {
-                        out.push(ticker_publish(
-                            Room::Ticker(&symbol).name(),
-                            Payload::Value(v),
-                        ));
+                        out.push(ticker_publish(Room::Ticker(&symbol).name(), v));
                     }
                 }
                 TimerKey::AllTickers => {
@@ -608,17 +601,13 @@ fn ticker_publish(room: Arc<str>, data: Payload) -> Publish {
 }
 
 /// `tickers.update` with the tickers changed since the last one.
-fn tickers_digest(room: Arc<str>, changed: &mut IndexMap<Arc<str>, Value>) -> Publish {
-    let changed: Vec<Value> = changed.drain(..).map(|(_, v)| v).collect();
-    Publish::new(
-        room,
-        "tickers.update",
-        Payload::Value(Value::Array(changed)),
-        StreamClass::Latest,
-    )
+fn tickers_digest(room: Arc<str>, changed: &mut IndexMap<Arc<str>, Payload>) -> Publish {
+    let data = Payload::array(changed.values());
+    changed.clear();
+    Publish::new(room, "tickers.update", data, StreamClass::Latest)
 }
 
-fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
+fn kline_publish(room: Arc<str>, data: Payload, closed: bool) -> Publish {
     let class = if closed {
         StreamClass::Lossless
     } else {
@@ -626,7 +615,7 @@ fn kline_publish(room: Arc<str>, data: Value, closed: bool) -> Publish {
     };
     Publish {
         retain: true,
-        ..Publish::new(room, "kline.update", Payload::Value(data), class)
+        ..Publish::new(room, "kline.update", data, class)
     }
 }
 
@@ -707,6 +696,10 @@ mod tests {
         parse_event(v).unwrap()
     }
 
+    fn json_of(p: &Payload) -> Value {
+        serde_json::from_slice(&p.to_json()).unwrap()
+    }
+
     fn drive(m: &mut Market, events: Vec<(u64, Value)>, until: u64) -> Vec<(u64, Publish)> {
         let mut out = Vec::new();
         let mut log = Vec::new();
@@ -743,17 +736,17 @@ mod tests {
             .filter(|(_, p)| &*p.room == "ticker:BTCUSDT")
             .collect();
         assert_eq!(sym.len(), 2);
-        assert_eq!(sym[0].1.body.data, Payload::Value(json!({"seq": 0})));
+        assert_eq!(json_of(&sym[0].1.body.data), json!({"seq": 0}));
         assert_eq!(
-            (sym[1].0, &sym[1].1.body.data),
-            (1000, &Payload::Value(json!({"seq": 49})))
+            (sym[1].0, json_of(&sym[1].1.body.data)),
+            (1000, json!({"seq": 49}))
         );
         let all: Vec<_> = log
             .iter()
             .filter(|(_, p)| Room::parse(&p.room) == Room::TickerAll && p.deliver)
             .collect();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[1].1.body.data, Payload::Value(json!([{"seq": 49}])));
+        assert_eq!(json_of(&all[1].1.body.data), json!([{"seq": 49}]));
     }
 
     #[test]
@@ -784,14 +777,11 @@ mod tests {
         let all: Vec<_> = log
             .iter()
             .filter(|(_, p)| Room::parse(&p.room) == Room::TickerAll && p.deliver)
-            .map(|(_, p)| p.body.data.clone())
+            .map(|(_, p)| json_of(&p.body.data))
             .collect();
         assert_eq!(
             all,
-            vec![
-                Payload::Value(json!([{"s":"A1"}])),
-                Payload::Value(json!([{"s":"B2"},{"s":"C1"}]))
-            ]
+            vec![json!([{"s":"A1"}]), json!([{"s":"B2"},{"s":"C1"}])]
         );
         // What a shard composes a new subscriber's first message from: every symbol, at its
         // latest value, including those the digest still holds.

@@ -12,7 +12,6 @@ use super::{
 };
 use crate::room::{Room, View, INTERVALS};
 use indexmap::IndexMap;
-use serde_json::Value;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -26,10 +25,10 @@ enum ViewState {
         speed_ms: u64,
         conflating: bool,
     },
-    Ticker(Throttle<Value>),
+    Ticker(Throttle<Payload>),
     TickerAll {
         throttle: Throttle<()>,
-        changed: IndexMap<Arc<str>, Value>,
+        changed: IndexMap<Arc<str>, Payload>,
     },
     Klines {
         interval: &'static str,
@@ -93,7 +92,7 @@ impl Views {
     pub fn on_ticker(
         &mut self,
         symbol: &Arc<str>,
-        data: &Value,
+        data: &Payload,
         now: u64,
         out: &mut Vec<Publish>,
         timers: &mut Timers,
@@ -103,7 +102,7 @@ impl Views {
             let at = match self.states.get_mut(room) {
                 Some(ViewState::Ticker(throttle)) => match throttle.offer(data.clone(), now) {
                     Offer::Emit(v) => {
-                        out.push(ticker_publish(room.clone(), Payload::Value(v)));
+                        out.push(ticker_publish(room.clone(), v));
                         None
                     }
                     Offer::Held(at) => at,
@@ -129,7 +128,7 @@ impl Views {
         &mut self,
         symbol: &str,
         interval: &str,
-        (open_time, closed, data): (Option<u64>, bool, &Value),
+        (open_time, closed, data): (Option<u64>, bool, &Payload),
         now: u64,
         out: &mut Vec<Publish>,
         counters: &mut MarketCounters,
@@ -285,7 +284,7 @@ impl Market {
             }
             ViewState::Ticker(throttle) => {
                 if let Some(v) = throttle.on_timer(now) {
-                    out.push(ticker_publish(room.clone(), Payload::Value(v)));
+                    out.push(ticker_publish(room.clone(), v));
                 }
             }
             ViewState::TickerAll { throttle, changed } => {
@@ -307,7 +306,7 @@ mod tests {
     use super::super::input::parse_event;
     use super::*;
     use crate::market::MarketSettings;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn apply(m: &mut Market, v: Value, now: u64) -> Vec<Publish> {
         let mut out = Vec::new();

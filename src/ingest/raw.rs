@@ -1,0 +1,203 @@
+//! JSON text taken apart without being decoded: the members of an object and the elements
+//! of an array, as slices of the text, once serde_json has checked that the whole is valid.
+//! Ingest reads the few fields it routes on from them and passes each event's `data` into
+//! frames as the backend wrote it.
+//!
+//! serde_json's own `RawValue` would do this, but its `raw_value` feature changes how every
+//! `Value` in the process is decoded (an object keyed `$serde_json::private::RawValue` is read
+//! as the JSON text of its value), and clients' packets are decoded into `Value`s.
+
+use serde::de::IgnoredAny;
+use smallvec::SmallVec;
+use std::borrow::Cow;
+
+/// Checks that `text` is one valid JSON value (nothing after it but whitespace), with
+/// serde_json's own error message when it is not.
+pub fn validate(text: &[u8]) -> Result<&str, String> {
+    serde_json::from_slice::<IgnoredAny>(text).map_err(|e| e.to_string())?;
+    // Valid JSON is valid UTF-8.
+    std::str::from_utf8(text)
+        .map(str::trim_ascii)
+        .map_err(|e| e.to_string())
+}
+
+/// The bytes of a string or container starting at `i` (a `"`, `[` or `{`), or of a scalar:
+/// the index just past its end.
+fn value_end(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    let scalar = !matches!(b.get(i), Some(b'"' | b'[' | b'{'));
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => {
+                    in_str = false;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        } else if scalar {
+            if matches!(c, b',' | b']' | b'}') || c.is_ascii_whitespace() {
+                return i;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The members of a valid JSON object's text, in order: each key's text between its quotes
+/// (still escaped) and its value's text. `None` when `text` is not an object.
+pub fn members(text: &str) -> Option<SmallVec<[(&str, &str); 8]>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut out = SmallVec::new();
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b'"') => {}
+            _ => return Some(out),
+        }
+        let key_end = value_end(b, i);
+        let key = &text[i + 1..key_end - 1];
+        i = skip_ws(b, key_end) + 1; // the ':'
+        i = skip_ws(b, i);
+        let end = value_end(b, i);
+        out.push((key, &text[i..end]));
+        i = skip_ws(b, end);
+        if b.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+}
+
+/// The elements of a valid JSON array's text, in order. `None` when `text` is not an array.
+pub fn elements(text: &str) -> Option<Vec<&str>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    let mut out = Vec::new();
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if matches!(b.get(i), None | Some(b']')) {
+            return Some(out);
+        }
+        let end = value_end(b, i);
+        out.push(&text[i..end]);
+        i = skip_ws(b, end);
+        if b.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+}
+
+/// The value of `key` in an object's members (the last one, as a decoder keeps).
+pub fn member<'a>(members: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    members
+        .iter()
+        .rev()
+        .find(|(k, _)| key_is(k, key))
+        .map(|(_, v)| *v)
+}
+
+fn key_is(raw: &str, key: &str) -> bool {
+    if raw.contains('\\') {
+        serde_json::from_str::<String>(&format!("\"{raw}\"")).is_ok_and(|k| k == key)
+    } else {
+        raw == key
+    }
+}
+
+/// A JSON string's text decoded; `None` when the text is not a string.
+pub fn string(text: &str) -> Option<Cow<'_, str>> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// What a decoder reads, rebuilt from the slices: the same value.
+    fn rebuilt(text: &str) -> Value {
+        if let Some(m) = members(text) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in m {
+                let key: String = serde_json::from_str(&format!("\"{k}\"")).unwrap();
+                obj.insert(key, rebuilt(v));
+            }
+            Value::Object(obj)
+        } else if let Some(e) = elements(text) {
+            Value::Array(e.into_iter().map(rebuilt).collect())
+        } else {
+            serde_json::from_str(text).unwrap()
+        }
+    }
+
+    #[test]
+    fn slices_read_as_the_decoder_reads_the_whole() {
+        for text in [
+            r#"{"type":"trade","symbol":"BTCUSDT","data":{"price":"45000.10","q":1e3,"t":[1,{"a":"]}"}]}}"#,
+            r#" { "a" : "x\"}\\" , "b":[ ], "c":{ } ,"d":null,"e":-1.5E+2,"f":true } "#,
+            r#"[{"a":1}, [2, "3,]"], "s", 4 , null]"#,
+            r#"{"k\u0065y":"v","key":"w"}"#,
+            "[]",
+            "{}",
+            r#"{"nested":{"deep":[[[{"x":"y"}]]]},"z":0}"#,
+        ] {
+            let text = validate(text.as_bytes()).unwrap();
+            assert_eq!(
+                rebuilt(text),
+                serde_json::from_str::<Value>(text).unwrap(),
+                "{text}"
+            );
+        }
+        let m = members(r#"{"k\u0065y":"v","key":"w"}"#).unwrap();
+        assert_eq!(
+            member(&m, "key"),
+            Some(r#""w""#),
+            "the last one, as a decoder keeps"
+        );
+        assert_eq!(string(r#""a\"b""#).as_deref(), Some("a\"b"));
+        assert_eq!(string("5"), None);
+        assert!(validate(b"{\"a\":1} x").is_err());
+        assert!(members("[1]").is_none() && elements("{}").is_none());
+    }
+}
