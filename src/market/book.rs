@@ -50,11 +50,17 @@ pub const CHECKSUM_LEVELS: usize = 10;
 /// the replica is wrong.
 pub fn checksum(bids: &[Level], asks: &[Level]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    let mut digits = String::with_capacity(24);
+    // Prices and quantities are checked decimal strings of at most 40 bytes.
+    let mut digits = [0u8; 48];
     let mut feed = |s: &str| {
-        digits.clear();
-        digits.extend(s.chars().filter(|c| *c != '.'));
-        h.update(digits.trim_start_matches('0').as_bytes());
+        let mut n = 0;
+        for &c in s.as_bytes() {
+            if c != b'.' && (n > 0 || c != b'0') && n < digits.len() {
+                digits[n] = c;
+                n += 1;
+            }
+        }
+        h.update(&digits[..n]);
     };
     for l in asks
         .iter()
