@@ -144,6 +144,8 @@ pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
     Ok(out)
 }
 
+/// Deep nesting is refused even though nothing here recurses on it: the data goes to clients
+/// as written, and a browser's `JSON.parse` does recurse.
 fn checked(bytes: &[u8]) -> Result<&str, String> {
     if nesting_depth(bytes) > MAX_DEPTH {
         return Err(format!("nesting deeper than {MAX_DEPTH} levels"));
