@@ -12,7 +12,6 @@ use crate::recovery::Offset;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::Value as RedisValue;
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -475,12 +474,7 @@ impl Position {
                 .and_then(into_string)
                 .and_then(|s| s.parse().ok());
             match entry.map.remove("event").map(into_string) {
-                Some(Some(text)) => match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => events.push((StreamMark { id, seq }, v)),
-                    Err(e) => {
-                        tracing::warn!(id = %entry.id, error = %e, "skipping a stream entry that is not JSON")
-                    }
-                },
+                Some(Some(text)) => events.push((StreamMark { id, seq }, text)),
                 _ => {
                     tracing::warn!(id = %entry.id, "skipping a stream entry without an 'event' field")
                 }

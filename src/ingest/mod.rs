@@ -212,11 +212,14 @@ impl Ingest {
     /// Applies events read back from the cluster stream, in stream order. The stream is the
     /// authority on order, so an event that no longer fits (say, book ids another instance
     /// validated against an older replica) is skipped and counted, never fatal.
-    pub fn apply_stream(&self, events: Vec<(StreamMark, Value)>, arrival: Arrival) -> usize {
+    /// Each event is its JSON text, read as ingest reads a body's (its data passed through).
+    pub fn apply_stream(&self, events: Vec<(StreamMark, String)>, arrival: Arrival) -> usize {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
-        for (mark, ev) in events {
-            match crate::market::input::parse_event(ev) {
+        for (mark, text) in events {
+            let parsed = parse::parse_event_text(text.as_bytes())
+                .and_then(crate::market::input::parse_raw_event);
+            match parsed {
                 Ok(t) => typed.push((t, Some(mark))),
                 Err(e) => {
                     skipped += 1;

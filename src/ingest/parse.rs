@@ -144,6 +144,11 @@ pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
     Ok(out)
 }
 
+/// One event's JSON text, checked as a body's events are.
+pub fn parse_event_text(bytes: &[u8]) -> Result<&str, String> {
+    checked(bytes.trim_ascii())
+}
+
 /// Deep nesting is refused even though nothing here recurses on it: the data goes to clients
 /// as written, and a browser's `JSON.parse` does recurse.
 fn checked(bytes: &[u8]) -> Result<&str, String> {
