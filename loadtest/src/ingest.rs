@@ -11,8 +11,8 @@ use crate::plan::*;
 use crate::publish::*;
 use crate::report::*;
 use crate::scenarios::{
-    build, mb, publish_summary, trades_sub, workers_for, BookSource, Parts, PrivateSource,
-    TickerSource,
+    build, measured_step, publish_summary, trades_sub, workers_for, BookSource, Parts,
+    PrivateSource, TickerSource,
 };
 use crate::worker::now_us;
 use std::collections::BTreeMap;
@@ -192,27 +192,11 @@ pub async fn run(a: IngestArgs) -> Result<(RunReport, Harness), String> {
         let accepted = (sent1 - sent0) as f64 / w.secs;
         let errors = errors1 - errors0;
         let lat = hist::summary(&w.all_latency(&(0..KIND_COUNT).collect::<Vec<_>>()));
-        let deliveries = w.deliveries();
         let keeps_up = accepted >= KEEPS_UP * rate && errors == 0;
         let st = Step {
             step,
             load: rate,
-            clients: h.connected(),
             rate: accepted,
-            measured_s: w.secs,
-            deliveries_per_s: deliveries as f64 / w.secs,
-            expected_per_s: 0.0,
-            latency: lat,
-            loss_ratio: 0.0,
-            dropped: 0,
-            server_cpu_pct: w.server_cpu_us.map(|c| c as f64 / (w.secs * 1e6) * 100.0),
-            server_cpu_us_per_delivery: w
-                .server_cpu_us
-                .filter(|_| deliveries > 0)
-                .map(|c| c as f64 / deliveries as f64),
-            server_rss_mb: mb(h.server_sample()),
-            client_cpu_pct: w.client_cpu_us as f64 / (w.secs * 1e6) * 100.0,
-            machine_cpu_pct: w.machine_busy_pct,
             held: keeps_up,
             verdict: if keeps_up {
                 "kept up".into()
@@ -226,6 +210,7 @@ pub async fn run(a: IngestArgs) -> Result<(RunReport, Harness), String> {
                 .server_cpu_us
                 .filter(|_| sent1 > sent0)
                 .map(|c| c as f64 / (sent1 - sent0) as f64),
+            ..measured_step(&h, &w, lat)
         };
         if !a.common.quiet {
             eprintln!(

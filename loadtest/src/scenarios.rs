@@ -20,6 +20,27 @@ pub(crate) fn workers_for(common: &Common, clients: u64) -> usize {
         .clamp(1, 64)
 }
 
+/// A step's figures measured over window `w`: its deliveries, latency and the resources the
+/// server and the clients used (the caller sets what the step was and its verdict).
+pub(crate) fn measured_step(h: &Harness, w: &WindowResult, latency: hist::Summary) -> Step {
+    let deliveries = w.deliveries();
+    Step {
+        clients: h.connected(),
+        measured_s: w.secs,
+        deliveries_per_s: deliveries as f64 / w.secs,
+        latency,
+        server_cpu_pct: w.server_cpu_us.map(|c| c as f64 / (w.secs * 1e6) * 100.0),
+        server_cpu_us_per_delivery: w
+            .server_cpu_us
+            .filter(|_| deliveries > 0)
+            .map(|c| c as f64 / deliveries as f64),
+        server_rss_mb: mb(h.server_sample()),
+        client_cpu_pct: w.client_cpu_us as f64 / (w.secs * 1e6) * 100.0,
+        machine_cpu_pct: w.machine_busy_pct,
+        ..Step::default()
+    }
+}
+
 pub(crate) fn mb(s: Option<ProcSample>) -> Option<f64> {
     s.map(|s| s.rss_bytes as f64 / 1048576.0)
 }
@@ -836,30 +857,17 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
         let st = Step {
             step,
             load,
-            clients: h.connected(),
             rate,
-            measured_s: w.secs,
-            deliveries_per_s: deliveries as f64 / w.secs,
             expected_per_s: h.connected() as f64 * rate / a.rooms.max(1) as f64,
-            latency: s,
             loss_ratio: loss,
             dropped: new_drops,
-            server_cpu_pct: w.server_cpu_us.map(|c| c as f64 / (w.secs * 1e6) * 100.0),
-            server_cpu_us_per_delivery: w
-                .server_cpu_us
-                .filter(|_| deliveries > 0)
-                .map(|c| c as f64 / deliveries as f64),
-            server_rss_mb: mb(h.server_sample()),
-            client_cpu_pct: w.client_cpu_us as f64 / (w.secs * 1e6) * 100.0,
-            machine_cpu_pct: w.machine_busy_pct,
             held,
             verdict: if held {
                 "held".into()
             } else {
                 format!("BROKE: {}", reasons.join(", "))
             },
-            accepted_per_s: None,
-            server_cpu_us_per_event: None,
+            ..measured_step(&h, &w, s)
         };
         if !a.common.quiet {
             eprintln!("\nstep {step}: load {load} → {}", st.verdict);

@@ -2,26 +2,14 @@
 //! at the rates asked for, its CPU cost is reported, and subscribers see the events arrive
 //! with their latency measured and nothing lost.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.join("target").join("debug").join("maven-gateway")
-}
+use common::{gateway_bin, scratch};
+use std::process::Command;
 
 fn run(kind: &str, subscribers: &str) -> serde_json::Value {
     let gateway = gateway_bin();
-    assert!(
-        gateway.exists(),
-        "{} not built (cargo build --bins, or set GATEWAY_BIN)",
-        gateway.display()
-    );
-    let dir = std::env::temp_dir().join(format!("loadtest-ingest-{}-{kind}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch(&format!("ingest-{kind}"));
     let json = dir.join("ingest.json");
     let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["ingest", "--server-bin"])

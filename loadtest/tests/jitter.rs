@@ -1,26 +1,15 @@
 //! The jitter scenario against the gateway built beside it: clients whose connections are
 //! destroyed every 1.5–3 s come back with connection state recovery and miss nothing.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.join("target").join("debug").join("maven-gateway")
-}
+use common::{gateway_bin, scratch};
+use std::process::Command;
 
 #[test]
 fn every_trade_arrives_once_and_in_order_through_dropped_connections() {
     let gateway = gateway_bin();
-    assert!(
-        gateway.exists(),
-        "{} not built (cargo build --bins, or set GATEWAY_BIN)",
-        gateway.display()
-    );
-    let out = tempfile_dir();
+    let out = scratch("jitter");
     let json = out.join("jitter.json");
     let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(["jitter", "--server-bin"])
@@ -67,10 +56,4 @@ fn every_trade_arrives_once_and_in_order_through_dropped_connections() {
         "{j}"
     );
     let _ = std::fs::remove_dir_all(out);
-}
-
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("loadtest-jitter-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

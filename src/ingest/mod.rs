@@ -50,6 +50,18 @@ pub struct Ingest {
     demand: Arc<Demand>,
 }
 
+/// A batch's events validated, or the first refusal with its index.
+fn typed<T>(
+    events: impl IntoIterator<Item = T>,
+    parse: impl Fn(T) -> Result<crate::market::input::IngestEvent, String>,
+) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, ev)| parse(ev).map_err(|message| IngestError::BadEvent { index, message }))
+        .collect()
+}
+
 /// Where an event read from the cluster stream stands: its entry id (the recovery offset of
 /// what it produces) and, for a lossless stream, its number there as the appending instance
 /// gave it (so every instance sends the same `seq`).
@@ -139,14 +151,10 @@ impl Ingest {
     fn parse_all_raw(
         events: &[&str],
     ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-        events
-            .iter()
-            .enumerate()
-            .map(|(index, ev)| {
-                crate::market::input::parse_raw_event(ev)
-                    .map_err(|message| IngestError::BadEvent { index, message })
-            })
-            .collect()
+        typed(
+            events.iter().copied(),
+            crate::market::input::parse_raw_event,
+        )
     }
 
     /// Validates every event first, then applies and publishes the batch; returns how many
@@ -162,14 +170,7 @@ impl Ingest {
     fn parse_all(
         events: Vec<Value>,
     ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(index, ev)| {
-                crate::market::input::parse_event(ev)
-                    .map_err(|message| IngestError::BadEvent { index, message })
-            })
-            .collect()
+        typed(events, crate::market::input::parse_event)
     }
 
     /// Checks a batch without applying it (cluster mode appends it to the stream instead):

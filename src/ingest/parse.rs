@@ -70,52 +70,34 @@ pub fn parse_one_simd(bytes: &[u8]) -> Result<Value, String> {
 /// Splits a body into events, in order. NDJSON is parsed line by line, once; a body that
 /// is one (possibly pretty-printed) value is parsed whole.
 pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
-    let trimmed = body.trim_ascii();
-    if trimmed.is_empty() {
-        return Err(ParseError::Empty);
-    }
-    let whole = |bytes: &[u8]| match parse_one(bytes) {
-        Ok(Value::Array(events)) => Ok(events),
-        Ok(v) => Ok(vec![v]),
-        Err(message) => Err(ParseError::BadJson {
-            index: None,
-            message,
-        }),
-    };
-    if trimmed[0] == b'[' || !trimmed.contains(&b'\n') {
-        return whole(trimmed);
-    }
-    let mut out = Vec::new();
-    for line in trimmed.split(|&b| b == b'\n') {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
-        }
-        match parse_one(line) {
-            Ok(v) => out.push(v),
-            // The first line alone is not JSON: the body may be one value over many lines.
-            Err(_) if out.is_empty() => return whole(trimmed),
-            Err(message) => {
-                return Err(ParseError::BadJson {
-                    index: Some(out.len()),
-                    message,
-                })
-            }
-        }
-    }
-    Ok(out)
+    split(body, parse_one, |v| match v {
+        Value::Array(events) => events,
+        v => vec![v],
+    })
 }
 
 /// As `parse_body`, but each event as the JSON text the body holds, checked and not
 /// decoded: the fields ingest routes on are read from it, and the `data` the gateway does not
 /// rewrite goes into frames as it came.
 pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
+    split(body, checked, |text| {
+        raw::elements(text).unwrap_or_else(|| vec![text])
+    })
+}
+
+/// A body's events, each read by `one`: a JSON array or a single value is read whole and
+/// taken apart by `events`; NDJSON line by line.
+fn split<'a, T>(
+    body: &'a [u8],
+    one: impl Fn(&'a [u8]) -> Result<T, String>,
+    events: impl Fn(T) -> Vec<T>,
+) -> Result<Vec<T>, ParseError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
     }
-    let whole = |bytes| match checked(bytes) {
-        Ok(text) => Ok(raw::elements(text).unwrap_or_else(|| vec![text])),
+    let whole = |bytes| match one(bytes) {
+        Ok(v) => Ok(events(v)),
         Err(message) => Err(ParseError::BadJson {
             index: None,
             message,
@@ -130,8 +112,9 @@ pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
         if line.is_empty() {
             continue;
         }
-        match checked(line) {
+        match one(line) {
             Ok(v) => out.push(v),
+            // The first line alone is not JSON: the body may be one value over many lines.
             Err(_) if out.is_empty() => return whole(trimmed),
             Err(message) => {
                 return Err(ParseError::BadJson {
