@@ -1,10 +1,13 @@
 //! Ingest bodies (`POST /internal/events`) from arbitrary bytes: parse_body, then parse_event
-//! on every value, and BookUpdate::parse on every value and every `data` field.
+//! on every value, and BookUpdate::parse on every value and every `data` field; and the
+//! pass-through path (parse_body_raw, parse_raw_event), whose data must be, on its own, the
+//! valid JSON it is framed as.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use maven_gateway::ingest::parse::parse_body;
-use maven_gateway::market::input::{parse_event, IngestEvent};
+use maven_gateway::gateway::envelope::Payload;
+use maven_gateway::ingest::parse::{parse_body, parse_body_raw};
+use maven_gateway::market::input::{parse_event, parse_raw_event, IngestEvent};
 use maven_gateway::market::book::{BookUpdate, OrderBook};
 
 fn book(update: BookUpdate) {
@@ -21,7 +24,35 @@ fn book(update: BookUpdate) {
     let _ = view.snapshot_json("fuzz");
 }
 
+fn passes_through(data: &Payload) {
+    if let Payload::Json(text) = data {
+        assert!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok(),
+            "data framed as JSON is not: {:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    if let Ok(events) = parse_body_raw(data) {
+        for ev in events {
+            match parse_raw_event(ev) {
+                Ok(IngestEvent::Book { update, .. }) => book(update),
+                Ok(IngestEvent::Private { room, data, .. }) => {
+                    assert!(room.starts_with("user:"));
+                    passes_through(&data);
+                }
+                Ok(
+                    IngestEvent::Trade { data, .. }
+                    | IngestEvent::Ticker { data, .. }
+                    | IngestEvent::Kline { data, .. }
+                    | IngestEvent::Manual { data, .. },
+                ) => passes_through(&data),
+                Err(_) => {}
+            }
+        }
+    }
     let Ok(values) = parse_body(data) else {
         return;
     };
