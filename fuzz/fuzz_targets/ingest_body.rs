@@ -19,8 +19,8 @@ fn book(update: BookUpdate) {
     let view = b.take_snapshot();
     assert!(view.bids.len() <= 3 && view.asks.len() <= 3);
     // Best first on each side.
-    assert!(view.bids.windows(2).all(|w| w[0].key > w[1].key));
-    assert!(view.asks.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(view.bids.iter().zip(view.bids.iter().skip(1)).all(|(a, b)| a.key > b.key));
+    assert!(view.asks.iter().zip(view.asks.iter().skip(1)).all(|(a, b)| a.key < b.key));
     let _ = view.snapshot_json("fuzz");
 }
 

@@ -17,6 +17,7 @@ pub use crate::gateway::envelope::Payload;
 use crate::recovery::Offset;
 use crate::room::Room;
 use book::{BookChange, BookView, Delta, OrderBook, Replica, Window};
+use compact_str::CompactString;
 use indexmap::IndexMap;
 use input::IngestEvent;
 use serde_json::Value;
@@ -290,7 +291,7 @@ struct BookState {
     room: Arc<str>,
     conflating: bool,
     /// The best bid and ask last sent on `bookTicker`: (price, quantity) of each side.
-    top: [Option<(Arc<str>, Arc<str>)>; 2],
+    top: [Option<(CompactString, CompactString)>; 2],
 }
 
 impl BookState {
@@ -623,7 +624,7 @@ fn kline_publish(room: Arc<str>, data: Payload, closed: bool) -> Publish {
 /// value) and to `bookTicker:all`. Unthrottled; under backpressure only the newest is kept.
 fn book_tickers(
     symbol: &str,
-    top: &[Option<(Arc<str>, Arc<str>)>; 2],
+    top: &[Option<(CompactString, CompactString)>; 2],
     last_update_id: u64,
     out: &mut Vec<Publish>,
 ) {

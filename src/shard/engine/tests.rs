@@ -1154,8 +1154,8 @@ fn view_book(room: &str, last: u64, snapshot: bool, refresh: Option<u64>) -> Bro
     use crate::market::book::{checksum, BookView};
     let view = Arc::new(BookView {
         symbol: Arc::from("BTCUSDT"),
-        bids: Vec::new(),
-        asks: Vec::new(),
+        bids: Default::default(),
+        asks: Default::default(),
         last_update_id: last,
         checksum: checksum(&[], &[]),
     });

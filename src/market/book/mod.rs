@@ -1,23 +1,31 @@
 //! An order book replica per symbol, kept from the backend's snapshots and deltas with exact
-//! decimal prices, and the top-N view clients see: snapshots, and deltas computed as the
-//! difference between the view clients last received and the current one, so a level that
-//! leaves the window is sent as a removal and one that enters it as an addition.
+//! decimal prices, and the top-N windows clients see: snapshots, and deltas between the view
+//! clients last received and the current one, so a level that leaves the window is sent as a
+//! removal and one that enters it as an addition.
 
+mod json;
+pub mod levels;
+mod parse;
+mod window;
+
+use compact_str::CompactString;
+use json::BookJson;
+pub use levels::{Levels, Side};
 use rust_decimal::Decimal;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
-use serde_json::Value;
-use std::cmp::{Ordering, Reverse};
-use std::collections::BTreeMap;
-use std::str::FromStr;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
+pub use window::Window;
 
-/// One price level as the backend wrote it; `key` orders and compares prices exactly.
+/// One price level as the backend wrote it; `key` orders and compares prices exactly. The
+/// texts are short enough to live inline, so copying a level never touches a shared counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Level {
     pub key: Decimal,
-    pub price: Arc<str>,
-    pub qty: Arc<str>,
+    pub price: CompactString,
+    pub qty: CompactString,
 }
 
 impl Serialize for Level {
@@ -29,12 +37,28 @@ impl Serialize for Level {
     }
 }
 
+impl Level {
+    /// The level as a removal: its price, quantity "0".
+    pub fn removed(&self) -> Level {
+        Level {
+            key: self.key,
+            price: self.price.clone(),
+            qty: CompactString::const_new("0"),
+        }
+    }
+
+    /// Quantities are checked decimal strings, so zero is all zeros and points.
+    fn qty_is_zero(&self) -> bool {
+        self.qty.bytes().all(|b| b == b'0' || b == b'.')
+    }
+}
+
 /// The top of a book as clients see it, best levels first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookView {
     pub symbol: Arc<str>,
-    pub bids: Vec<Level>,
-    pub asks: Vec<Level>,
+    pub bids: Levels,
+    pub asks: Levels,
     pub last_update_id: u64,
     /// `checksum(&bids, &asks)`, computed once per view.
     pub checksum: u32,
@@ -48,71 +72,53 @@ pub const CHECKSUM_LEVELS: usize = 10;
 /// its quantity, exactly as sent with the decimal point and then leading zeros removed, all
 /// concatenated. A client that applies the deltas to its replica and gets another CRC knows
 /// the replica is wrong.
-pub fn checksum(bids: &[Level], asks: &[Level]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    // Prices and quantities are checked decimal strings of at most 40 bytes.
-    let mut digits = [0u8; 48];
+pub fn checksum<'a>(
+    bids: impl IntoIterator<Item = &'a Level>,
+    asks: impl IntoIterator<Item = &'a Level>,
+) -> u32 {
+    // Prices and quantities are checked decimal strings of at most 40 bytes: the digits of
+    // all twenty levels fit here, and one CRC update over them is several times faster than
+    // forty short ones.
+    let mut digits = [0u8; 2 * CHECKSUM_LEVELS * 2 * 40];
+    let mut n = 0;
     let mut feed = |s: &str| {
-        let mut n = 0;
+        let start = n;
         for &c in s.as_bytes() {
-            if c != b'.' && (n > 0 || c != b'0') && n < digits.len() {
+            if c != b'.' && (n > start || c != b'0') && n < digits.len() {
                 digits[n] = c;
                 n += 1;
             }
         }
-        h.update(&digits[..n]);
     };
     for l in asks
-        .iter()
+        .into_iter()
         .take(CHECKSUM_LEVELS)
-        .chain(bids.iter().take(CHECKSUM_LEVELS))
+        .chain(bids.into_iter().take(CHECKSUM_LEVELS))
     {
         feed(&l.price);
         feed(&l.qty);
     }
-    h.finalize()
-}
-
-#[derive(Serialize)]
-struct SnapshotJson<'a> {
-    symbol: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    reason: &'a str,
-    bids: &'a [Level],
-    asks: &'a [Level],
-    #[serde(rename = "lastUpdateId")]
-    last_update_id: u64,
-    checksum: u32,
-}
-
-#[derive(Serialize)]
-struct DeltaJson<'a> {
-    symbol: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(rename = "firstUpdateId")]
-    first_update_id: u64,
-    #[serde(rename = "lastUpdateId")]
-    last_update_id: u64,
-    bids: &'a [Level],
-    asks: &'a [Level],
-    checksum: u32,
+    crc32fast::hash(&digits[..n])
 }
 
 impl BookView {
-    /// `{symbol, type:"snapshot", reason, bids, asks, lastUpdateId}` as JSON.
+    /// `{symbol, type:"snapshot", reason, bids, asks, lastUpdateId, checksum}` as JSON.
     pub fn snapshot_json(&self, reason: &str) -> Vec<u8> {
-        serde_json::to_vec(&SnapshotJson {
-            symbol: &self.symbol,
-            kind: "snapshot",
-            reason,
-            bids: &self.bids,
-            asks: &self.asks,
-            last_update_id: self.last_update_id,
-            checksum: self.checksum,
-        })
-        .unwrap_or_default()
+        BookJson::new(self.bids.len() + self.asks.len())
+            .raw("{\"symbol\":")
+            .string(&self.symbol)
+            .raw(",\"type\":\"snapshot\",\"reason\":")
+            .string(reason)
+            .raw(",\"bids\":")
+            .levels(&self.bids)
+            .raw(",\"asks\":")
+            .levels(&self.asks)
+            .raw(",\"lastUpdateId\":")
+            .number(self.last_update_id)
+            .raw(",\"checksum\":")
+            .number(self.checksum)
+            .raw("}")
+            .finish()
     }
 }
 
@@ -128,17 +134,23 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// `{symbol, type:"delta", firstUpdateId, lastUpdateId, bids, asks, checksum}` as JSON.
     pub fn json(&self, symbol: &str) -> Vec<u8> {
-        serde_json::to_vec(&DeltaJson {
-            symbol,
-            kind: "delta",
-            first_update_id: self.first_update_id,
-            last_update_id: self.last_update_id,
-            bids: &self.bids,
-            asks: &self.asks,
-            checksum: self.checksum,
-        })
-        .unwrap_or_default()
+        BookJson::new(self.bids.len() + self.asks.len())
+            .raw("{\"symbol\":")
+            .string(symbol)
+            .raw(",\"type\":\"delta\",\"firstUpdateId\":")
+            .number(self.first_update_id)
+            .raw(",\"lastUpdateId\":")
+            .number(self.last_update_id)
+            .raw(",\"bids\":")
+            .levels(&self.bids)
+            .raw(",\"asks\":")
+            .levels(&self.asks)
+            .raw(",\"checksum\":")
+            .number(self.checksum)
+            .raw("}")
+            .finish()
     }
 }
 
@@ -165,106 +177,6 @@ impl BookUpdate {
             | BookUpdate::Delta { last_update_id, .. } => *last_update_id,
         }
     }
-
-    /// Parses the `data` of an `orderbook.update` ingest event.
-    pub fn parse(data: &Value) -> Result<BookUpdate, String> {
-        let obj = data
-            .as_object()
-            .ok_or("orderbook 'data' must be an object")?;
-        let id = |k: &str| -> Result<u64, String> {
-            obj.get(k)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| format!("orderbook '{k}' must be a non-negative integer"))
-        };
-        let bids = parse_levels(obj.get("bids"), "bids")?;
-        let asks = parse_levels(obj.get("asks"), "asks")?;
-        match obj.get("type").and_then(Value::as_str) {
-            Some("snapshot") => {
-                for (side, levels) in [("bids", &bids), ("asks", &asks)] {
-                    if levels.iter().any(|l| l.qty_is_zero()) {
-                        return Err(format!("snapshot '{side}' must not hold zero quantities"));
-                    }
-                }
-                Ok(BookUpdate::Snapshot {
-                    bids,
-                    asks,
-                    last_update_id: id("lastUpdateId")?,
-                })
-            }
-            Some("delta") => {
-                let first = id("firstUpdateId")?;
-                let last = id("lastUpdateId")?;
-                if last < first {
-                    return Err(format!(
-                        "lastUpdateId {last} is before firstUpdateId {first}"
-                    ));
-                }
-                Ok(BookUpdate::Delta {
-                    bids,
-                    asks,
-                    first_update_id: first,
-                    last_update_id: last,
-                })
-            }
-            _ => Err("orderbook 'type' must be \"snapshot\" or \"delta\"".into()),
-        }
-    }
-}
-
-impl Level {
-    fn qty_is_zero(&self) -> bool {
-        Decimal::from_str(&self.qty)
-            .map(|d| d.is_zero())
-            .unwrap_or(false)
-    }
-}
-
-fn decimal(s: &str, what: &str, allow_zero: bool) -> Result<Decimal, String> {
-    let valid_chars =
-        !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    let d = valid_chars.then(|| Decimal::from_str(s).ok()).flatten();
-    match d {
-        Some(d) if d > Decimal::ZERO || (allow_zero && d.is_zero()) => Ok(d),
-        _ => Err(format!(
-            "{what} '{s}' is not a {} decimal string",
-            if allow_zero {
-                "non-negative"
-            } else {
-                "positive"
-            }
-        )),
-    }
-}
-
-fn parse_levels(v: Option<&Value>, side: &str) -> Result<Vec<Level>, String> {
-    let list = match v {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a,
-        Some(_) => {
-            return Err(format!(
-                "orderbook '{side}' must be an array of [price, quantity]"
-            ))
-        }
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, level) in list.iter().enumerate() {
-        let (p, q) = match level.as_array().map(Vec::as_slice) {
-            Some([Value::String(p), Value::String(q)]) => (p, q),
-            _ => {
-                return Err(format!(
-                    "orderbook {side}[{i}] must be [\"price\", \"quantity\"] strings"
-                ))
-            }
-        };
-        let key = decimal(p, &format!("{side}[{i}] price"), false)?;
-        decimal(q, &format!("{side}[{i}] quantity"), true)?;
-        out.push(Level {
-            key,
-            price: Arc::from(p.as_str()),
-            qty: Arc::from(q.as_str()),
-        });
-    }
-    Ok(out)
 }
 
 /// What applying an update means for clients.
@@ -287,75 +199,102 @@ pub struct OrderBook {
 #[derive(Debug)]
 pub struct Replica {
     symbol: Arc<str>,
-    bids: BTreeMap<Reverse<Decimal>, Level>,
+    /// Ascending on both sides: the best bid is the last, the best ask the first.
+    bids: BTreeMap<Decimal, Level>,
     asks: BTreeMap<Decimal, Level>,
     last_update_id: Option<u64>,
+    journal: Journal,
 }
 
-/// The top levels of a book one room's clients follow, and the view they were last sent:
-/// each window is snapshotted, diffed, chained and checksummed on its own.
+/// Prices recent deltas changed, for windows to catch up from. A window further behind than
+/// the journal reaches (or one across a snapshot) rebuilds instead.
 #[derive(Debug)]
-pub struct Window {
-    depth: usize,
-    sent: Arc<BookView>,
+struct Journal {
+    changed: VecDeque<(Side, Decimal)>,
+    /// The position of the first entry; positions only grow.
+    start: u64,
 }
 
-impl Window {
-    pub fn new(symbol: &Arc<str>, depth: usize) -> Window {
-        Window {
-            depth: depth.max(1),
-            sent: Arc::new(BookView {
-                symbol: symbol.clone(),
-                bids: Vec::new(),
-                asks: Vec::new(),
-                last_update_id: 0,
-                checksum: checksum(&[], &[]),
-            }),
+/// Entries a journal keeps: a delta stream without conflation reads each update's prices
+/// at once; a conflation window that sees more falls back to one rebuild.
+const JOURNAL_LEN: usize = 512;
+
+impl Journal {
+    fn end(&self) -> u64 {
+        self.start + self.changed.len() as u64
+    }
+
+    /// What changed since position `seen`, if the journal still reaches back to it.
+    fn since(&self, seen: u64) -> Option<impl Iterator<Item = &(Side, Decimal)>> {
+        let skip = seen.checked_sub(self.start)?;
+        (seen <= self.end()).then(|| self.changed.iter().skip(skip as usize))
+    }
+
+    fn record(&mut self, side: Side, key: Decimal) {
+        if self.changed.len() == JOURNAL_LEN {
+            self.changed.pop_front();
+            self.start += 1;
+        }
+        self.changed.push_back((side, key));
+    }
+
+    /// Every window is now behind the journal.
+    fn reset(&mut self) {
+        self.start = self.end() + 1;
+        self.changed.clear();
+    }
+}
+
+impl Replica {
+    fn side(&self, side: Side) -> &BTreeMap<Decimal, Level> {
+        match side {
+            Side::Bid => &self.bids,
+            Side::Ask => &self.asks,
         }
     }
 
-    /// The view clients were last sent.
-    pub fn sent(&self) -> &Arc<BookView> {
-        &self.sent
+    pub fn get(&self, side: Side, key: &Decimal) -> Option<&Level> {
+        self.side(side).get(key)
     }
 
-    fn current(&self, book: &Replica) -> BookView {
-        let bids: Vec<Level> = book.bids.values().take(self.depth).cloned().collect();
-        let asks: Vec<Level> = book.asks.values().take(self.depth).cloned().collect();
-        BookView {
-            symbol: book.symbol.clone(),
-            checksum: checksum(&bids, &asks),
-            bids,
-            asks,
-            last_update_id: book.last_update_id.unwrap_or(0),
+    /// The levels after `key` (from the best when `None`), best first.
+    pub fn after(&self, side: Side, key: Option<Decimal>) -> Box<dyn Iterator<Item = &Level> + '_> {
+        match (side, key) {
+            (Side::Bid, None) => Box::new(self.bids.values().rev()),
+            (Side::Bid, Some(k)) => Box::new(self.bids.range(..k).rev().map(|(_, l)| l)),
+            (Side::Ask, None) => Box::new(self.asks.values()),
+            (Side::Ask, Some(k)) => Box::new(
+                self.asks
+                    .range((Bound::Excluded(k), Bound::Unbounded))
+                    .map(|(_, l)| l),
+            ),
         }
     }
 
-    /// Takes the book's current top as what clients now have, for a snapshot.
-    pub fn snapshot(&mut self, book: &Replica) -> Arc<BookView> {
-        self.sent = Arc::new(self.current(book));
-        self.sent.clone()
+    /// The best `n` levels of a side.
+    pub fn top(&self, side: Side, n: usize) -> Vec<Level> {
+        self.after(side, None).take(n).cloned().collect()
     }
 
-    /// The delta from the view clients have to the book's current top, covering every update
-    /// id since; `None` only when no update came since. A delta that leaves the window as it
-    /// was still goes out, with empty sides: a client learns every update id as it happens,
-    /// so it can tell it is current (and compare with a REST snapshot).
-    pub fn delta(&mut self, book: &Replica) -> Option<(Delta, Arc<BookView>)> {
-        let last = book.last_update_id?;
-        if last <= self.sent.last_update_id {
-            return None;
-        }
-        let view = self.current(book);
-        let delta = Delta {
-            first_update_id: self.sent.last_update_id + 1,
-            last_update_id: last,
-            bids: diff(&self.sent.bids, &view.bids, |a, b| b.cmp(a)),
-            asks: diff(&self.sent.asks, &view.asks, |a, b| a.cmp(b)),
-            checksum: view.checksum,
+    fn apply_levels(&mut self, side: Side, levels: Vec<Level>) {
+        let map = match side {
+            Side::Bid => &mut self.bids,
+            Side::Ask => &mut self.asks,
         };
-        self.sent = Arc::new(view);
-        Some((delta, self.sent.clone()))
+        // A level keeps the price text it was first sent with: the same price written
+        // another way ("100" then "100.0") changes nothing a client keeps, so the checksum
+        // stays the one its replica computes.
+        for l in levels {
+            let key = l.key;
+            if l.qty_is_zero() {
+                map.remove(&key);
+            } else {
+                map.entry(key)
+                    .and_modify(|kept| kept.qty = l.qty.clone())
+                    .or_insert(l);
+            }
+            self.journal.record(side, key);
+        }
     }
 }
 
@@ -369,6 +308,11 @@ impl OrderBook {
                 bids: BTreeMap::new(),
                 asks: BTreeMap::new(),
                 last_update_id: None,
+                // Starts past 0, the position of a window that has seen nothing.
+                journal: Journal {
+                    changed: VecDeque::new(),
+                    start: 1,
+                },
             },
         }
     }
@@ -390,7 +334,7 @@ impl OrderBook {
     /// The best bid and the best ask of the whole replica.
     pub fn best(&self) -> (Option<&Level>, Option<&Level>) {
         (
-            self.replica.bids.values().next(),
+            self.replica.bids.values().next_back(),
             self.replica.asks.values().next(),
         )
     }
@@ -424,9 +368,10 @@ impl OrderBook {
                 asks,
                 last_update_id,
             } => {
-                self.replica.bids = bids.into_iter().map(|l| (Reverse(l.key), l)).collect();
+                self.replica.bids = bids.into_iter().map(|l| (l.key, l)).collect();
                 self.replica.asks = asks.into_iter().map(|l| (l.key, l)).collect();
                 self.replica.last_update_id = Some(last_update_id);
+                self.replica.journal.reset();
                 BookChange::Resync
             }
             BookUpdate::Delta {
@@ -439,31 +384,8 @@ impl OrderBook {
                     .replica
                     .last_update_id
                     .is_some_and(|l| first_update_id == l + 1);
-                // A level keeps the price text it was first sent with: the same price
-                // written another way ("100" then "100.0") changes nothing a client keeps,
-                // so the checksum stays the one its replica computes.
-                for l in bids {
-                    if l.qty_is_zero() {
-                        self.replica.bids.remove(&Reverse(l.key));
-                    } else {
-                        self.replica
-                            .bids
-                            .entry(Reverse(l.key))
-                            .and_modify(|kept| kept.qty = l.qty.clone())
-                            .or_insert(l);
-                    }
-                }
-                for l in asks {
-                    if l.qty_is_zero() {
-                        self.replica.asks.remove(&l.key);
-                    } else {
-                        self.replica
-                            .asks
-                            .entry(l.key)
-                            .and_modify(|kept| kept.qty = l.qty.clone())
-                            .or_insert(l);
-                    }
-                }
+                self.replica.apply_levels(Side::Bid, bids);
+                self.replica.apply_levels(Side::Ask, asks);
                 self.replica.last_update_id = Some(last_update_id);
                 if continuous {
                     BookChange::Continuous
@@ -485,52 +407,11 @@ impl OrderBook {
     }
 }
 
-/// Levels that differ between two sorted views; a level only in `before` comes out with
-/// quantity "0". `order` is the side's best-first ordering.
-fn diff(
-    before: &[Level],
-    after: &[Level],
-    order: impl Fn(&Decimal, &Decimal) -> Ordering,
-) -> Vec<Level> {
-    let zero: Arc<str> = Arc::from("0");
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < before.len() || j < after.len() {
-        let o = match (before.get(i), after.get(j)) {
-            (Some(b), Some(a)) => order(&b.key, &a.key),
-            (Some(_), None) => Ordering::Less,
-            _ => Ordering::Greater,
-        };
-        match o {
-            Ordering::Less => {
-                let b = &before[i];
-                out.push(Level {
-                    key: b.key,
-                    price: b.price.clone(),
-                    qty: zero.clone(),
-                });
-                i += 1;
-            }
-            Ordering::Greater => {
-                out.push(after[j].clone());
-                j += 1;
-            }
-            Ordering::Equal => {
-                if before[i].qty != after[j].qty {
-                    out.push(after[j].clone());
-                }
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+    use std::str::FromStr;
 
     fn upd(v: Value) -> BookUpdate {
         BookUpdate::parse(&v).unwrap()
@@ -540,8 +421,8 @@ mod tests {
     fn checksum_is_krakens_crc32_of_the_top_levels() {
         let level = |p: &str, q: &str| Level {
             key: Decimal::from_str(p).unwrap(),
-            price: Arc::from(p),
-            qty: Arc::from(q),
+            price: p.into(),
+            qty: q.into(),
         };
         let asks = [
             level("0.05005", "0.00000500"),
@@ -576,15 +457,15 @@ mod tests {
         // The client's replica: its level "100" now has quantity "2".
         let mine = [Level {
             key: Decimal::from_str("100").unwrap(),
-            price: Arc::from("100"),
-            qty: Arc::from("2"),
+            price: "100".into(),
+            qty: "2".into(),
         }];
         assert_eq!(d.checksum, checksum(&mine, &view.asks));
     }
 
-    fn pairs(levels: &[Level]) -> Vec<(String, String)> {
+    fn pairs<'a>(levels: impl IntoIterator<Item = &'a Level>) -> Vec<(String, String)> {
         levels
-            .iter()
+            .into_iter()
             .map(|l| (l.price.to_string(), l.qty.to_string()))
             .collect()
     }
