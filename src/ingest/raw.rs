@@ -71,9 +71,12 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// An object's members as (key, value) texts; most objects fit inline.
+pub type Members<'a> = SmallVec<[(&'a str, &'a str); 8]>;
+
 /// The members of a valid JSON object's text, in order: each key's text between its quotes
 /// (still escaped) and its value's text. `None` when `text` is not an object.
-pub fn members(text: &str) -> Option<SmallVec<[(&str, &str); 8]>> {
+pub fn members(text: &str) -> Option<Members<'_>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {

@@ -103,7 +103,7 @@ enum Top<'a> {
 }
 
 /// The top-level members of an event's text, undecoded (see `ingest::raw`).
-type RawFields<'a> = smallvec::SmallVec<[(&'a str, &'a str); 8]>;
+type RawFields<'a> = raw::Members<'a>;
 
 /// An event's `data`, as decoded JSON or as its text.
 enum Data<'a> {
@@ -191,10 +191,7 @@ impl Data<'_> {
     fn book(&self) -> Result<BookUpdate, String> {
         match self {
             Data::Value(v) => BookUpdate::parse(v),
-            Data::Raw(r) => {
-                let v: Value = serde_json::from_str(r).map_err(|e| e.to_string())?;
-                BookUpdate::parse(&v)
-            }
+            Data::Raw(r) => BookUpdate::parse_raw(r),
         }
     }
 
