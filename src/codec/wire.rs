@@ -20,7 +20,13 @@ impl WireMessage {
     pub fn text(write: impl FnOnce(&mut BytesMut)) -> WireMessage {
         // Small to start: a frame's buffer stays alive as long as any queue holds it, so an
         // Engine.IO pong must not hold a broadcast-sized allocation.
-        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + 54);
+        WireMessage::text_sized(54, write)
+    }
+
+    /// A text frame whose body is expected to take about `body` bytes, so that writing it
+    /// does not grow the buffer step by step.
+    pub fn text_sized(body: usize, write: impl FnOnce(&mut BytesMut)) -> WireMessage {
+        let mut buf = BytesMut::with_capacity(MAX_SERVER_HEADER + body);
         buf.resize(MAX_SERVER_HEADER, 0);
         write(&mut buf);
         let len = buf.len() - MAX_SERVER_HEADER;

@@ -68,13 +68,13 @@ pub fn encode_numbered(
 ) -> WireMessage {
     let marks = Marks { offset, seq };
     match data {
-        Payload::Value(v) => encode_with(event, room, timestamp_ms, marks, |b| {
+        Payload::Value(v) => encode_with(event, room, timestamp_ms, marks, 256, |b| {
             // Serializing into a growable buffer cannot fail.
             let _ = serde_json::to_writer(b.writer(), v);
         }),
-        Payload::Json(j) => {
-            encode_with(event, room, timestamp_ms, marks, |b| b.extend_from_slice(j))
-        }
+        Payload::Json(j) => encode_with(event, room, timestamp_ms, marks, j.len(), |b| {
+            b.extend_from_slice(j)
+        }),
     }
 }
 
@@ -87,7 +87,7 @@ struct Marks {
 
 /// `42/ws,["<event>",{"channel":"<room>","data":<data>,"timestamp":<ts>}]` as one frame.
 pub fn encode(event: &str, room: &str, data: &Value, timestamp_ms: u64) -> WireMessage {
-    encode_with(event, room, timestamp_ms, Marks::default(), |b| {
+    encode_with(event, room, timestamp_ms, Marks::default(), 256, |b| {
         // Serializing into a growable buffer cannot fail.
         let _ = serde_json::to_writer(b.writer(), data);
     })
@@ -98,9 +98,12 @@ fn encode_with(
     room: &str,
     timestamp_ms: u64,
     marks: Marks,
+    data_len: usize,
     data: impl FnOnce(&mut bytes::BytesMut),
 ) -> WireMessage {
-    WireMessage::text(|b| {
+    // Names, marks and punctuation: escapes aside, at most this beside the data.
+    let around = event.len() + room.len() + 120;
+    WireMessage::text_sized(around + data_len, |b| {
         b.extend_from_slice(b"42");
         b.extend_from_slice(GATEWAY_NAMESPACE.as_bytes());
         b.extend_from_slice(b",[");

@@ -31,6 +31,15 @@ fn value_end(b: &[u8], mut i: usize) -> usize {
     while i < b.len() {
         let c = b[i];
         if in_str {
+            if !escaped && c != b'"' && c != b'\\' {
+                // Straight to the next quote or backslash: a string's body is most of an
+                // event's text.
+                match memchr::memchr2(b'"', b'\\', &b[i..]) {
+                    Some(n) => i += n,
+                    None => return b.len(),
+                }
+                continue;
+            }
             match c {
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,

@@ -13,9 +13,9 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 /// Levels per chunk before it splits in two.
-const CHUNK_MAX: usize = 32;
+const CHUNK_MAX: usize = 16;
 /// A chunk this small merges into its neighbour when they fit together.
-const CHUNK_MIN: usize = 8;
+const CHUNK_MIN: usize = 4;
 
 /// Which side of the book, and so which way its levels are ordered best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ impl Side {
 
 #[derive(Debug, Clone, Default)]
 pub struct Levels {
-    chunks: SmallVec<[Arc<Vec<Level>>; 4]>,
+    chunks: SmallVec<[Arc<Vec<Level>>; 8]>,
     len: usize,
 }
 

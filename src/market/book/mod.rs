@@ -82,12 +82,11 @@ pub fn checksum<'a>(
     let mut digits = [0u8; 2 * CHECKSUM_LEVELS * 2 * 40];
     let mut n = 0;
     let mut feed = |s: &str| {
-        let start = n;
-        for &c in s.as_bytes() {
-            if c != b'.' && (n > start || c != b'0') && n < digits.len() {
-                digits[n] = c;
-                n += 1;
-            }
+        let s = s.trim_start_matches(['0', '.']).as_bytes();
+        for part in s.split(|&c| c == b'.') {
+            let end = (n + part.len()).min(digits.len());
+            digits[n..end].copy_from_slice(&part[..end - n]);
+            n = end;
         }
     };
     for l in asks
