@@ -1,10 +1,21 @@
 //! Ingest body parsing into `serde_json::Value`, serde_json against simd-json, on a batch of
 //! 100 mixed events as NDJSON (lines) and as one JSON array. `parse_body` uses the faster of
 //! the two for each shape.
+//!
+//! And the whole path of a posted body, per kind of event: taken apart, validated, applied to
+//! the market, encoded into frames and logged for recovery, handed to no shard (what
+//! subscribers cost is the fan-out bench's).
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use maven_gateway::ingest::parse::{parse_body, parse_one_simd};
+use maven_gateway::ingest::Ingest;
+use maven_gateway::market::demand::Demand;
+use maven_gateway::market::MarketSettings;
+use maven_gateway::recovery::{Recovery, RecoverySettings};
+use maven_gateway::room::Symbols;
+use maven_gateway::shard::Fanout;
 use serde_json::Value;
+use std::sync::Arc;
 
 fn batch() -> Vec<String> {
     (0..100)
@@ -54,5 +65,73 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse);
+fn gateway() -> Arc<Ingest> {
+    let recovery = Recovery::standalone(
+        RecoverySettings {
+            window_ms: 120_000,
+            max_events: 100_000,
+        },
+        0,
+    );
+    Ingest::new(
+        Fanout::new(Arc::from([])),
+        MarketSettings::default(),
+        Some(Arc::new(recovery)),
+        Arc::new(Symbols::any()),
+        Arc::new(Demand::default()),
+    )
+}
+
+/// 100 events of one kind as an NDJSON body; `n` numbers the batch (book update ids follow on).
+fn body(kind: &str, n: u64) -> Vec<u8> {
+    let lines: Vec<String> = (0..100u64)
+        .map(|i| {
+            let id = n * 100 + i + 2;
+            let sym = format!("S{}USDT", i % 50);
+            match kind {
+                "trades" => format!(r#"{{"type":"trade","symbol":"{sym}","data":{{"tradeId":"t{id}","price":"45000.{i:02}","quantity":"0.5","side":"buy","timestamp":1700000000000}}}}"#),
+                "tickers" => format!(r#"{{"type":"ticker.update","symbol":"{sym}","data":{{"symbol":"{sym}","lastPrice":"2400.{i:02}","priceChange":"1.00","volume24h":"12500.50"}}}}"#),
+                "private" => format!(r#"{{"type":"order.filled","userId":"u{}","data":{{"orderId":"o{id}","price":"45000.00","filled":"0.5","status":"filled"}}}}"#, i % 50),
+                // One book, so every delta continues the last: 1 to 2 levels near the top.
+                _ => format!(r#"{{"type":"orderbook.update","symbol":"BTCUSDT","data":{{"type":"delta","bids":[["{}.5","{}"]],"asks":[["{}.5","1.25"]],"firstUpdateId":{id},"lastUpdateId":{id}}}}}"#, 44_990 + id % 40, if id % 4 == 0 { 0 } else { id % 9 + 1 }, 45_000 + id % 60),
+            }
+        })
+        .collect();
+    lines.join("\n").into_bytes()
+}
+
+fn submit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ingest_submit");
+    g.throughput(Throughput::Elements(100));
+    for kind in ["trades", "tickers", "private", "books"] {
+        let ingest = gateway();
+        // A top-100 window over 200 levels a side.
+        let levels = |from: u64, step: i64| {
+            (0..200)
+                .map(|i| format!(r#"["{}.5","2"]"#, from as i64 + i * step))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let snapshot = format!(
+            r#"{{"type":"orderbook.update","symbol":"BTCUSDT","data":{{"type":"snapshot","bids":[{}],"asks":[{}],"lastUpdateId":1}}}}"#,
+            levels(44_999, -1),
+            levels(45_000, 1)
+        );
+        ingest.submit_body(snapshot.as_bytes()).unwrap();
+        let mut n = 0;
+        g.bench_function(format!("ndjson_100/{kind}"), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    body(kind, n)
+                },
+                |body| ingest.submit_body(black_box(&body)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parse, submit);
 criterion_main!(benches);

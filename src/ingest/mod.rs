@@ -332,6 +332,7 @@ impl Ingest {
                 offsets.resize(out.len(), id);
             }
             market.take_ticker_values(&mut out);
+            market.attach_views(&mut out);
             drop(by_type);
             // Publish inside the lock so batches reach the shards in the order they were
             // applied; encoding is per publish, not per subscriber.
@@ -433,6 +434,7 @@ impl Ingest {
                 let mut out = Vec::new();
                 market.views_changed(self.demand.take_changes(now), &mut out);
                 market.poll(now, &mut out);
+                market.attach_views(&mut out);
                 self.publish(out, Vec::new(), now, Arrival::Live);
                 market
                     .next_deadline()

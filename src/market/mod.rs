@@ -20,7 +20,6 @@ use book::{BookChange, BookView, Delta, OrderBook, Replica, Window};
 use compact_str::CompactString;
 use indexmap::IndexMap;
 use input::IngestEvent;
-use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -588,6 +587,25 @@ impl Market {
         }
     }
 
+    /// Gives the last book delta of each room in `out` the view it leaves clients with, the
+    /// source of the room's subscribe snapshots. Call once a batch is complete.
+    pub fn attach_views(&self, out: &mut [Publish]) {
+        let mut done: smallvec::SmallVec<[Arc<str>; 8]> = smallvec::SmallVec::new();
+        for p in out.iter_mut().rev() {
+            if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
+                continue;
+            }
+            p.book = self
+                .views
+                .book_view(&p.room)
+                .or_else(|| match Room::parse(&p.room) {
+                    Room::Orderbook(symbol) => self.book_view(symbol),
+                    _ => None,
+                });
+            done.push(p.room.clone());
+        }
+    }
+
     /// The gateway's current book for a symbol, as clients see it (top N, best first).
     pub fn book_view(&self, symbol: &str) -> Option<Arc<BookView>> {
         self.books.get(symbol).map(|b| b.book.sent_view().clone())
@@ -628,18 +646,31 @@ fn book_tickers(
     last_update_id: u64,
     out: &mut Vec<Publish>,
 ) {
-    let side = |i: usize, qty: bool| match &top[i] {
-        Some((p, q)) => Value::String(if qty { q } else { p }.to_string()),
-        None => Value::Null,
-    };
-    let data = serde_json::json!({
-        "symbol": symbol,
-        "bidPrice": side(0, false),
-        "bidQty": side(0, true),
-        "askPrice": side(1, false),
-        "askQty": side(1, true),
-        "lastUpdateId": last_update_id,
-    });
+    // Checked decimal strings go out as they are; only the symbol needs escaping.
+    let mut json = Vec::with_capacity(160);
+    json.extend_from_slice(b"{\"symbol\":");
+    let _ = serde_json::to_writer(&mut json, symbol);
+    for (i, (price, qty)) in [(0, ("bidPrice", "bidQty")), (1, ("askPrice", "askQty"))] {
+        for (name, text) in [
+            (price, top[i].as_ref().map(|t| &t.0)),
+            (qty, top[i].as_ref().map(|t| &t.1)),
+        ] {
+            json.extend_from_slice(b",\"");
+            json.extend_from_slice(name.as_bytes());
+            json.extend_from_slice(b"\":");
+            match text {
+                Some(t) => {
+                    json.push(b'"');
+                    json.extend_from_slice(t.as_bytes());
+                    json.push(b'"');
+                }
+                None => json.extend_from_slice(b"null"),
+            }
+        }
+    }
+    json.extend_from_slice(b",\"lastUpdateId\":");
+    json.extend_from_slice(itoa::Buffer::new().format(last_update_id).as_bytes());
+    json.push(b'}');
     let symbol_key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -656,7 +687,7 @@ fn book_tickers(
             ..Publish::new(
                 room,
                 "bookTicker.update",
-                Payload::Value(data.clone()),
+                Payload::Json(json.clone()),
                 StreamClass::Latest,
             )
         });
@@ -675,16 +706,17 @@ fn book_snapshot(room: Arc<str>, view: Arc<BookView>, reason: &str) -> Publish {
     }
 }
 
+/// A delta without its view: [`Market::attach_views`] gives the view to the last delta of
+/// each room in a batch only, since a shard takes a batch whole and no subscriber can come
+/// between two of its publishes. A view held by one publish per delta would make every delta
+/// copy the chunks it changes.
 fn book_delta(room: Arc<str>, (delta, view): (Delta, Arc<BookView>)) -> Publish {
-    Publish {
-        book: Some(view.clone()),
-        ..Publish::new(
-            room,
-            "orderbook.update",
-            Payload::Json(delta.json(&view.symbol)),
-            StreamClass::BookDelta,
-        )
-    }
+    Publish::new(
+        room,
+        "orderbook.update",
+        Payload::Json(delta.json(&view.symbol)),
+        StreamClass::BookDelta,
+    )
 }
 
 #[cfg(test)]
@@ -692,6 +724,7 @@ mod tests {
     use super::*;
     use crate::market::input::parse_event;
     use serde_json::json;
+    use serde_json::Value;
 
     fn ev(v: Value) -> IngestEvent {
         parse_event(v).unwrap()
@@ -707,14 +740,17 @@ mod tests {
         for (t, e) in events {
             while let Some(at) = m.next_deadline().filter(|at| *at <= t) {
                 m.poll(at, &mut out);
+                m.attach_views(&mut out);
                 log.extend(out.drain(..).map(|p| (at, p)));
             }
             m.apply(ev(e), t, &mut out);
             m.take_ticker_values(&mut out);
+            m.attach_views(&mut out);
             log.extend(out.drain(..).map(|p| (t, p)));
         }
         while let Some(at) = m.next_deadline().filter(|at| *at <= until) {
             m.poll(at, &mut out);
+            m.attach_views(&mut out);
             log.extend(out.drain(..).map(|p| (at, p)));
         }
         log
@@ -838,6 +874,53 @@ mod tests {
             .collect();
         assert_eq!(seen, vec![(0, false), (200, true), (400, false)]);
         assert_eq!(log[1].1.class, StreamClass::Lossless);
+    }
+
+    #[test]
+    fn only_the_last_delta_of_a_room_in_a_batch_carries_the_view() {
+        let mut m = Market::new(MarketSettings::default());
+        let mut out = Vec::new();
+        m.apply(ev(json!({"type":"orderbook.update","symbol":"X1","data":{"type":"snapshot","bids":[["10","1"]],"asks":[["11","1"]],"lastUpdateId":1}})), 0, &mut out);
+        for id in 2..5u64 {
+            for sym in ["X1", "X2"] {
+                let data = if sym == "X2" && id == 2 {
+                    json!({"type":"snapshot","bids":[["5","1"]],"asks":[],"lastUpdateId":2})
+                } else {
+                    json!({"type":"delta","bids":[[format!("9.{id}"),"1"]],"firstUpdateId":id,"lastUpdateId":id})
+                };
+                m.apply(
+                    ev(json!({"type":"orderbook.update","symbol":sym,"data":data})),
+                    0,
+                    &mut out,
+                );
+            }
+        }
+        m.attach_views(&mut out);
+        let books: Vec<(&str, StreamClass, Option<u64>)> = out
+            .iter()
+            .filter(|p| Room::parse(&p.room).kind() == crate::room::RoomKind::Orderbook)
+            .map(|p| (&*p.room, p.class, p.book.as_ref().map(|b| b.last_update_id)))
+            .collect();
+        use StreamClass::{BookDelta as D, BookSnapshot as S};
+        assert_eq!(
+            books,
+            [
+                ("orderbook:X1", S, Some(1)),
+                ("orderbook:X1", D, None),
+                ("orderbook:X2", S, Some(2)),
+                ("orderbook:X1", D, None),
+                ("orderbook:X2", D, None),
+                ("orderbook:X1", D, Some(4)),
+                ("orderbook:X2", D, Some(4)),
+            ]
+        );
+        // The view attached is the window after the room's last delta.
+        let last = out
+            .iter()
+            .rev()
+            .find(|p| &*p.room == "orderbook:X1")
+            .unwrap();
+        assert_eq!(last.book.as_ref().unwrap().bids.len(), 4);
     }
 
     #[test]

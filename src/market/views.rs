@@ -3,7 +3,7 @@
 //! room with a state of its own (a book window chained and checksummed on its own, a
 //! throttle), computed only while `demand` says some shard has it open.
 
-use super::book::{Replica, Window};
+use super::book::{BookView, Replica, Window};
 use super::demand::Change;
 use super::throttle::{Offer, Throttle};
 use super::{
@@ -57,6 +57,14 @@ impl Views {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The window clients of a book view room have now.
+    pub fn book_view(&self, room: &str) -> Option<Arc<BookView>> {
+        match self.states.get(room)? {
+            ViewState::Book { window, .. } => Some(window.sent().clone()),
+            _ => None,
+        }
+    }
+
     pub fn on_book(
         &mut self,
         symbol: &str,
@@ -363,6 +371,7 @@ mod tests {
         assert_eq!(m.next_deadline(), Some(110));
         let mut out = Vec::new();
         m.poll(110, &mut out);
+        m.attach_views(&mut out);
         let v = in_room(&out, room);
         assert_eq!(v.len(), 1);
         let delta = json_of(v[0]);

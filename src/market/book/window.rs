@@ -3,7 +3,7 @@
 //! not by rebuilding the window: the cost follows the levels that changed, whatever the depth.
 
 use super::levels::{Levels, Side};
-use super::{checksum, BookView, Delta, Level, Replica};
+use super::{checksum, BookView, Delta, Level, Replica, CHECKSUM_LEVELS};
 use rust_decimal::Decimal;
 use smallvec::SmallVec;
 use std::cmp::Ordering;
@@ -66,6 +66,7 @@ impl Window {
         let depth = self.depth;
         let changed = book.journal.since(self.seen);
         let view = Arc::make_mut(&mut self.sent);
+        let cuts_before = [checksum_cut(&view.bids), checksum_cut(&view.asks)];
         let (bids, asks) = match changed {
             Some(changed) => {
                 let (mut bid_keys, mut ask_keys): (Vec<Decimal>, Vec<Decimal>) =
@@ -88,7 +89,22 @@ impl Window {
                 rebuild(&mut view.asks, Side::Ask, book, depth),
             ),
         };
-        if !bids.is_empty() || !asks.is_empty() {
+        // The checksum covers the top levels only; most changes are below them.
+        let top_changed = [
+            (&bids, Side::Bid, &view.bids),
+            (&asks, Side::Ask, &view.asks),
+        ]
+        .into_iter()
+        .zip(cuts_before)
+        .any(|((changes, side, levels), before)| {
+            let after = checksum_cut(levels);
+            changes.iter().any(|l| {
+                [before, after]
+                    .iter()
+                    .any(|cut| cut.is_none_or(|c| side.order(&l.key, &c) != Ordering::Greater))
+            })
+        });
+        if top_changed {
             view.checksum = checksum(&view.bids, &view.asks);
         }
         let delta = Delta {
@@ -102,6 +118,12 @@ impl Window {
         self.seen = book.journal.end();
         Some((delta, self.sent.clone()))
     }
+}
+
+/// The last price a checksum covers on a side, if the side has that many levels; a change
+/// past it on both the old and the new window leaves the checksum as it was.
+fn checksum_cut(levels: &Levels) -> Option<Decimal> {
+    levels.iter().nth(CHECKSUM_LEVELS - 1).map(|l| l.key)
 }
 
 /// Moves one side of the window from what clients have to the replica's top `depth`, given

@@ -25,7 +25,8 @@ impl Engine {
                 self.refreshed(b);
                 continue;
             }
-            if (b.retain || b.book.is_some()) && !self.follows(&b.room) {
+            let book = matches!(b.class, StreamClass::BookDelta | StreamClass::BookSnapshot);
+            if (b.retain || book) && !self.follows(&b.room) {
                 continue;
             }
             if b.retain {
