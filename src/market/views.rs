@@ -56,7 +56,6 @@ impl Views {
         self.states.is_empty()
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// The window clients of a book view room have now.
     pub fn book_view(&self, room: &str) -> Option<Arc<BookView>> {
         match self.states.get(room)? {
@@ -65,6 +64,7 @@ impl Views {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn on_book(
         &mut self,
         symbol: &str,
