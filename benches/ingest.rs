@@ -93,7 +93,7 @@ fn body(kind: &str, n: u64) -> Vec<u8> {
                 "tickers" => format!(r#"{{"type":"ticker.update","symbol":"{sym}","data":{{"symbol":"{sym}","lastPrice":"2400.{i:02}","priceChange":"1.00","volume24h":"12500.50"}}}}"#),
                 "private" => format!(r#"{{"type":"order.filled","userId":"u{}","data":{{"orderId":"o{id}","price":"45000.00","filled":"0.5","status":"filled"}}}}"#, i % 50),
                 // One book, so every delta continues the last: 1 to 2 levels near the top.
-                _ => format!(r#"{{"type":"orderbook.update","symbol":"BTCUSDT","data":{{"type":"delta","bids":[["{}.5","{}"]],"asks":[["{}.5","1.25"]],"firstUpdateId":{id},"lastUpdateId":{id}}}}}"#, 44_990 + id % 40, if id % 4 == 0 { 0 } else { id % 9 + 1 }, 45_000 + id % 60),
+                _ => format!(r#"{{"type":"orderbook.update","symbol":"BTCUSDT","data":{{"type":"delta","bids":[["{}.5","{}"]],"asks":[["{}.5","1.25"]],"firstUpdateId":{id},"lastUpdateId":{id}}}}}"#, 44_990 + id % 40, if id.is_multiple_of(4) { 0 } else { id % 9 + 1 }, 45_000 + id % 60),
             }
         })
         .collect();
