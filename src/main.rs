@@ -6,7 +6,8 @@ use tracing_subscriber::EnvFilter;
 
 // Frames and views are built by ingest and freed by the shard threads that sent them; glibc's
 // allocator takes an arena lock for every such free (a third of ingest's CPU went to futex
-// waits on it), mimalloc hands them back without one.
+// waits on it), mimalloc hands them back without one. Built without transparent huge pages:
+// with them an idle connection held 4.5 KiB instead of glibc's 2.2 KiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
