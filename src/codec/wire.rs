@@ -72,6 +72,26 @@ impl WireMessage {
         out
     }
 
+    /// A message again from a frame [`WireMessage::ws_frame`] gave, for a store that keeps
+    /// frames in its own buffers; `None` if it is not one of ours.
+    pub fn from_ws_frame(frame: Bytes) -> Option<WireMessage> {
+        let binary = match frame.first()? & 0x0f {
+            0x1 => false,
+            0x2 => true,
+            _ => return None,
+        };
+        let body_at = match frame.get(1)? & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        (frame.len() >= body_at as usize).then_some(WireMessage {
+            frame,
+            body_at,
+            binary,
+        })
+    }
+
     /// The complete WebSocket frame.
     pub fn ws_frame(&self) -> &Bytes {
         &self.frame
@@ -99,6 +119,27 @@ impl WireMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_reads_back_as_the_message_it_came_from() {
+        for n in [0usize, 125, 126, 65_535, 65_536, 70_000] {
+            let body = "x".repeat(n);
+            let text = WireMessage::text(|b| b.extend_from_slice(body.as_bytes()));
+            let bin = WireMessage::binary(body.as_bytes());
+            for m in [text, bin] {
+                let copy = Bytes::copy_from_slice(m.ws_frame());
+                assert_eq!(WireMessage::from_ws_frame(copy), Some(m));
+            }
+        }
+        assert_eq!(
+            WireMessage::from_ws_frame(Bytes::from_static(&[0x88, 0])),
+            None
+        );
+        assert_eq!(
+            WireMessage::from_ws_frame(Bytes::from_static(&[0x81, 126, 0])),
+            None
+        );
+    }
 
     #[test]
     fn polling_form_is_a_slice_of_the_frame() {

@@ -297,11 +297,18 @@ impl Collector for GatewayCollector {
                 "Missed lossless events sent to recovered sockets",
                 vec![(Labels::new(), ConstCounter::new(load(&c.replayed_events)))],
             )?;
+            let log = r.log();
             family(
                 &mut enc,
                 "gateway_recovery_log_events",
                 "Lossless events held for recovery replays",
-                vec![(Labels::new(), ConstGauge::new(r.log().len() as i64))],
+                vec![(Labels::new(), ConstGauge::new(log.len() as i64))],
+            )?;
+            family(
+                &mut enc,
+                "gateway_recovery_log_bytes",
+                "Memory the recovery log holds: frames, their blocks and its indexes",
+                vec![(Labels::new(), ConstGauge::new(log.held_bytes() as i64))],
             )?;
         }
         let em = &self.emitter;
