@@ -1,15 +1,16 @@
-//! Ingest body parsing into `serde_json::Value`, serde_json against simd-json, on a batch of
-//! 100 mixed events as NDJSON (lines) and as one JSON array. `parse_body` uses the faster of
-//! the two for each shape.
+//! Ingest body parsing, on a batch of 100 mixed events as NDJSON (lines) and as one JSON
+//! array: into `serde_json::Value` with serde_json and simd-json, and as ingest reads a body
+//! (validated in place, data left as text) against simd-json's borrowed tape.
 //!
 //! And the whole path of a posted body, per kind of event: taken apart, validated, applied to
 //! the market, encoded into frames and logged for recovery, handed to no shard (what
 //! subscribers cost is the fan-out bench's).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use maven_gateway::ingest::parse::{parse_body, parse_one_simd};
+use maven_gateway::ingest::parse::{parse_body, parse_body_raw, parse_one_simd};
 use maven_gateway::ingest::Ingest;
 use maven_gateway::market::demand::Demand;
+use maven_gateway::market::input::parse_raw_event;
 use maven_gateway::market::MarketSettings;
 use maven_gateway::recovery::{Recovery, RecoverySettings};
 use maven_gateway::room::Symbols;
@@ -61,6 +62,32 @@ fn parse(c: &mut Criterion) {
     });
     g.bench_function("simd_json/array_100", |b| {
         b.iter(|| parse_one_simd(black_box(&array)).unwrap())
+    });
+    // What ingest does: the body validated and taken apart in place, each event's routing
+    // fields read and its data left as text.
+    g.bench_function("raw/ndjson_100", |b| {
+        b.iter(|| {
+            parse_body_raw(black_box(&ndjson))
+                .unwrap()
+                .into_iter()
+                .map(|e| parse_raw_event(e).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
+    // simd-json's cheapest full parse of the same lines (a tape of borrowed values), over the
+    // mutable copy it needs of a body that arrives immutable; routing fields not yet read.
+    g.bench_function("simd_json_borrowed/ndjson_100", |b| {
+        b.iter(|| {
+            black_box(&ndjson)
+                .split(|&b| b == b'\n')
+                .map(|l| {
+                    let mut line = l.to_vec();
+                    let ok = simd_json::to_borrowed_value(&mut line).is_ok();
+                    ok
+                })
+                .filter(|ok| *ok)
+                .count()
+        })
     });
     g.finish();
 }
