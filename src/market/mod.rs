@@ -21,7 +21,7 @@ use compact_str::CompactString;
 use indexmap::IndexMap;
 use input::IngestEvent;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use throttle::{Offer, Throttle};
 
@@ -590,7 +590,8 @@ impl Market {
     /// Gives the last book delta of each room in `out` the view it leaves clients with, the
     /// source of the room's subscribe snapshots. Call once a batch is complete.
     pub fn attach_views(&self, out: &mut [Publish]) {
-        let mut done: smallvec::SmallVec<[Arc<str>; 8]> = smallvec::SmallVec::new();
+        // By room text: one batch may touch tens of thousands of books.
+        let mut done: HashSet<Arc<str>> = HashSet::new();
         for p in out.iter_mut().rev() {
             if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
                 continue;
@@ -602,7 +603,7 @@ impl Market {
                     Room::Orderbook(symbol) => self.book_view(symbol),
                     _ => None,
                 });
-            done.push(p.room.clone());
+            done.insert(p.room.clone());
         }
     }
 

@@ -129,6 +129,15 @@ fn decimal(s: &str, allow_zero: bool, what: impl FnOnce() -> String) -> Result<D
     let valid_chars =
         !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     let d = valid_chars.then(|| Decimal::from_str(s).ok()).flatten();
+    // Past 28 significant digits the decimal is rounded: two prices would share one level,
+    // or a tiny positive one would read as zero.
+    let places = s.split_once('.').map_or(0, |(_, f)| f.len());
+    if d.is_some_and(|d| d.scale() as usize != places) {
+        return Err(format!(
+            "{} '{s}' has more digits than the gateway keeps exactly (28 significant)",
+            what()
+        ));
+    }
     match d {
         Some(d) if d > Decimal::ZERO || (allow_zero && d.is_zero()) => Ok(d),
         _ => Err(format!(
@@ -231,6 +240,30 @@ mod tests {
         fn text_and_value_give_the_same_answer(text in texts()) {
             let v: Value = serde_json::from_str(&text).unwrap();
             prop_assert_eq!(BookUpdate::parse_raw(&text), BookUpdate::parse(&v));
+        }
+    }
+
+    #[test]
+    fn a_price_that_would_be_rounded_is_refused() {
+        let delta = |price: &str| {
+            let text = format!(
+                r#"{{"type":"delta","bids":[["{price}","1"]],"asks":[],"firstUpdateId":3,"lastUpdateId":3}}"#
+            );
+            BookUpdate::parse_raw(&text)
+        };
+        for exact in ["1.0000000000000000000000000001", "00.10", "5.", ".5"] {
+            assert!(delta(exact).is_ok(), "{exact}");
+        }
+        for rounded in [
+            "1.00000000000000000000000000001",
+            "0.00000000000000000000000000001",
+            "12345678901234567890123456789.5",
+        ] {
+            let e = delta(rounded).unwrap_err();
+            assert!(
+                e.contains("more digits than the gateway keeps"),
+                "{rounded}: {e}"
+            );
         }
     }
 

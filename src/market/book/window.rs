@@ -127,7 +127,9 @@ fn checksum_cut(levels: &Levels) -> Option<Decimal> {
 }
 
 /// Moves one side of the window from what clients have to the replica's top `depth`, given
-/// the prices changed since, and returns the levels clients must change, best first.
+/// the prices changed since, and returns the levels clients must change, best first. A price
+/// the backend now writes differently (`100.0` for `100`) is changed too: clients keep and
+/// checksum the text they were sent.
 ///
 /// What clients have is a prefix of the replica as it was, so once the changed prices are
 /// taken out and those still in the book and not past the old bottom are put back, it is a
@@ -184,11 +186,16 @@ fn advance(
         match (had, levels.get(side, &k)) {
             (Some(h), None) => out.push(h.removed()),
             (None, Some(now)) => out.push(now.clone()),
+            (Some(h), Some(now)) if h.price != now.price => {
+                out.push(h.removed());
+                out.push(now.clone());
+            }
             (Some(h), Some(now)) if h.qty != now.qty => out.push(now.clone()),
             _ => {}
         }
     }
-    out.sort_unstable_by(|a, b| side.order(&a.key, &b.key));
+    // Stable: a price written anew goes out as the removal of its old text, then the new one.
+    out.sort_by(|a, b| side.order(&a.key, &b.key));
     out
 }
 
@@ -209,7 +216,10 @@ fn rebuild(levels: &mut Levels, side: Side, book: &Replica, depth: usize) -> Vec
             Ordering::Greater => out.extend(now.next().cloned()),
             Ordering::Equal => {
                 if let (Some(b), Some(a)) = (before.next(), now.next()) {
-                    if b.qty != a.qty {
+                    if b.price != a.price {
+                        out.push(b.removed());
+                        out.push(a.clone());
+                    } else if b.qty != a.qty {
                         out.push(a.clone());
                     }
                 }
@@ -230,7 +240,13 @@ mod tests {
     use std::str::FromStr;
 
     fn level(p: u32, q: u32) -> Level {
-        let price = format!("{}.{}", p / 10, p % 10);
+        spelled(p, q, false)
+    }
+
+    /// A level at price `p` tenths, written with a trailing zero when `long`.
+    fn spelled(p: u32, q: u32, long: bool) -> Level {
+        let zero = if long { "0" } else { "" };
+        let price = format!("{}.{}{zero}", p / 10, p % 10);
         Level {
             key: Decimal::from_str(&price).unwrap(),
             price: price.as_str().into(),
@@ -245,14 +261,18 @@ mod tests {
     }
 
     impl Client {
+        /// As a client that keys levels by their price text would: a removal names the text
+        /// it has, and a price never arrives in a second spelling before the first is removed.
         fn apply(&mut self, side: usize, levels: &[Level]) {
             for l in levels {
                 if l.qty == "0" {
-                    assert!(
-                        self.sides[side].remove(&l.key).is_some(),
-                        "removal of a level the client does not have"
-                    );
+                    let had = self.sides[side].remove(&l.key);
+                    let had = had.expect("removal of a level the client does not have");
+                    assert_eq!(had.price, l.price, "removal of another spelling");
                 } else {
+                    if let Some(had) = self.sides[side].get(&l.key) {
+                        assert_eq!(had.price, l.price, "a second spelling of a price it has");
+                    }
                     self.sides[side].insert(l.key, l.clone());
                 }
             }
@@ -275,7 +295,13 @@ mod tests {
         fn deltas_keep_a_client_equal_to_the_top_of_the_book(
             depth in 1usize..12,
             updates in proptest::collection::vec(
-                (proptest::collection::vec((any::<bool>(), 1u32..40, 0u32..4), 0..6), 1usize..4),
+                (
+                    proptest::collection::vec(
+                        (any::<bool>(), 1u32..40, 0u32..4, proptest::bool::weighted(0.2)),
+                        0..6,
+                    ),
+                    1usize..4,
+                ),
                 1..60,
             ),
         ) {
@@ -293,9 +319,10 @@ mod tests {
             let mut id = 1;
             for (changes, every) in updates {
                 let (mut bids, mut asks) = (Vec::new(), Vec::new());
-                for (bid, p, q) in changes {
+                for (bid, p, q, long) in changes {
                     // Bids below 2.0, asks from it: a crossed book is the backend's business.
-                    let l = if bid { level(p.min(19), q) } else { level(20 + p, q) };
+                    // Now and then a price comes written another way.
+                    let l = if bid { spelled(p.min(19), q, long) } else { spelled(20 + p, q, long) };
                     if bid { bids.push(l) } else { asks.push(l) }
                 }
                 id += 1;
@@ -316,6 +343,32 @@ mod tests {
                 prop_assert_eq!(d.checksum, checksum(&view.bids, &view.asks));
             }
         }
+    }
+
+    #[test]
+    fn a_price_written_anew_is_removed_in_its_old_spelling_and_sent_in_its_new_one() {
+        let mut book = OrderBook::new("X", 5);
+        book.apply(BookUpdate::Snapshot {
+            bids: vec![spelled(100, 1, false), spelled(99, 2, false)],
+            asks: vec![],
+            last_update_id: 1,
+        });
+        book.take_snapshot();
+        book.apply(BookUpdate::Delta {
+            bids: vec![spelled(100, 0, false), spelled(100, 1, true)],
+            asks: vec![],
+            first_update_id: 2,
+            last_update_id: 2,
+        });
+        let (d, view) = book.take_delta().unwrap();
+        let got: Vec<_> = d
+            .bids
+            .iter()
+            .map(|l| (l.price.as_str(), l.qty.as_str()))
+            .collect();
+        assert_eq!(got, [("10.0", "0"), ("10.00", "1")]);
+        assert_eq!(d.checksum, checksum(&view.bids, &view.asks));
+        assert_eq!(view.bids.iter().next().unwrap().price, "10.00");
     }
 
     #[test]
