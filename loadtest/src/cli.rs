@@ -87,9 +87,14 @@ pub struct IngestArgs {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct Common {
-    /// Socket.IO server to load, host:port on 127.0.0.0/8.
+    /// Socket.IO server to load, host:port on 127.0.0.0/8 (anywhere with --allow-remote).
     #[arg(long)]
     pub target: Option<String>,
+    /// Let --target, --ingest, --publish-url and --stats-url name another host (a staging
+    /// gateway). The run's bounds (counts, rates, deadline) are the same; the report says
+    /// where the load went. Without it, only 127.0.0.0/8 is loaded.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// Spawn maven-gateway from this binary (free ports, --shards, --log warn).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -140,6 +145,11 @@ pub struct Common {
     /// Server counters (GET, JSON with total.messages_out), e.g. the gateway's /stats.
     #[arg(long)]
     pub stats_url: Option<String>,
+    /// The server's Prometheus metrics, read for its CPU and memory
+    /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`) when it is not a local
+    /// process; defaults to the stats URL's /metrics.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// Worker processes (default: enough for 15,000 connections each, at least 2).
     #[arg(long)]
     pub workers: Option<usize>,

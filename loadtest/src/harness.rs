@@ -39,20 +39,56 @@ pub fn is_loopback_host(host: &str) -> bool {
     }
 }
 
-pub fn check_url(what: &str, url: &str) -> Result<(), String> {
+/// Checks a URL loadtest will send to: http, and on loopback unless `allow_remote`.
+pub fn check_url(what: &str, url: &str, allow_remote: bool) -> Result<(), String> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("{what}: bad URL {url}: {e}"))?;
     if u.scheme() != "http" {
-        return Err(format!(
-            "{what}: only http:// on loopback is supported ({url})"
-        ));
+        return Err(format!("{what}: only http:// is supported ({url})"));
     }
     let host = u.host_str().unwrap_or("");
-    if !is_loopback_host(host) {
+    if !allow_remote && !is_loopback_host(host) {
         return Err(format!(
-            "{what}: {host} is not a loopback address; loadtest only targets 127.0.0.0/8"
+            "{what}: {host} is not a loopback address; loadtest only targets 127.0.0.0/8 \
+             unless given --allow-remote"
         ));
     }
     Ok(())
+}
+
+/// Reads the server's process figures from its Prometheus metrics every second.
+async fn poll_metrics(url: String, into: Arc<Mutex<Option<sys::ProcSample>>>) {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+    else {
+        return;
+    };
+    loop {
+        if let Ok(r) = client.get(&url).send().await {
+            if let Ok(text) = r.text().await {
+                if let Some(s) = process_figures(&text) {
+                    *into.lock().unwrap() = Some(s);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// CPU and resident memory from a Prometheus text exposition.
+pub fn process_figures(text: &str) -> Option<sys::ProcSample> {
+    let value = |name: &str| {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (n, v) = l.split_once(' ')?;
+            (n == name).then(|| v.trim().parse::<f64>().ok()).flatten()
+        })
+    };
+    let cpu = value("process_cpu_seconds_total")?;
+    Some(sys::ProcSample {
+        cpu_us: (cpu * 1e6) as u64,
+        rss_bytes: value("process_resident_memory_bytes").unwrap_or(0.0) as u64,
+        threads: 0,
+    })
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -156,6 +192,8 @@ pub struct Harness {
     last_stats_at: Option<Instant>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+    /// The server's CPU and memory from its metrics, when it is not a process here.
+    remote_sample: Arc<Mutex<Option<sys::ProcSample>>>,
     pub deadline: Instant,
     pub peak_rss: u64,
     /// Connection failures that were expected (the `mixed` private-channel probe).
@@ -194,15 +232,16 @@ impl Harness {
             (Some(s), _) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), s.port),
             (None, Some(t)) => {
                 let (host, _) = t.rsplit_once(':').ok_or("--target must be host:port")?;
-                if !is_loopback_host(host) {
+                if !common.allow_remote && !is_loopback_host(host) {
                     return Err(format!(
-                        "--target {t}: not a loopback address; loadtest only targets 127.0.0.0/8"
+                        "--target {t}: not a loopback address; loadtest only targets \
+                         127.0.0.0/8 unless given --allow-remote"
                     ));
                 }
                 t.to_socket_addrs()
                     .map_err(|e| format!("--target {t}: {e}"))?
                     .find(|a| a.is_ipv4())
-                    .ok_or(format!("--target {t}: no IPv4 loopback address"))?
+                    .ok_or(format!("--target {t}: no IPv4 address"))?
             }
             (None, None) => {
                 return Err(
@@ -211,10 +250,8 @@ impl Harness {
                 )
             }
         };
-        if let IpAddr::V4(v4) = target.ip() {
-            if v4.octets()[0] != 127 {
-                return Err(format!("{target} is not on 127.0.0.0/8"));
-            }
+        if !common.allow_remote && !target.ip().is_loopback() {
+            return Err(format!("{target} is not on 127.0.0.0/8"));
         }
         // Publish hook.
         let mut hook = None;
@@ -234,7 +271,7 @@ impl Harness {
                 .or_else(|| common.ingest.as_ref().map(|i| ingest_url(i)))
                 .or(ingest_default);
             if let Some(url) = url {
-                check_url("publish URL", &url)?;
+                check_url("publish URL", &url, common.allow_remote)?;
                 let format = if template.is_none() {
                     BodyFormat::Ndjson
                 } else {
@@ -258,9 +295,38 @@ impl Harness {
             _ => None,
         };
         if let Some(u) = &stats_url {
-            check_url("--stats-url", u)?;
+            check_url("--stats-url", u, common.allow_remote)?;
         }
         let server_pid = common.server_pid.or(server.as_ref().map(|s| s.pid));
+        // A server that is no process here is measured from its own metrics.
+        let metrics_url = match (&common.metrics_url, server_pid, &stats_url) {
+            (Some(u), _, _) => Some(u.clone()),
+            (None, None, Some(s)) => s
+                .strip_suffix("/stats")
+                .map(|base| format!("{base}/metrics")),
+            _ => None,
+        };
+        let remote_sample = Arc::new(Mutex::new(None));
+        if let Some(u) = &metrics_url {
+            check_url("--metrics-url", u, common.allow_remote)?;
+            if server_pid.is_none() {
+                tokio::spawn(poll_metrics(u.clone(), remote_sample.clone()));
+            }
+        }
+        let mut notes = Vec::new();
+        if common.allow_remote {
+            notes.push(format!(
+                "load went to {target} (clients){}{}",
+                hook.as_ref()
+                    .map(|h| format!(", publishes to {}", h.describe()))
+                    .unwrap_or_default(),
+                metrics_url
+                    .as_ref()
+                    .filter(|_| server_pid.is_none())
+                    .map(|u| format!("; server CPU and memory from {u}"))
+                    .unwrap_or_default(),
+            ));
+        }
         let server_info = ServerInfo {
             name: common.label.clone().unwrap_or_else(|| {
                 match (&common.server_bin, &common.server_cmd) {
@@ -345,7 +411,8 @@ impl Harness {
             stats_readings,
             last_stats_at: None,
             warnings: Vec::new(),
-            notes: Vec::new(),
+            notes,
+            remote_sample,
             deadline: started + budget + Duration::from_secs(60),
             peak_rss: 0,
             ignored_failures: 0,
@@ -364,9 +431,15 @@ impl Harness {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.rx = rx;
-        let src: Vec<Ipv4Addr> = (0..self.common.source_addrs.clamp(1, 250))
-            .map(|i| Ipv4Addr::new(127, 0, 0, 1 + i as u8))
-            .collect();
+        // Loopback addresses spread the client ports; another host is reached from whatever
+        // address the route gives.
+        let src: Vec<Ipv4Addr> = if self.target.ip().is_loopback() {
+            (0..self.common.source_addrs.clamp(1, 250))
+                .map(|i| Ipv4Addr::new(127, 0, 0, 1 + i as u8))
+                .collect()
+        } else {
+            vec![Ipv4Addr::UNSPECIFIED]
+        };
         for w in 0..n {
             let mut child = PCommand::new(&exe)
                 .arg("__worker")
@@ -598,7 +671,10 @@ impl Harness {
     }
 
     pub fn server_sample(&self) -> Option<sys::ProcSample> {
-        self.server_pid.and_then(sys::proc_sample)
+        match self.server_pid {
+            Some(pid) => sys::proc_sample(pid),
+            None => *self.remote_sample.lock().unwrap(),
+        }
     }
 
     pub fn published(&self) -> u64 {
