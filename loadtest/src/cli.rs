@@ -34,9 +34,27 @@ pub enum Cmd {
     /// The ingest API at rising rates: accepted events/s, gateway CPU per event and, with
     /// subscribers, ingest → delivery latency, step by step until ingest saturates.
     Ingest(IngestArgs),
+    /// Serve as a worker for a coordinator on another machine (`--worker-at` there): client
+    /// connections are opened from here, figures reported back to it.
+    Worker(WorkerArgs),
     /// Internal: a worker process (started by the coordinator).
     #[command(name = "__worker", hide = true)]
-    Worker,
+    LocalWorker,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Address to take coordinators on, e.g. 0.0.0.0:7070.
+    #[arg(long)]
+    pub listen: String,
+    /// Shared token a coordinator must present (or LOADTEST_WORKER_TOKEN); anyone who can reach
+    /// the port and knows it can drive this machine's load, and it crosses the network in the
+    /// clear: keep the port on a private network.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Serve one run, then exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// What the `ingest` scenario posts.
@@ -153,6 +171,13 @@ pub struct Common {
     /// Worker processes (default: enough for 15,000 connections each, at least 2).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// A worker on another machine (`loadtest worker --listen ADDR` there), repeatable: the
+    /// run's clients are split over these instead of local worker processes.
+    #[arg(long = "worker-at")]
+    pub worker_at: Vec<String>,
+    /// The token the `--worker-at` workers were started with (or LOADTEST_WORKER_TOKEN).
+    #[arg(long)]
+    pub worker_token: Option<String>,
     /// Spread connections over this many source addresses 127.0.0.1..N.
     #[arg(long, default_value_t = 4)]
     pub source_addrs: usize,

@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command as PCommand};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command as PCommand};
 use tokio::sync::mpsc;
 
 pub fn is_loopback_host(host: &str) -> bool {
@@ -91,6 +92,26 @@ pub fn process_figures(text: &str) -> Option<sys::ProcSample> {
     })
 }
 
+/// Forwards a worker's reports, then `None` when it is gone.
+fn read_reports(
+    w: usize,
+    from: impl AsyncRead + Unpin + Send + 'static,
+    tx: mpsc::UnboundedSender<(usize, Option<Report>)>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            match serde_json::from_str::<Report>(&l) {
+                Ok(r) => {
+                    let _ = tx.send((w, Some(r)));
+                }
+                Err(e) => eprintln!("worker {w}: bad report: {e}"),
+            }
+        }
+        let _ = tx.send((w, None));
+    });
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -107,9 +128,12 @@ pub struct ServerProc {
 }
 
 struct WorkerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    pid: u32,
+    /// A local worker process; `None` for a worker on another machine.
+    child: Option<Child>,
+    commands: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    pid: Option<u32>,
+    /// Where a worker on another machine listens.
+    remote: Option<String>,
     alive: bool,
 }
 
@@ -192,6 +216,10 @@ pub struct Harness {
     last_stats_at: Option<Instant>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+    /// Why the run is void: a worker on another machine was lost.
+    pub lost: Option<String>,
+    /// Workers have been told to exit: their going is expected.
+    ending: bool,
     /// The server's CPU and memory from its metrics, when it is not a process here.
     remote_sample: Arc<Mutex<Option<sys::ProcSample>>>,
     pub deadline: Instant,
@@ -412,6 +440,8 @@ impl Harness {
             last_stats_at: None,
             warnings: Vec::new(),
             notes,
+            lost: None,
+            ending: false,
             remote_sample,
             deadline: started + budget + Duration::from_secs(60),
             peak_rss: 0,
@@ -426,11 +456,19 @@ impl Harness {
         })
     }
 
-    /// Start `n` worker processes (re-executing this binary).
+    /// Start `n` worker processes (re-executing this binary), or join the workers on other
+    /// machines named by `--worker-at`.
     pub async fn start_workers(&mut self, n: usize) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.rx = rx;
+        if !self.common.worker_at.is_empty() {
+            let addrs = self.common.worker_at.clone();
+            for (w, addr) in addrs.iter().enumerate() {
+                self.join_worker(w, addr, tx.clone()).await?;
+            }
+            return self.await_ready(addrs.len()).await;
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // Loopback addresses spread the client ports; another host is reached from whatever
         // address the route gives.
         let src: Vec<Ipv4Addr> = if self.target.ip().is_loopback() {
@@ -460,39 +498,123 @@ impl Harness {
                 connect_timeout_ms: self.common.connect_timeout_ms,
                 tick_ms: 1000,
                 origin: self.common.origin.clone(),
+                clock_ahead_us: 0,
             };
             let mut line = serde_json::to_vec(&spec).unwrap();
             line.push(b'\n');
             stdin.write_all(&line).await.map_err(|e| e.to_string())?;
             let stdout = child.stdout.take().unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    match serde_json::from_str::<Report>(&l) {
-                        Ok(r) => {
-                            let _ = tx.send((w, Some(r)));
-                        }
-                        Err(e) => eprintln!("worker {w}: bad report: {e}"),
-                    }
-                }
-                let _ = tx.send((w, None));
-            });
+            read_reports(w, stdout, tx.clone());
             self.workers.push(WorkerProc {
-                child,
-                stdin: Some(stdin),
-                pid,
+                child: Some(child),
+                commands: Some(Box::new(stdin)),
+                pid: Some(pid),
+                remote: None,
                 alive: true,
             });
             self.queued.push(VecDeque::new());
             self.last_tick.push(Tick::default());
         }
+        self.await_ready(n).await
+    }
+
+    /// Joins the worker listening at `addr` on another machine: the token, a clock reading,
+    /// then the run's spec, as a local worker gets it.
+    async fn join_worker(
+        &mut self,
+        w: usize,
+        addr: &str,
+        tx: mpsc::UnboundedSender<(usize, Option<Report>)>,
+    ) -> Result<(), String> {
+        let token = self
+            .common
+            .worker_token
+            .clone()
+            .or_else(|| std::env::var("LOADTEST_WORKER_TOKEN").ok())
+            .ok_or("--worker-at needs --worker-token (or LOADTEST_WORKER_TOKEN)")?;
+        let fail = |e: String| format!("worker at {addr}: {e}");
+        let sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| fail("no answer in 5 s".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = sock.set_nodelay(true);
+        let (r, mut out) = sock.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let mut ask = async |out: &mut tokio::net::tcp::OwnedWriteHalf,
+                             v: serde_json::Value|
+               -> Result<serde_json::Value, String> {
+            let mut line = v.to_string().into_bytes();
+            line.push(b'\n');
+            out.write_all(&line)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let answer = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+                .await
+                .map_err(|_| fail("no answer in 5 s".into()))?
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| fail("closed the connection".into()))?;
+            serde_json::from_str(&answer).map_err(|e| fail(format!("{e}: {answer}")))
+        };
+        let hello = ask(&mut out, serde_json::json!({ "token": token })).await?;
+        if let Some(why) = hello["refused"].as_str() {
+            return Err(fail(format!("refused: {why}")));
+        }
+        // Its clock against ours, from the probe with the shortest round trip: latencies are
+        // measured on its clock against publish times on ours.
+        let mut best: Option<(u64, i64)> = None;
+        for _ in 0..8 {
+            let t0 = crate::worker::now_us();
+            let r = ask(&mut out, serde_json::json!({ "probe": 1 })).await?;
+            let t1 = crate::worker::now_us();
+            let theirs = r["now_us"].as_u64().ok_or_else(|| fail(format!("{r}")))?;
+            let rtt = t1.saturating_sub(t0);
+            let ahead = theirs as i64 - ((t0 + t1) / 2) as i64;
+            if best.is_none_or(|(b, _)| rtt < b) {
+                best = Some((rtt, ahead));
+            }
+        }
+        let (rtt, ahead) = best.unwrap_or_default();
+        self.notes.push(format!(
+            "worker {w} at {addr}: clock {ahead} µs ahead of the coordinator's, measured to \
+             ±{} µs (half the best of 8 round trips); its latencies are corrected by it",
+            rtt / 2 + 1
+        ));
+        let spec = WorkerSpec {
+            worker: w,
+            target: self.target,
+            path: self.common.path.clone(),
+            namespace: self.common.namespace.clone(),
+            source_addrs: vec![Ipv4Addr::UNSPECIFIED],
+            connect_timeout_ms: self.common.connect_timeout_ms,
+            tick_ms: 1000,
+            origin: self.common.origin.clone(),
+            clock_ahead_us: ahead,
+        };
+        let mut line = serde_json::to_vec(&spec).unwrap();
+        line.push(b'\n');
+        out.write_all(&line)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        read_reports(w, lines.into_inner(), tx);
+        self.workers.push(WorkerProc {
+            child: None,
+            commands: Some(Box::new(out)),
+            pid: None,
+            remote: Some(addr.to_string()),
+            alive: true,
+        });
+        self.queued.push(VecDeque::new());
+        self.last_tick.push(Tick::default());
+        Ok(())
+    }
+
+    async fn await_ready(&mut self, n: usize) -> Result<(), String> {
         let mut ready = 0;
         let until = Instant::now() + Duration::from_secs(10);
         while ready < n {
             match tokio::time::timeout_at(until.into(), self.rx.recv()).await {
                 Ok(Some((_, Some(Report::Ready { .. })))) => ready += 1,
-                Ok(Some((w, None))) => return Err(format!("worker {w} exited at start")),
+                Ok(Some((w, None))) => return Err(format!("worker {w} ended at start")),
                 Ok(_) => {}
                 Err(_) => return Err("workers did not start".into()),
             }
@@ -509,7 +631,7 @@ impl Harness {
         let mut line = serde_json::to_vec(cmd).unwrap();
         line.push(b'\n');
         for w in &mut self.workers {
-            if let Some(s) = &mut w.stdin {
+            if let Some(s) = &mut w.commands {
                 if s.write_all(&line).await.is_err() {
                     w.alive = false;
                 }
@@ -520,7 +642,7 @@ impl Harness {
     async fn send_to(&mut self, w: usize, cmd: &Command) {
         let mut line = serde_json::to_vec(cmd).unwrap();
         line.push(b'\n');
-        if let Some(s) = &mut self.workers[w].stdin {
+        if let Some(s) = &mut self.workers[w].commands {
             if s.write_all(&line).await.is_err() {
                 self.workers[w].alive = false;
             }
@@ -559,7 +681,10 @@ impl Harness {
                 }
             }
             if !self.pump(until).await {
-                return Err("timed out waiting for clients to connect".into());
+                return Err(self
+                    .lost
+                    .clone()
+                    .unwrap_or_else(|| "timed out waiting for clients to connect".into()));
             }
         }
         let (_, ok, failed, first_error) = self.opened.remove(&group).unwrap();
@@ -599,7 +724,18 @@ impl Harness {
             Ok(Some((w, None))) => {
                 if self.workers[w].alive {
                     self.workers[w].alive = false;
-                    self.warnings.push(format!("worker {w} exited early"));
+                    match &self.workers[w].remote {
+                        // A machine's share of the load is gone: the figures would no longer
+                        // be the load asked for, so the run ends.
+                        Some(addr) if !self.ending => {
+                            self.lost = Some(format!(
+                                "worker {w} at {addr} was lost mid-run; the run is void"
+                            ));
+                            self.deadline = Instant::now();
+                            return false;
+                        }
+                        _ => self.warnings.push(format!("worker {w} exited early")),
+                    }
                 }
             }
             Ok(Some((w, Some(rep)))) => match rep {
@@ -654,19 +790,22 @@ impl Harness {
     }
 
     pub fn client_cpu_us(&self) -> u64 {
-        let mut t = sys::proc_sample(std::process::id())
+        let t = sys::proc_sample(std::process::id())
             .map(|s| s.cpu_us)
             .unwrap_or(0);
-        for w in &self.workers {
-            t += sys::proc_sample(w.pid).map(|s| s.cpu_us).unwrap_or(0);
-        }
-        t
+        t + self.worker_cpu().iter().sum::<u64>()
     }
 
+    /// Each worker's CPU time: read here for a local process, as it last reported it for one
+    /// on another machine.
     fn worker_cpu(&self) -> Vec<u64> {
         self.workers
             .iter()
-            .map(|w| sys::proc_sample(w.pid).map(|s| s.cpu_us).unwrap_or(0))
+            .zip(&self.last_tick)
+            .map(|(w, tick)| match w.pid {
+                Some(pid) => sys::proc_sample(pid).map(|s| s.cpu_us).unwrap_or(0),
+                None => tick.cpu_us,
+            })
             .collect()
     }
 
@@ -933,15 +1072,19 @@ impl Harness {
         self.progress = false;
         while self.closed < self.alive_workers() && self.pump(until).await {}
         self.progress = saved;
+        self.ending = true;
         self.send_all(&Command::Exit).await;
         for w in &mut self.workers {
-            w.stdin = None;
-            if tokio::time::timeout(Duration::from_secs(3), w.child.wait())
+            w.commands = None;
+            let Some(child) = &mut w.child else {
+                continue;
+            };
+            if tokio::time::timeout(Duration::from_secs(3), child.wait())
                 .await
                 .is_err()
             {
-                let _ = w.child.start_kill();
-                let _ = w.child.wait().await;
+                let _ = child.start_kill();
+                let _ = child.wait().await;
             }
         }
         if let Some(s) = &mut self.server {

@@ -20,8 +20,21 @@ use cli::{Cli, Cmd};
 
 fn main() {
     let cli = Cli::parse();
-    if let Cmd::Worker = cli.cmd {
-        worker::run();
+    match &cli.cmd {
+        Cmd::LocalWorker => worker::run(),
+        Cmd::Worker(a) => {
+            let token = a
+                .token
+                .clone()
+                .or_else(|| std::env::var("LOADTEST_WORKER_TOKEN").ok())
+                .filter(|t| !t.is_empty());
+            let Some(token) = token else {
+                eprintln!("loadtest worker: give --token or LOADTEST_WORKER_TOKEN");
+                std::process::exit(2);
+            };
+            worker::listen(&a.listen, &token, a.once)
+        }
+        _ => {}
     }
     sys::raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -38,9 +51,13 @@ fn main() {
             Cmd::Overload(a) => (a.common.clone(), scenarios::overload(a).await),
             Cmd::Jitter(a) => (a.common.clone(), jitter::run(a).await),
             Cmd::Ingest(a) => (a.common.clone(), ingest::run(a).await),
-            Cmd::Worker => unreachable!(),
+            Cmd::Worker(_) | Cmd::LocalWorker => unreachable!(),
         };
         match res {
+            Ok((_, h)) if h.lost.is_some() => {
+                eprintln!("\nloadtest: {}", h.lost.unwrap_or_default());
+                2
+            }
             Ok((r, _h)) => {
                 print!("{}", report::human(&r));
                 let (json, html) = report::default_paths(

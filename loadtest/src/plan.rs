@@ -55,6 +55,22 @@ pub struct WorkerSpec {
     pub tick_ms: u64,
     /// HTTP `Origin` header for polling (browser-like clients).
     pub origin: Option<String>,
+    /// How far the worker's clock is ahead of the coordinator's, in µs (0 on one machine).
+    #[serde(default)]
+    pub clock_ahead_us: i64,
+}
+
+/// A coordinator's first line to a worker on another machine.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub token: String,
+}
+
+/// A clock probe: the worker answers with its clock (`{"now_us": ...}`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub probe: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -162,6 +178,9 @@ pub struct Tick {
     /// Worst event-loop oversleep this interval (µs): the client's own scheduling lag.
     pub lag_max_us: u64,
     pub errors: BTreeMap<String, u64>,
+    /// The worker's own CPU time so far (µs), for a coordinator on another machine.
+    #[serde(default)]
+    pub cpu_us: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

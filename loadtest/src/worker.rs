@@ -1,6 +1,8 @@
 //! A worker process: one single-threaded tokio runtime, one task per client connection. It
-//! reads commands on stdin, reports ticks on stdout. The coordinator re-executes the binary
-//! as `loadtest __worker` so that no process holds more than its share of descriptors.
+//! reads commands and reports ticks as JSON lines: on stdin and stdout when the coordinator
+//! re-executes the binary as `loadtest __worker` (so that no process holds more than its share
+//! of descriptors), or over TCP when it runs on another machine as `loadtest worker --listen`,
+//! taking one run at a time from a coordinator that presents the shared token.
 
 use crate::hist;
 use crate::plan::*;
@@ -12,15 +14,26 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// How far this machine's clock is ahead of the coordinator's (µs), as the coordinator
+/// measured it: latencies are taken against publish times stamped on the coordinator's clock.
+static CLOCK_AHEAD_US: AtomicI64 = AtomicI64::new(0);
+
+/// Now on the coordinator's clock, in µs since the epoch.
 pub fn now_us() -> u64 {
+    clock_us().saturating_add_signed(-CLOCK_AHEAD_US.load(Relaxed))
+}
+
+/// Now on this machine's clock.
+fn clock_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -78,27 +91,127 @@ pub fn run() -> ! {
         .build()
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
-    let code = local.block_on(&rt, async_main());
+    crate::sys::raise_nofile_limit();
+    let lines = BufReader::new(tokio::io::stdin()).lines();
+    let code = local.block_on(&rt, serve(lines, None, tokio::io::stdout()));
     std::process::exit(code)
 }
 
-async fn async_main() -> i32 {
+/// `loadtest worker --listen ADDR`: serves coordinators on other machines, one run at a time.
+pub fn listen(addr: &str, token: &str, once: bool) -> ! {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     crate::sys::raise_nofile_limit();
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let spec: WorkerSpec = match lines.next_line().await {
-        Ok(Some(l)) => match serde_json::from_str(&l) {
-            Ok(s) => s,
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&rt, async {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
             Err(e) => {
-                eprintln!("worker: bad spec: {e}");
+                eprintln!("loadtest worker: listen on {addr}: {e}");
                 return 2;
             }
-        },
-        _ => return 2,
+        };
+        if let Ok(a) = listener.local_addr() {
+            eprintln!("loadtest worker: listening on {a}");
+        }
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("loadtest worker: accept: {e}");
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let (r, mut w) = sock.into_split();
+            let mut lines = BufReader::new(r).lines();
+            match admit(&mut lines, &mut w, token).await {
+                Ok(spec) => {
+                    eprintln!("loadtest worker: a run from {peer}");
+                    let code = serve(lines, Some(spec), w).await;
+                    eprintln!("loadtest worker: the run from {peer} ended");
+                    if once {
+                        return code;
+                    }
+                }
+                Err(e) => eprintln!("loadtest worker: refused {peer}: {e}"),
+            }
+        }
+    });
+    std::process::exit(code)
+}
+
+/// The first words of a coordinator: its token, then clock probes until the run's spec.
+async fn admit<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+    lines: &mut Lines<R>,
+    out: &mut W,
+    token: &str,
+) -> Result<String, String> {
+    let hello: Hello = serde_json::from_str(&next_within(lines).await?)
+        .map_err(|e| format!("not a loadtest coordinator: {e}"))?;
+    if !same_token(hello.token.as_bytes(), token.as_bytes()) {
+        let _ = out.write_all(b"{\"refused\":\"wrong token\"}\n").await;
+        return Err("wrong token".into());
+    }
+    send_line(out, &serde_json::json!({"ok": true})).await?;
+    loop {
+        let line = next_within(lines).await?;
+        if serde_json::from_str::<Probe>(&line).is_ok() {
+            send_line(out, &serde_json::json!({"now_us": clock_us()})).await?;
+            continue;
+        }
+        return Ok(line);
+    }
+}
+
+async fn next_within<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Result<String, String> {
+    match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        Ok(Ok(Some(l))) => Ok(l),
+        Ok(_) => Err("closed before its run began".to_string()),
+        Err(_) => Err("silent for 10 s".to_string()),
+    }
+}
+
+async fn send_line<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    v: &serde_json::Value,
+) -> Result<(), String> {
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    out.write_all(&line).await.map_err(|e| e.to_string())
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One run: the spec (given, or the first line), then commands until `Exit` or the end of the
+/// input; reports go to `out`.
+async fn serve<R, W>(mut lines: Lines<R>, first: Option<String>, out: W) -> i32
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+{
+    let first = match first {
+        Some(l) => Some(l),
+        None => lines.next_line().await.ok().flatten(),
     };
+    let spec: WorkerSpec = match first.map(|l| serde_json::from_str(&l)) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!("worker: bad spec: {e}");
+            return 2;
+        }
+        None => return 2,
+    };
+    CLOCK_AHEAD_US.store(spec.clock_ahead_us, Relaxed);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Report>();
     // Writer: one JSON line per report.
     let writer = tokio::task::spawn_local(async move {
-        let mut out = tokio::io::stdout();
+        let mut out = out;
         while let Some(r) = out_rx.recv().await {
             let mut line = serde_json::to_vec(&r).unwrap();
             line.push(b'\n');
@@ -123,6 +236,7 @@ async fn async_main() -> i32 {
         })
         .collect();
     let tick_ms = spec.tick_ms.max(100);
+    let (close_tx, close_rx) = watch::channel(false);
     let state: Shared = Rc::new(RefCell::new(State {
         spec,
         conns: Vec::new(),
@@ -140,13 +254,13 @@ async fn async_main() -> i32 {
         worker,
         pid: std::process::id(),
     });
-    let (close_tx, close_rx) = watch::channel(false);
 
     // Event-loop lag probe.
     {
         let st = state.clone();
+        let done = close_rx.clone();
         tokio::task::spawn_local(async move {
-            loop {
+            while !*done.borrow() {
                 let t = Instant::now();
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 let lag = t.elapsed().as_micros().saturating_sub(10_000) as u64;
@@ -159,11 +273,12 @@ async fn async_main() -> i32 {
     {
         let st = state.clone();
         let tx = out_tx.clone();
+        let done = close_rx.clone();
         tokio::task::spawn_local(async move {
             let mut iv = tokio::time::interval(Duration::from_millis(tick_ms));
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             iv.tick().await;
-            loop {
+            while !*done.borrow() {
                 iv.tick().await;
                 let t = take_tick(&st);
                 if tx.send(Report::Tick(Box::new(t))).is_err() {
@@ -247,6 +362,10 @@ async fn async_main() -> i32 {
             } => {
                 let last_seq: BTreeMap<u32, u64> = last_seq.into_iter().collect();
                 let r = final_report(&state, &last_seq, publish_start_us);
+                eprintln!(
+                    "worker {worker}: {} clients, {} of {} expected events received",
+                    r.clients, r.received, r.expected
+                );
                 let _ = out_tx.send(Report::Final(r));
             }
             Command::CloseAll => {
@@ -265,6 +384,8 @@ async fn async_main() -> i32 {
             Command::Exit => break,
         }
     }
+    // The run is over: its clients, ticks and probes stop (a listening worker serves on).
+    let _ = close_tx.send(true);
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     code
@@ -298,6 +419,9 @@ fn take_tick(st: &Shared) -> Tick {
         replays: acc.replays,
         lag_max_us: acc.lag_max_us,
         errors: acc.errors,
+        cpu_us: crate::sys::proc_sample(std::process::id())
+            .map(|p| p.cpu_us)
+            .unwrap_or(0),
     }
 }
 
