@@ -371,6 +371,25 @@ pub struct CapacityArgs {
     pub transport: Transport,
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
+    /// Plan for this many clients: the report projects how many instances they need from
+    /// what one instance spent at the largest load that held.
+    #[arg(long)]
+    pub plan_clients: Option<u64>,
+    /// Publishes per second to plan for (default: --rate).
+    #[arg(long)]
+    pub plan_rate: Option<f64>,
+    /// Rooms the planned clients spread over, one each (default: --rooms).
+    #[arg(long)]
+    pub plan_rooms: Option<usize>,
+    /// Cores of one production instance (default: this machine's).
+    #[arg(long)]
+    pub instance_cores: Option<f64>,
+    /// Memory of one production instance, MiB.
+    #[arg(long, default_value_t = 8192.0)]
+    pub instance_memory_mib: f64,
+    /// Share of an instance's CPU and memory to plan to use.
+    #[arg(long, default_value_t = 0.6)]
+    pub headroom: f64,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

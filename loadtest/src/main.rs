@@ -7,6 +7,7 @@ mod ingest;
 mod jitter;
 mod jwt;
 mod plan;
+mod projection;
 mod proto;
 mod publish;
 mod report;

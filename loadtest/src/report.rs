@@ -171,6 +171,9 @@ pub struct Capacity {
     pub max_load_held: Option<f64>,
     pub broke_at: Option<f64>,
     pub conclusion: String,
+    /// Instances for a planned load (`--plan-clients`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projection: Option<crate::projection::Projection>,
 }
 
 /// What the jitter scenario measured (see `jitter.rs`).
@@ -222,6 +225,34 @@ fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
     match v {
         Some(x) => format!("{x:.digits$}{unit}"),
         None => "n/a".into(),
+    }
+}
+
+fn write_projection(o: &mut String, p: &crate::projection::Projection) {
+    let h = &p.held;
+    let _ = writeln!(
+        o,
+        "  per unit     at {} clients: {} µs of server CPU per delivery, {} of memory per connection",
+        h.clients,
+        h.cpu_us_per_delivery
+            .map_or("n/a".into(), |c| format!("{c:.2}")),
+        h.memory_kib_per_connection
+            .map_or("n/a".into(), |m| format!("{m:.2} KiB")),
+    );
+    let _ = writeln!(
+        o,
+        "  projection   {} clients, {:.0} publishes/s = {:.0} deliveries/s: {} ({}); one instance carries {} deliveries/s and {} connections",
+        p.target_clients,
+        p.target_publishes_per_s,
+        p.target_deliveries_per_s,
+        p.instances
+            .map_or("no count".into(), |n| format!("{n} instance{}", if n == 1 { "" } else { "s" })),
+        p.bound_by,
+        p.deliveries_per_instance.map_or("n/a".into(), |d| format!("{d:.0}")),
+        p.connections_per_instance.map_or("n/a".into(), |c| format!("{c:.0}")),
+    );
+    for a in &p.assumptions {
+        let _ = writeln!(o, "    assuming   {a}");
     }
 }
 
@@ -373,6 +404,9 @@ pub fn human(r: &RunReport) -> String {
             }
         }
         let _ = writeln!(o, "  → {}", cap.conclusion);
+        if let Some(p) = &cap.projection {
+            write_projection(&mut o, p);
+        }
     }
     for n in &r.notes {
         let _ = writeln!(o, "  note: {n}");

@@ -909,6 +909,22 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
         (None, Some(b)) => format!("the SLO broke at the first step ({b} {unit}); lower --start"),
         (None, None) => "no step completed".into(),
     };
+    if let Some(clients) = a.plan_clients {
+        let base_mb = base.map(|b| b.rss_bytes as f64 / (1024.0 * 1024.0));
+        cap.projection = crate::projection::unit_costs(&cap.steps, base_mb).map(|held| {
+            crate::projection::project(
+                held,
+                crate::projection::Target {
+                    clients,
+                    publishes_per_s: a.plan_rate.unwrap_or(a.rate),
+                    rooms: a.plan_rooms.unwrap_or(a.rooms),
+                    cores: a.instance_cores.unwrap_or(sys::ncpus() as f64),
+                    memory_mib: a.instance_memory_mib,
+                    headroom: a.headroom.clamp(0.01, 1.0),
+                },
+            )
+        });
+    }
     let mut publish = None;
     let mut last = BTreeMap::new();
     let mut started = 0;
