@@ -55,6 +55,10 @@ pub struct WorkerArgs {
     /// Serve one run, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Open client connections from this address of this machine (repeatable; spreads the
+    /// ports over several addresses); default: whatever the route gives.
+    #[arg(long = "source-addr")]
+    pub source_addrs: Vec<std::net::Ipv4Addr>,
 }
 
 /// What the `ingest` scenario posts.

@@ -33,7 +33,7 @@ fn main() {
                 eprintln!("loadtest worker: give --token or LOADTEST_WORKER_TOKEN");
                 std::process::exit(2);
             };
-            worker::listen(&a.listen, &token, a.once)
+            worker::listen(&a.listen, &token, a.once, &a.source_addrs)
         }
         _ => {}
     }

@@ -93,12 +93,12 @@ pub fn run() -> ! {
     let local = tokio::task::LocalSet::new();
     crate::sys::raise_nofile_limit();
     let lines = BufReader::new(tokio::io::stdin()).lines();
-    let code = local.block_on(&rt, serve(lines, None, tokio::io::stdout()));
+    let code = local.block_on(&rt, serve(lines, None, tokio::io::stdout(), &[]));
     std::process::exit(code)
 }
 
 /// `loadtest worker --listen ADDR`: serves coordinators on other machines, one run at a time.
-pub fn listen(addr: &str, token: &str, once: bool) -> ! {
+pub fn listen(addr: &str, token: &str, once: bool, sources: &[std::net::Ipv4Addr]) -> ! {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,7 +130,7 @@ pub fn listen(addr: &str, token: &str, once: bool) -> ! {
             match admit(&mut lines, &mut w, token).await {
                 Ok(spec) => {
                     eprintln!("loadtest worker: a run from {peer}");
-                    let code = serve(lines, Some(spec), w).await;
+                    let code = serve(lines, Some(spec), w, sources).await;
                     eprintln!("loadtest worker: the run from {peer} ended");
                     if once {
                         return code;
@@ -190,7 +190,14 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 
 /// One run: the spec (given, or the first line), then commands until `Exit` or the end of the
 /// input; reports go to `out`.
-async fn serve<R, W>(mut lines: Lines<R>, first: Option<String>, out: W) -> i32
+/// `sources` are this machine's own client addresses, for a coordinator that leaves the
+/// choice to it.
+async fn serve<R, W>(
+    mut lines: Lines<R>,
+    first: Option<String>,
+    out: W,
+    sources: &[std::net::Ipv4Addr],
+) -> i32
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + 'static,
@@ -199,7 +206,7 @@ where
         Some(l) => Some(l),
         None => lines.next_line().await.ok().flatten(),
     };
-    let spec: WorkerSpec = match first.map(|l| serde_json::from_str(&l)) {
+    let mut spec: WorkerSpec = match first.map(|l| serde_json::from_str(&l)) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             eprintln!("worker: bad spec: {e}");
@@ -208,6 +215,13 @@ where
         None => return 2,
     };
     CLOCK_AHEAD_US.store(spec.clock_ahead_us, Relaxed);
+    let unchosen = spec.source_addrs.iter().all(|a| a.is_unspecified());
+    if unchosen && !sources.is_empty() {
+        spec.source_addrs = sources.to_vec();
+    }
+    if spec.source_addrs.is_empty() {
+        spec.source_addrs = vec![std::net::Ipv4Addr::UNSPECIFIED];
+    }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Report>();
     // Writer: one JSON line per report.
     let writer = tokio::task::spawn_local(async move {

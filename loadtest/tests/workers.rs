@@ -30,6 +30,8 @@ impl Worker {
         let addr = format!("{ip}:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .args(["worker", "--listen", &addr, "--token", token])
+            // Its clients leave from its own address, as on a machine of its own.
+            .args(["--source-addr", ip])
             .stderr(Stdio::piped())
             .spawn()
             .expect("start a worker");
