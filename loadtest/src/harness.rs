@@ -112,6 +112,11 @@ fn read_reports(
     });
 }
 
+/// How often the coordinator tells remote workers it is there, and how long a remote worker
+/// (which reports every second) may go unheard before the run is void.
+const REMOTE_PING: Duration = Duration::from_secs(2);
+const REMOTE_SILENCE: Duration = Duration::from_secs(10);
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -218,6 +223,9 @@ pub struct Harness {
     pub notes: Vec<String>,
     /// Why the run is void: a worker on another machine was lost.
     pub lost: Option<String>,
+    /// When each worker was last heard from, and when remote workers were last pinged.
+    last_heard: Vec<Instant>,
+    last_ping: Instant,
     /// Workers have been told to exit: their going is expected.
     ending: bool,
     /// The server's CPU and memory from its metrics, when it is not a process here.
@@ -441,6 +449,8 @@ impl Harness {
             warnings: Vec::new(),
             notes,
             lost: None,
+            last_heard: Vec::new(),
+            last_ping: now,
             ending: false,
             remote_sample,
             deadline: started + budget + Duration::from_secs(60),
@@ -463,6 +473,16 @@ impl Harness {
         self.rx = rx;
         if !self.common.worker_at.is_empty() {
             let addrs = self.common.worker_at.clone();
+            let far = addrs.iter().any(|a| {
+                a.rsplit_once(':')
+                    .is_some_and(|(host, _)| !is_loopback_host(host))
+            });
+            if far && self.target.ip().is_loopback() {
+                self.warnings.push(format!(
+                    "the target {} is a loopback address: workers on other machines load their own",
+                    self.target
+                ));
+            }
             for (w, addr) in addrs.iter().enumerate() {
                 self.join_worker(w, addr, tx.clone()).await?;
             }
@@ -514,6 +534,7 @@ impl Harness {
             });
             self.queued.push(VecDeque::new());
             self.last_tick.push(Tick::default());
+            self.last_heard.push(Instant::now());
         }
         self.await_ready(n).await
     }
@@ -605,6 +626,7 @@ impl Harness {
         });
         self.queued.push(VecDeque::new());
         self.last_tick.push(Tick::default());
+        self.last_heard.push(Instant::now());
         Ok(())
     }
 
@@ -717,25 +739,26 @@ impl Harness {
         if Instant::now() >= until {
             return false;
         }
-        let r = tokio::time::timeout_at(until.into(), self.rx.recv()).await;
+        if !self.remote_alive().await {
+            return false;
+        }
+        // Woken at least once a second, to hear whether remote workers are still there.
+        let wake = until.min(Instant::now() + Duration::from_secs(1));
+        let r = tokio::time::timeout_at(wake.into(), self.rx.recv()).await;
+        if let Ok(Some((w, Some(_)))) = &r {
+            self.last_heard[*w] = Instant::now();
+        }
         match r {
-            Err(_) => return false,
+            Err(_) => return Instant::now() < until,
             Ok(None) => return false,
             Ok(Some((w, None))) => {
                 if self.workers[w].alive {
                     self.workers[w].alive = false;
-                    match &self.workers[w].remote {
-                        // A machine's share of the load is gone: the figures would no longer
-                        // be the load asked for, so the run ends.
-                        Some(addr) if !self.ending => {
-                            self.lost = Some(format!(
-                                "worker {w} at {addr} was lost mid-run; the run is void"
-                            ));
-                            self.deadline = Instant::now();
-                            return false;
-                        }
-                        _ => self.warnings.push(format!("worker {w} exited early")),
+                    if self.workers[w].remote.is_some() && !self.ending {
+                        self.lose(w, "was lost mid-run");
+                        return false;
                     }
+                    self.warnings.push(format!("worker {w} exited early"));
                 }
             }
             Ok(Some((w, Some(rep)))) => match rep {
@@ -769,6 +792,47 @@ impl Harness {
             return false;
         }
         true
+    }
+
+    /// A machine's share of the load is gone: the figures would no longer be the load asked
+    /// for, so the run ends, void.
+    fn lose(&mut self, w: usize, how: &str) {
+        let addr = self.workers[w].remote.clone().unwrap_or_default();
+        self.lost
+            .get_or_insert_with(|| format!("worker {w} at {addr} {how}; the run is void"));
+        self.deadline = Instant::now();
+    }
+
+    /// Tells remote workers the coordinator is there, and finds any that went silent (a
+    /// frozen machine or a cut network closes nothing); false once one is lost.
+    async fn remote_alive(&mut self) -> bool {
+        if self.lost.is_some() {
+            return false;
+        }
+        if self.ending || self.workers.iter().all(|w| w.remote.is_none()) {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_ping) >= REMOTE_PING {
+            self.last_ping = now;
+            for w in 0..self.workers.len() {
+                if self.workers[w].remote.is_some() && self.workers[w].alive {
+                    self.send_to(w, &Command::Ping).await;
+                }
+            }
+        }
+        let silent = (0..self.workers.len()).find(|&w| {
+            self.workers[w].remote.is_some()
+                && self.workers[w].alive
+                && now.duration_since(self.last_heard[w]) > REMOTE_SILENCE
+        });
+        match silent {
+            Some(w) => {
+                self.lose(w, "went silent mid-run (no report for 10 s)");
+                false
+            }
+            None => true,
+        }
     }
 
     fn try_sample(&mut self) {

@@ -61,6 +61,12 @@ enum Ended {
 }
 
 pub async fn run(a: JitterArgs) -> Result<(RunReport, Harness), String> {
+    if !a.common.worker_at.is_empty() {
+        return Err(
+            "jitter runs its clients in the coordinator itself; --worker-at is not supported here"
+                .into(),
+        );
+    }
     if a.clients == 0 || a.clients > 20_000 || a.duration <= 0.0 || a.duration > 600.0 {
         return Err("--clients must be 1..20000 and --duration 0..600 s".into());
     }

@@ -150,6 +150,8 @@ pub enum Command {
     },
     /// Close every client (Engine.IO close).
     CloseAll,
+    /// The coordinator is still there (to a worker on another machine, every 2 s).
+    Ping,
     Exit,
 }
 
@@ -178,7 +180,8 @@ pub struct Tick {
     /// Worst event-loop oversleep this interval (µs): the client's own scheduling lag.
     pub lag_max_us: u64,
     pub errors: BTreeMap<String, u64>,
-    /// The worker's own CPU time so far (µs), for a coordinator on another machine.
+    /// The worker's own CPU time since its run began (µs), for a coordinator on another
+    /// machine.
     #[serde(default)]
     pub cpu_us: u64,
 }

@@ -80,8 +80,9 @@ pub fn project(held: UnitCosts, target: Target) -> Projection {
         .memory_kib_per_connection
         .filter(|m| *m > 0.0)
         .map(|m| target.memory_mib * 1024.0 * target.headroom / m);
-    let by_cpu = deliveries_per_instance.map(|d| (target_deliveries / d).ceil());
-    let by_memory = connections_per_instance.map(|c| (target.clients as f64 / c).ceil());
+    let count = |need: f64| need.is_finite().then_some(need.ceil());
+    let by_cpu = deliveries_per_instance.and_then(|d| count(target_deliveries / d));
+    let by_memory = connections_per_instance.and_then(|c| count(target.clients as f64 / c));
     let (instances, bound_by) = match (by_cpu, by_memory) {
         (Some(c), Some(m)) if c >= m => (Some(c), "CPU (deliveries/s)"),
         (Some(_), Some(m)) => (Some(m), "memory (connections)"),

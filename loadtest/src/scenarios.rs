@@ -110,7 +110,12 @@ pub(crate) fn build(h: &Harness, scenario: &str, config: serde_json::Value, p: P
     r.publish = p.publish.clone();
     let cr = &mut r.client_resources;
     cr.workers = h.worker_count();
-    cr.source_addrs = h.common.source_addrs;
+    // Workers on other machines choose their own addresses.
+    cr.source_addrs = if h.common.worker_at.is_empty() {
+        h.common.source_addrs
+    } else {
+        0
+    };
     cr.cpus = sys::ncpus();
     cr.lag_max_ms = h.cum_lag_ms();
     if let Some(w) = &p.window {
@@ -188,9 +193,11 @@ pub(crate) fn build(h: &Harness, scenario: &str, config: serde_json::Value, p: P
     r.gateway_stats = h.gateway_stats.lock().unwrap().clone();
     r.warnings = h.warnings.clone();
     r.notes = h.notes.clone();
-    if h.server_pid.is_none() {
-        r.notes
-            .push("no --server-pid: the server's CPU and memory were not measured".into());
+    if h.server_sample().is_none() {
+        r.notes.push(
+            "the server's CPU and memory were not measured: give --server-pid, or a server whose --metrics-url answers"
+                .into(),
+        );
     }
     if r.publish.as_ref().is_some_and(|p| p.errors > 0) {
         r.notes
@@ -709,7 +716,39 @@ pub async fn connect(a: ConnectArgs) -> Result<(RunReport, Harness), String> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The planning figures, before any load: a projection from nonsense is worse than none.
+fn check_plan(a: &CapacityArgs) -> Result<(), String> {
+    let positive = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{name} must be a positive number, not {v}"))
+        }
+    };
+    if let Some(r) = a.plan_rate {
+        positive("--plan-rate", r)?;
+    }
+    if a.plan_rooms == Some(0) {
+        return Err("--plan-rooms must be at least 1".into());
+    }
+    if let Some(c) = a.instance_cores {
+        positive("--instance-cores", c)?;
+    }
+    positive("--instance-memory-mib", a.instance_memory_mib)?;
+    positive("--headroom", a.headroom)?;
+    if a.headroom > 1.0 {
+        return Err(format!(
+            "--headroom is a share of the instance, at most 1, not {}",
+            a.headroom
+        ));
+    }
+    Ok(())
+}
+
 pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
+    if a.plan_clients.is_some() {
+        check_plan(&a)?;
+    }
     let max_clients = match a.vary {
         Vary::Clients => a.max as u64,
         Vary::Rate => a.clients,
@@ -911,6 +950,10 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
     };
     if let Some(clients) = a.plan_clients {
         let base_mb = base.map(|b| b.rss_bytes as f64 / (1024.0 * 1024.0));
+        if !cap.steps.iter().any(|s| s.held) {
+            h.notes
+                .push("no projection for --plan-clients: no step held the SLO".into());
+        }
         cap.projection = crate::projection::unit_costs(&cap.steps, base_mb).map(|held| {
             crate::projection::project(
                 held,
@@ -920,7 +963,7 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
                     rooms: a.plan_rooms.unwrap_or(a.rooms),
                     cores: a.instance_cores.unwrap_or(sys::ncpus() as f64),
                     memory_mib: a.instance_memory_mib,
-                    headroom: a.headroom.clamp(0.01, 1.0),
+                    headroom: a.headroom,
                 },
             )
         });

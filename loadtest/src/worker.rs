@@ -81,6 +81,8 @@ struct State {
     groups: HashMap<u32, Group>,
     next_src: usize,
     http: Vec<reqwest::Client>,
+    /// This process's CPU time when the run began: a listening worker serves many runs.
+    cpu0: u64,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -93,7 +95,7 @@ pub fn run() -> ! {
     let local = tokio::task::LocalSet::new();
     crate::sys::raise_nofile_limit();
     let lines = BufReader::new(tokio::io::stdin()).lines();
-    let code = local.block_on(&rt, serve(lines, None, tokio::io::stdout(), &[]));
+    let code = local.block_on(&rt, serve(lines, None, tokio::io::stdout(), &[], None));
     std::process::exit(code)
 }
 
@@ -105,6 +107,8 @@ pub fn listen(addr: &str, token: &str, once: bool, sources: &[std::net::Ipv4Addr
         .expect("runtime");
     crate::sys::raise_nofile_limit();
     let local = tokio::task::LocalSet::new();
+    let token: Rc<str> = Rc::from(token);
+    let sources: Rc<[std::net::Ipv4Addr]> = Rc::from(sources);
     let code = local.block_on(&rt, async {
         let listener = match TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -116,48 +120,98 @@ pub fn listen(addr: &str, token: &str, once: bool, sources: &[std::net::Ipv4Addr
         if let Ok(a) = listener.local_addr() {
             eprintln!("loadtest worker: listening on {a}");
         }
+        let busy = Rc::new(std::cell::Cell::new(false));
+        let (ended_tx, mut ended) = mpsc::unbounded_channel::<i32>();
         loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("loadtest worker: accept: {e}");
-                    continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            let (r, mut w) = sock.into_split();
-            let mut lines = BufReader::new(r).lines();
-            match admit(&mut lines, &mut w, token).await {
-                Ok(spec) => {
-                    eprintln!("loadtest worker: a run from {peer}");
-                    let code = serve(lines, Some(spec), w, sources).await;
-                    eprintln!("loadtest worker: the run from {peer} ended");
-                    if once {
-                        return code;
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    // Each connection is admitted on its own, so one that never speaks holds
+                    // up nobody.
+                    Ok((sock, peer)) => {
+                        tokio::task::spawn_local(session(
+                            sock,
+                            peer,
+                            token.clone(),
+                            sources.clone(),
+                            busy.clone(),
+                            ended_tx.clone(),
+                        ));
                     }
-                }
-                Err(e) => eprintln!("loadtest worker: refused {peer}: {e}"),
+                    Err(e) => eprintln!("loadtest worker: accept: {e}"),
+                },
+                Some(code) = ended.recv(), if once => return code,
             }
         }
     });
     std::process::exit(code)
 }
 
-/// The first words of a coordinator: its token, then clock probes until the run's spec.
-async fn admit<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
-    lines: &mut Lines<R>,
-    out: &mut W,
-    token: &str,
-) -> Result<String, String> {
-    let hello: Hello = serde_json::from_str(&next_within(lines).await?)
-        .map_err(|e| format!("not a loadtest coordinator: {e}"))?;
-    if !same_token(hello.token.as_bytes(), token.as_bytes()) {
-        let _ = out.write_all(b"{\"refused\":\"wrong token\"}\n").await;
-        return Err("wrong token".into());
+/// Most a coordinator may write in one line before its run is under way.
+const ADMISSION_LINE_MAX: usize = 64 * 1024;
+/// How long a coordinator has to present its token, and between its later words.
+const TOKEN_WITHIN: Duration = Duration::from_secs(3);
+const WORDS_WITHIN: Duration = Duration::from_secs(10);
+/// A run whose coordinator says nothing for this long (it pings every 2 s) is over.
+const COORDINATOR_SILENCE: Duration = Duration::from_secs(20);
+
+/// One connection: the token, then (if no other run is being served) clock probes, the
+/// run's spec and the run.
+async fn session(
+    sock: TcpStream,
+    peer: SocketAddr,
+    token: Rc<str>,
+    sources: Rc<[std::net::Ipv4Addr]>,
+    busy: Rc<std::cell::Cell<bool>>,
+    ended: mpsc::UnboundedSender<i32>,
+) {
+    let _ = sock.set_nodelay(true);
+    let (r, mut out) = sock.into_split();
+    let mut input = BufReader::new(r);
+    let hello = match line_within(&mut input, TOKEN_WITHIN).await {
+        Ok(l) => serde_json::from_str::<Hello>(&l).map_err(|e| format!("not a coordinator: {e}")),
+        Err(e) => Err(e),
+    };
+    let refuse = async |out: &mut tokio::net::tcp::OwnedWriteHalf, why: &str| {
+        let _ = send_line(out, &serde_json::json!({ "refused": why })).await;
+        eprintln!("loadtest worker: refused {peer}: {why}");
+    };
+    match hello {
+        Ok(h) if same_token(h.token.as_bytes(), token.as_bytes()) => {}
+        Ok(_) => return refuse(&mut out, "wrong token").await,
+        Err(e) => return eprintln!("loadtest worker: refused {peer}: {e}"),
     }
+    if busy.replace(true) {
+        return refuse(&mut out, "busy with another coordinator's run").await;
+    }
+    let spec = match probes_then_spec(&mut input, &mut out).await {
+        Ok(spec) => spec,
+        Err(e) => {
+            busy.set(false);
+            return eprintln!("loadtest worker: {peer} left before its run: {e}");
+        }
+    };
+    eprintln!("loadtest worker: a run from {peer}");
+    let code = serve(
+        input.lines(),
+        Some(spec),
+        out,
+        &sources,
+        Some(COORDINATOR_SILENCE),
+    )
+    .await;
+    eprintln!("loadtest worker: the run from {peer} ended");
+    busy.set(false);
+    let _ = ended.send(code);
+}
+
+/// Answers clock probes until the run's spec comes, which it returns.
+async fn probes_then_spec<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
+    input: &mut R,
+    out: &mut W,
+) -> Result<String, String> {
     send_line(out, &serde_json::json!({"ok": true})).await?;
     loop {
-        let line = next_within(lines).await?;
+        let line = line_within(input, WORDS_WITHIN).await?;
         if serde_json::from_str::<Probe>(&line).is_ok() {
             send_line(out, &serde_json::json!({"now_us": clock_us()})).await?;
             continue;
@@ -166,12 +220,35 @@ async fn admit<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-async fn next_within<R: AsyncBufRead + Unpin>(lines: &mut Lines<R>) -> Result<String, String> {
-    match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-        Ok(Ok(Some(l))) => Ok(l),
-        Ok(_) => Err("closed before its run began".to_string()),
-        Err(_) => Err("silent for 10 s".to_string()),
-    }
+/// One line, read within `within` and no longer than [`ADMISSION_LINE_MAX`].
+async fn line_within<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    within: Duration,
+) -> Result<String, String> {
+    let read = async {
+        let mut line = Vec::new();
+        loop {
+            let got = input.fill_buf().await.map_err(|e| e.to_string())?;
+            if got.is_empty() {
+                return Err("closed before its run began".to_string());
+            }
+            if let Some(end) = got.iter().position(|b| *b == b'\n') {
+                line.extend_from_slice(&got[..end]);
+                input.consume(end + 1);
+                break;
+            }
+            let n = got.len();
+            line.extend_from_slice(got);
+            input.consume(n);
+            if line.len() > ADMISSION_LINE_MAX {
+                return Err(format!("a line over {ADMISSION_LINE_MAX} bytes"));
+            }
+        }
+        String::from_utf8(line).map_err(|_| "a line that is not UTF-8".to_string())
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| format!("silent for {} s", within.as_secs()))?
 }
 
 async fn send_line<W: AsyncWrite + Unpin>(
@@ -197,6 +274,7 @@ async fn serve<R, W>(
     first: Option<String>,
     out: W,
     sources: &[std::net::Ipv4Addr],
+    silence: Option<Duration>,
 ) -> i32
 where
     R: AsyncBufRead + Unpin,
@@ -263,6 +341,7 @@ where
         groups: HashMap::new(),
         next_src: worker,
         http,
+        cpu0: own_cpu_us(),
     }));
     let _ = out_tx.send(Report::Ready {
         worker,
@@ -304,7 +383,20 @@ where
 
     let mut code = 0;
     loop {
-        let line = match lines.next_line().await {
+        let next = match silence {
+            Some(d) => match tokio::time::timeout(d, lines.next_line()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    eprintln!(
+                        "worker {worker}: the coordinator was silent for {} s; the run ends",
+                        d.as_secs()
+                    );
+                    break;
+                }
+            },
+            None => lines.next_line().await,
+        };
+        let line = match next {
             Ok(Some(l)) => l,
             _ => break, // coordinator gone: stop
         };
@@ -395,6 +487,7 @@ where
                     let _ = tx.send(Report::Closed { worker });
                 });
             }
+            Command::Ping => {}
             Command::Exit => break,
         }
     }
@@ -403,6 +496,12 @@ where
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     code
+}
+
+fn own_cpu_us() -> u64 {
+    crate::sys::proc_sample(std::process::id())
+        .map(|p| p.cpu_us)
+        .unwrap_or(0)
 }
 
 fn take_tick(st: &Shared) -> Tick {
@@ -433,9 +532,7 @@ fn take_tick(st: &Shared) -> Tick {
         replays: acc.replays,
         lag_max_us: acc.lag_max_us,
         errors: acc.errors,
-        cpu_us: crate::sys::proc_sample(std::process::id())
-            .map(|p| p.cpu_us)
-            .unwrap_or(0),
+        cpu_us: own_cpu_us().saturating_sub(s.cpu0),
     }
 }
 

@@ -68,3 +68,34 @@ fn a_capacity_run_projects_the_instances_a_planned_load_needs() {
     assert!(human.contains("projection   100000 clients"), "{human}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn nonsense_planning_figures_are_refused_before_any_load() {
+    for (flag, value) in [
+        ("--headroom", "NaN"),
+        ("--headroom", "0"),
+        ("--headroom", "1.5"),
+        ("--instance-cores", "0"),
+        ("--instance-cores=-8", ""),
+        ("--instance-memory-mib", "0"),
+        ("--plan-rate", "NaN"),
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        c.args([
+            "capacity",
+            "--target",
+            "127.0.0.1:9",
+            "--plan-clients",
+            "1000",
+            flag,
+        ]);
+        if !value.is_empty() {
+            c.arg(value);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} ran");
+        let name = flag.split('=').next().unwrap();
+        assert!(err.contains(name), "{flag} {value}: {err}");
+    }
+}

@@ -104,6 +104,8 @@ fn two_workers_carry_the_run_and_their_figures_add_up() {
         Worker::start("127.0.0.1", "s3cret"),
         Worker::start("127.0.0.2", "s3cret"),
     );
+    // Someone holds a connection to a worker and never says a word: nobody waits on it.
+    let _idle = std::net::TcpStream::connect(&a.addr).unwrap();
     let dir = scratch("workers");
     let json = dir.join("fanout.json");
     let (ok, err) = finish(coordinator(&[&a, &b], "s3cret", "3", &json));
@@ -175,6 +177,39 @@ fn a_lost_worker_ends_the_run_with_an_error() {
     assert!(!ok, "the run went on");
     assert!(
         err.contains(&format!("at {} was lost mid-run", b.addr)),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_worker_that_goes_silent_voids_the_run() {
+    let a = Worker::start("127.0.0.1", "t");
+    let b = Worker::start("127.0.0.4", "t");
+    let dir = scratch("workers-silent");
+    let c = coordinator(&[&a, &b], "t", "40", &dir.join("r.json"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while !b
+        .said
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("a run from"))
+    {
+        assert!(Instant::now() < until, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // A frozen machine, or a cut network: nothing is closed, nothing more is heard.
+    let stopped = Command::new("kill")
+        .args(["-STOP", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let (ok, err) = finish(c);
+    assert!(!ok, "the run went on");
+    assert!(
+        err.contains(&format!("at {} went silent mid-run", b.addr)),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(dir);
