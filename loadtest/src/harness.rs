@@ -739,7 +739,7 @@ impl Harness {
         if Instant::now() >= until {
             return false;
         }
-        if !self.remote_alive().await {
+        if self.lost.is_some() {
             return false;
         }
         // Woken at least once a second, to hear whether remote workers are still there.
@@ -749,7 +749,7 @@ impl Harness {
             self.last_heard[*w] = Instant::now();
         }
         match r {
-            Err(_) => return Instant::now() < until,
+            Err(_) => return self.remote_alive().await && Instant::now() < until,
             Ok(None) => return false,
             Ok(Some((w, None))) => {
                 if self.workers[w].alive {
@@ -791,7 +791,7 @@ impl Harness {
                 .push("hard time limit reached; stopping".into());
             return false;
         }
-        true
+        self.remote_alive().await
     }
 
     /// A machine's share of the load is gone: the figures would no longer be the load asked
@@ -832,6 +832,18 @@ impl Harness {
                 false
             }
             None => true,
+        }
+    }
+
+    /// Samples every tick still queued behind a worker that fell behind, so what it
+    /// received late is counted (at the end of a window, nothing waits for the others).
+    fn flush_ticks(&mut self) {
+        self.try_sample();
+        while self.queued.iter().any(|q| !q.is_empty()) {
+            let ticks: Vec<(usize, Tick)> = (0..self.queued.len())
+                .filter_map(|w| self.queued[w].pop_front().map(|t| (w, t)))
+                .collect();
+            self.sample(ticks);
         }
     }
 
@@ -1055,6 +1067,7 @@ impl Harness {
     }
 
     pub fn end_window(&mut self, name: &str) -> Option<WindowResult> {
+        self.flush_ticks();
         let w = self.windows.remove(name)?;
         let secs = w.started.elapsed().as_secs_f64();
         let machine_busy_pct = match (w.machine0, sys::machine_cpu()) {

@@ -193,7 +193,7 @@ pub(crate) fn build(h: &Harness, scenario: &str, config: serde_json::Value, p: P
     r.gateway_stats = h.gateway_stats.lock().unwrap().clone();
     r.warnings = h.warnings.clone();
     r.notes = h.notes.clone();
-    if h.server_sample().is_none() {
+    if p.base.is_none() && p.connected.is_none() && p.end.is_none() {
         r.notes.push(
             "the server's CPU and memory were not measured: give --server-pid, or a server whose --metrics-url answers"
                 .into(),
@@ -727,6 +727,9 @@ fn check_plan(a: &CapacityArgs) -> Result<(), String> {
     };
     if let Some(r) = a.plan_rate {
         positive("--plan-rate", r)?;
+    }
+    if a.plan_clients == Some(0) {
+        return Err("--plan-clients must be at least 1".into());
     }
     if a.plan_rooms == Some(0) {
         return Err("--plan-rooms must be at least 1".into());

@@ -173,12 +173,12 @@ async fn session(
     };
     let refuse = async |out: &mut tokio::net::tcp::OwnedWriteHalf, why: &str| {
         let _ = send_line(out, &serde_json::json!({ "refused": why })).await;
-        eprintln!("loadtest worker: refused {peer}: {why}");
+        log_refusal(peer, why);
     };
     match hello {
         Ok(h) if same_token(h.token.as_bytes(), token.as_bytes()) => {}
         Ok(_) => return refuse(&mut out, "wrong token").await,
-        Err(e) => return eprintln!("loadtest worker: refused {peer}: {e}"),
+        Err(e) => return refuse(&mut out, &e).await,
     }
     if busy.replace(true) {
         return refuse(&mut out, "busy with another coordinator's run").await;
@@ -202,6 +202,30 @@ async fn session(
     eprintln!("loadtest worker: the run from {peer} ended");
     busy.set(false);
     let _ = ended.send(code);
+}
+
+thread_local! {
+    /// When a refusal was last logged, and how many went unlogged since.
+    static REFUSALS: std::cell::Cell<(Option<Instant>, u64)> = const { std::cell::Cell::new((None, 0)) };
+}
+
+/// Logs a refused connection, at most one line a second: a flood of them must not become a
+/// flood of log lines.
+fn log_refusal(peer: SocketAddr, why: &str) {
+    REFUSALS.with(|r| {
+        let (last, quiet) = r.get();
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            r.set((last, quiet + 1));
+            return;
+        }
+        let more = if quiet > 0 {
+            format!(" (and {quiet} more refused since the last line)")
+        } else {
+            String::new()
+        };
+        eprintln!("loadtest worker: refused {peer}: {why}{more}");
+        r.set((Some(Instant::now()), 0));
+    });
 }
 
 /// Answers clock probes until the run's spec comes, which it returns.

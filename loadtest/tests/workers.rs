@@ -214,3 +214,46 @@ fn a_worker_that_goes_silent_voids_the_run() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_worker_that_falls_behind_for_a_while_is_counted_in_full() {
+    let a = Worker::start("127.0.0.1", "t");
+    let b = Worker::start("127.0.0.5", "t");
+    let dir = scratch("workers-behind");
+    let json = dir.join("fanout.json");
+    let c = coordinator(&[&a, &b], "t", "8", &json);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !b
+        .said
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("a run from"))
+    {
+        assert!(Instant::now() < until, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let pid = b.child.id().to_string();
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // Frozen for less than the silence that voids a run: its reports come late, all at once.
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    signal("-CONT");
+    let (ok, err) = finish(c);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let ((_, ra), (_, rb)) = (a.own_figures(), b.own_figures());
+    assert_eq!(
+        r["delivery"]["received"].as_u64(),
+        Some(ra + rb),
+        "what the late worker received is in the report"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
