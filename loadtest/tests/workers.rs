@@ -51,6 +51,27 @@ impl Worker {
         Worker { child, addr, said }
     }
 
+    /// Waits until a coordinator's run is under way here.
+    fn await_run(&self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !self
+            .said
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("a run from"))
+        {
+            assert!(Instant::now() < until, "the run did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([which, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {which} {pid}");
+    }
+
     /// What it reported of its clients at the end of a run: (clients, events received).
     fn own_figures(&self) -> (u64, u64) {
         let said = self.said.lock().unwrap();
@@ -160,17 +181,7 @@ fn a_lost_worker_ends_the_run_with_an_error() {
     let dir = scratch("workers-lost");
     let c = coordinator(&[&a, &b], "t", "20", &dir.join("r.json"));
     // Once the run is under way, one machine goes.
-    let until = Instant::now() + Duration::from_secs(30);
-    while !b
-        .said
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("a run from"))
-    {
-        assert!(Instant::now() < until, "the run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.await_run();
     std::thread::sleep(Duration::from_secs(2));
     b.child.kill().unwrap();
     let (ok, err) = finish(c);
@@ -188,24 +199,10 @@ fn a_worker_that_goes_silent_voids_the_run() {
     let b = Worker::start("127.0.0.4", "t");
     let dir = scratch("workers-silent");
     let c = coordinator(&[&a, &b], "t", "40", &dir.join("r.json"));
-    let until = Instant::now() + Duration::from_secs(30);
-    while !b
-        .said
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("a run from"))
-    {
-        assert!(Instant::now() < until, "the run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.await_run();
     std::thread::sleep(Duration::from_secs(2));
     // A frozen machine, or a cut network: nothing is closed, nothing more is heard.
-    let stopped = Command::new("kill")
-        .args(["-STOP", &b.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    b.signal("-STOP");
     let (ok, err) = finish(c);
     assert!(!ok, "the run went on");
     assert!(
@@ -222,30 +219,12 @@ fn a_worker_that_falls_behind_for_a_while_is_counted_in_full() {
     let dir = scratch("workers-behind");
     let json = dir.join("fanout.json");
     let c = coordinator(&[&a, &b], "t", "8", &json);
-    let until = Instant::now() + Duration::from_secs(30);
-    while !b
-        .said
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("a run from"))
-    {
-        assert!(Instant::now() < until, "the run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b.await_run();
     std::thread::sleep(Duration::from_secs(4));
-    let pid = b.child.id().to_string();
-    let signal = |s: &str| {
-        assert!(Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
     // Frozen for less than the silence that voids a run: its reports come late, all at once.
-    signal("-STOP");
+    b.signal("-STOP");
     std::thread::sleep(Duration::from_secs(4));
-    signal("-CONT");
+    b.signal("-CONT");
     let (ok, err) = finish(c);
     assert!(ok, "{err}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
