@@ -16,7 +16,7 @@ use crate::gateway::envelope;
 pub use crate::gateway::envelope::Payload;
 use crate::recovery::Offset;
 use crate::room::Room;
-use book::{BookChange, BookView, Delta, OrderBook, Replica, Window};
+use book::{BookChange, BookJson, BookView, Delta, OrderBook, Replica, Window};
 use compact_str::CompactString;
 use indexmap::IndexMap;
 use input::IngestEvent;
@@ -647,31 +647,24 @@ fn book_tickers(
     last_update_id: u64,
     out: &mut Vec<Publish>,
 ) {
-    // Checked decimal strings go out as they are; only the symbol needs escaping.
-    let mut json = Vec::with_capacity(160);
-    json.extend_from_slice(b"{\"symbol\":");
-    let _ = serde_json::to_writer(&mut json, symbol);
+    let mut writer = BookJson::new(0).raw("{\"symbol\":").string(symbol);
     for (i, (price, qty)) in [(0, ("bidPrice", "bidQty")), (1, ("askPrice", "askQty"))] {
         for (name, text) in [
             (price, top[i].as_ref().map(|t| &t.0)),
             (qty, top[i].as_ref().map(|t| &t.1)),
         ] {
-            json.extend_from_slice(b",\"");
-            json.extend_from_slice(name.as_bytes());
-            json.extend_from_slice(b"\":");
-            match text {
-                Some(t) => {
-                    json.push(b'"');
-                    json.extend_from_slice(t.as_bytes());
-                    json.push(b'"');
-                }
-                None => json.extend_from_slice(b"null"),
-            }
+            writer = writer.raw(",\"").raw(name).raw("\":");
+            writer = match text {
+                Some(t) => writer.decimal(t),
+                None => writer.raw("null"),
+            };
         }
     }
-    json.extend_from_slice(b",\"lastUpdateId\":");
-    json.extend_from_slice(itoa::Buffer::new().format(last_update_id).as_bytes());
-    json.push(b'}');
+    let json = writer
+        .raw(",\"lastUpdateId\":")
+        .number(last_update_id)
+        .raw("}")
+        .finish();
     let symbol_key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -247,9 +247,8 @@ fn shrink_idle<T>(q: &mut VecDeque<T>) {
 struct Frames {
     /// Sealed blocks and large frames, each with the position it starts at.
     sealed: VecDeque<(u64, Bytes)>,
-    /// The block being filled: positions `open_at..end`.
+    /// The block being filled: the positions just before `end`.
     open: BytesMut,
-    open_at: u64,
     end: u64,
 }
 
@@ -268,24 +267,26 @@ impl Frames {
             self.open.extend_from_slice(frame);
         }
         self.end += frame.len() as u64;
-        if self.open.is_empty() {
-            self.open_at = self.end;
-        }
         at
+    }
+
+    /// Where the open block starts.
+    fn open_at(&self) -> u64 {
+        self.end - self.open.len() as u64
     }
 
     /// Ends the open block where it is filled up to; what is left of its buffer stays open.
     fn seal(&mut self) {
         if !self.open.is_empty() {
-            let filled = self.open.split().freeze();
-            self.sealed.push_back((self.open_at, filled));
+            let start = self.open_at();
+            self.sealed.push_back((start, self.open.split().freeze()));
         }
-        self.open_at = self.end;
     }
 
     fn get(&self, at: u64, len: usize) -> Option<Bytes> {
-        if at >= self.open_at {
-            let from = usize::try_from(at - self.open_at).ok()?;
+        let open_at = self.open_at();
+        if at >= open_at {
+            let from = usize::try_from(at - open_at).ok()?;
             return self
                 .open
                 .get(from..from.checked_add(len)?)
@@ -315,7 +316,6 @@ impl Frames {
     fn clear(&mut self) {
         self.sealed = VecDeque::new();
         self.open.clear();
-        self.open_at = self.end;
     }
 
     fn held_bytes(&self) -> usize {

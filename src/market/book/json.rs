@@ -7,7 +7,7 @@ use super::Level;
 /// Bytes one level takes at most beside its texts: `["",""],`.
 const LEVEL_OVERHEAD: usize = 8;
 
-pub(super) struct BookJson {
+pub(crate) struct BookJson {
     out: Vec<u8>,
 }
 
@@ -27,6 +27,14 @@ impl BookJson {
     pub fn string(mut self, s: &str) -> Self {
         // Writing to a Vec cannot fail, and a &str always serializes.
         let _ = serde_json::to_writer(&mut self.out, s);
+        self
+    }
+
+    /// A checked decimal string (digits and a point): nothing in it to escape.
+    pub fn decimal(mut self, s: &str) -> Self {
+        self.out.push(b'"');
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.push(b'"');
         self
     }
 

@@ -9,7 +9,7 @@ mod parse;
 mod window;
 
 use compact_str::CompactString;
-use json::BookJson;
+pub(crate) use json::BookJson;
 pub use levels::{Levels, Side};
 use rust_decimal::Decimal;
 use serde::ser::{SerializeSeq, Serializer};
