@@ -42,6 +42,13 @@ pub enum Cmd {
     LocalWorker,
 }
 
+/// The shared worker token: the flag, else `LOADTEST_WORKER_TOKEN`; never empty.
+pub fn worker_token(flag: &Option<String>) -> Option<String> {
+    flag.clone()
+        .or_else(|| std::env::var("LOADTEST_WORKER_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// Address to take coordinators on, e.g. 0.0.0.0:7070.

@@ -56,28 +56,28 @@ pub fn check_url(what: &str, url: &str, allow_remote: bool) -> Result<(), String
     Ok(())
 }
 
-/// Reads the server's process figures from its Prometheus metrics every second.
-async fn poll_metrics(url: String, into: Arc<Mutex<Option<sys::ProcSample>>>) {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_millis(800))
-        .build()
-    else {
-        return;
-    };
-    loop {
-        if let Ok(r) = client.get(&url).send().await {
-            if let Ok(text) = r.text().await {
-                if let Some(s) = process_figures(&text) {
-                    *into.lock().unwrap() = Some(s);
+/// GETs `url` every second for the rest of the run, giving each answer's body to `take`.
+fn poll_each_second(url: String, take: impl Fn(&str) + Send + 'static) {
+    tokio::spawn(async move {
+        let Ok(client) = reqwest::Client::builder()
+            .timeout(Duration::from_millis(800))
+            .build()
+        else {
+            return;
+        };
+        loop {
+            if let Ok(r) = client.get(&url).send().await {
+                if let Ok(text) = r.text().await {
+                    take(&text);
                 }
             }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    });
 }
 
 /// CPU and resident memory from a Prometheus text exposition.
-pub fn process_figures(text: &str) -> Option<sys::ProcSample> {
+fn process_figures(text: &str) -> Option<sys::ProcSample> {
     let value = |name: &str| {
         text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
             let (n, v) = l.split_once(' ')?;
@@ -346,7 +346,12 @@ impl Harness {
         if let Some(u) = &metrics_url {
             check_url("--metrics-url", u, common.allow_remote)?;
             if server_pid.is_none() {
-                tokio::spawn(poll_metrics(u.clone(), remote_sample.clone()));
+                let into = remote_sample.clone();
+                poll_each_second(u.clone(), move |text| {
+                    if let Some(s) = process_figures(text) {
+                        *into.lock().unwrap() = Some(s);
+                    }
+                });
             }
         }
         let mut notes = Vec::new();
@@ -386,30 +391,18 @@ impl Harness {
         let gateway_stats = Arc::new(Mutex::new(None));
         let stats_readings = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(u) = &stats_url {
-            let u = u.clone();
             let gs = gateway_stats.clone();
             let rd = stats_readings.clone();
-            tokio::spawn(async move {
-                let c = reqwest::Client::builder()
-                    .timeout(Duration::from_millis(800))
-                    .build()
-                    .unwrap();
-                loop {
-                    if let Ok(r) = c.get(&u).send().await {
-                        if let Ok(t) = r.text().await {
-                            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
-                                if let Some(m) = v["total"]["messages_out"].as_u64() {
-                                    let mut q = rd.lock().unwrap();
-                                    q.push_back((Instant::now(), m));
-                                    if q.len() > 2 {
-                                        q.pop_front();
-                                    }
-                                }
-                                *gs.lock().unwrap() = Some(v);
-                            }
+            poll_each_second(u.clone(), move |text| {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+                    if let Some(m) = v["total"]["messages_out"].as_u64() {
+                        let mut q = rd.lock().unwrap();
+                        q.push_back((Instant::now(), m));
+                        if q.len() > 2 {
+                            q.pop_front();
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    *gs.lock().unwrap() = Some(v);
                 }
             });
         }
@@ -509,32 +502,19 @@ impl Harness {
                 .map_err(|e| format!("spawn worker: {e}"))?;
             let pid = child.id().unwrap_or(0);
             let mut stdin = child.stdin.take().unwrap();
-            let spec = WorkerSpec {
-                worker: w,
-                target: self.target,
-                path: self.common.path.clone(),
-                namespace: self.common.namespace.clone(),
-                source_addrs: src.clone(),
-                connect_timeout_ms: self.common.connect_timeout_ms,
-                tick_ms: 1000,
-                origin: self.common.origin.clone(),
-                clock_ahead_us: 0,
-            };
+            let spec = self.worker_spec(w, src.clone(), 0);
             let mut line = serde_json::to_vec(&spec).unwrap();
             line.push(b'\n');
             stdin.write_all(&line).await.map_err(|e| e.to_string())?;
             let stdout = child.stdout.take().unwrap();
             read_reports(w, stdout, tx.clone());
-            self.workers.push(WorkerProc {
+            self.add_worker(WorkerProc {
                 child: Some(child),
                 commands: Some(Box::new(stdin)),
                 pid: Some(pid),
                 remote: None,
                 alive: true,
             });
-            self.queued.push(VecDeque::new());
-            self.last_tick.push(Tick::default());
-            self.last_heard.push(Instant::now());
         }
         self.await_ready(n).await
     }
@@ -547,11 +527,7 @@ impl Harness {
         addr: &str,
         tx: mpsc::UnboundedSender<(usize, Option<Report>)>,
     ) -> Result<(), String> {
-        let token = self
-            .common
-            .worker_token
-            .clone()
-            .or_else(|| std::env::var("LOADTEST_WORKER_TOKEN").ok())
+        let token = crate::cli::worker_token(&self.common.worker_token)
             .ok_or("--worker-at needs --worker-token (or LOADTEST_WORKER_TOKEN)")?;
         let fail = |e: String| format!("worker at {addr}: {e}");
         let sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
@@ -600,34 +576,49 @@ impl Harness {
              ±{} µs (half the best of 8 round trips); its latencies are corrected by it",
             rtt / 2 + 1
         ));
-        let spec = WorkerSpec {
-            worker: w,
-            target: self.target,
-            path: self.common.path.clone(),
-            namespace: self.common.namespace.clone(),
-            source_addrs: vec![Ipv4Addr::UNSPECIFIED],
-            connect_timeout_ms: self.common.connect_timeout_ms,
-            tick_ms: 1000,
-            origin: self.common.origin.clone(),
-            clock_ahead_us: ahead,
-        };
+        let spec = self.worker_spec(w, vec![Ipv4Addr::UNSPECIFIED], ahead);
         let mut line = serde_json::to_vec(&spec).unwrap();
         line.push(b'\n');
         out.write_all(&line)
             .await
             .map_err(|e| fail(e.to_string()))?;
         read_reports(w, lines.into_inner(), tx);
-        self.workers.push(WorkerProc {
+        self.add_worker(WorkerProc {
             child: None,
             commands: Some(Box::new(out)),
             pid: None,
             remote: Some(addr.to_string()),
             alive: true,
         });
+        Ok(())
+    }
+
+    /// What every worker is told first: the target, the protocol, where its clients come
+    /// from, and how far its clock is ahead of ours.
+    fn worker_spec(
+        &self,
+        w: usize,
+        source_addrs: Vec<Ipv4Addr>,
+        clock_ahead_us: i64,
+    ) -> WorkerSpec {
+        WorkerSpec {
+            worker: w,
+            target: self.target,
+            path: self.common.path.clone(),
+            namespace: self.common.namespace.clone(),
+            source_addrs,
+            connect_timeout_ms: self.common.connect_timeout_ms,
+            tick_ms: 1000,
+            origin: self.common.origin.clone(),
+            clock_ahead_us,
+        }
+    }
+
+    fn add_worker(&mut self, worker: WorkerProc) {
+        self.workers.push(worker);
         self.queued.push(VecDeque::new());
         self.last_tick.push(Tick::default());
         self.last_heard.push(Instant::now());
-        Ok(())
     }
 
     async fn await_ready(&mut self, n: usize) -> Result<(), String> {

@@ -24,12 +24,7 @@ fn main() {
     match &cli.cmd {
         Cmd::LocalWorker => worker::run(),
         Cmd::Worker(a) => {
-            let token = a
-                .token
-                .clone()
-                .or_else(|| std::env::var("LOADTEST_WORKER_TOKEN").ok())
-                .filter(|t| !t.is_empty());
-            let Some(token) = token else {
+            let Some(token) = cli::worker_token(&a.token) else {
                 eprintln!("loadtest worker: give --token or LOADTEST_WORKER_TOKEN");
                 std::process::exit(2);
             };

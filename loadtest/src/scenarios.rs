@@ -952,12 +952,12 @@ pub async fn capacity(a: CapacityArgs) -> Result<(RunReport, Harness), String> {
         (None, None) => "no step completed".into(),
     };
     if let Some(clients) = a.plan_clients {
-        let base_mb = base.map(|b| b.rss_bytes as f64 / (1024.0 * 1024.0));
-        if !cap.steps.iter().any(|s| s.held) {
+        let held = crate::projection::unit_costs(&cap.steps, mb(base));
+        if held.is_none() {
             h.notes
                 .push("no projection for --plan-clients: no step held the SLO".into());
         }
-        cap.projection = crate::projection::unit_costs(&cap.steps, base_mb).map(|held| {
+        cap.projection = held.map(|held| {
             crate::projection::project(
                 held,
                 crate::projection::Target {
