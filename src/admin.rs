@@ -140,7 +140,7 @@ async fn ingest(state: &InternalState, req: Request<Incoming>) -> Response<Body>
         );
     }
     let result = match &state.cluster {
-        None => state.ingest.submit_body(&body),
+        None => state.ingest.submit_shared(&body),
         Some(cluster) => match state.ingest.check_body(&body) {
             Ok(events) => match cluster.append(&events).await {
                 Ok(()) => Ok(events.len()),

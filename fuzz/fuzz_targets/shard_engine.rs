@@ -208,7 +208,7 @@ impl World {
                     2 => StreamClass::BookDelta,
                     _ => StreamClass::BookSnapshot,
                 };
-                let data = Payload::Json(format!("\"{}\"", "x".repeat(size as usize)).into_bytes());
+                let data = Payload::Json(format!("\"{}\"", "x".repeat(size as usize)).into());
                 let offset = match (&self.sim.shared.recovery, class) {
                     (Some(r), StreamClass::Lossless) if self.recovery => Some(r.next_local_offset()),
                     _ => None,

@@ -12,7 +12,8 @@ pub use crate::GATEWAY_NAMESPACE;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     Value(Value),
-    Json(Vec<u8>),
+    /// Shared, so a value kept for later (a ticker's latest) is a reference, not a copy.
+    Json(bytes::Bytes),
 }
 
 impl Payload {
@@ -21,7 +22,7 @@ impl Payload {
         match self {
             // Serializing a JSON value into a vector cannot fail.
             Payload::Value(v) => serde_json::to_vec(v).unwrap_or_default().into(),
-            Payload::Json(j) => j.as_slice().into(),
+            Payload::Json(j) => j.as_ref().into(),
         }
     }
 
@@ -35,7 +36,7 @@ impl Payload {
             out.extend_from_slice(&item.to_json());
         }
         out.push(b']');
-        Payload::Json(out)
+        Payload::Json(out.into())
     }
 }
 
@@ -156,7 +157,7 @@ mod tests {
 
     #[test]
     fn offset_is_the_last_argument() {
-        let data = Payload::Json(b"[1]".to_vec());
+        let data = Payload::Json(bytes::Bytes::from_static(b"[1]"));
         let m = encode_payload_at("trade", "t", &data, 7, Some(Offset::new(17, 3)));
         let text = std::str::from_utf8(&m.polling()[1..]).unwrap().to_owned();
         let (p, _) = Packet::decode(&text).unwrap();

@@ -140,8 +140,16 @@ impl Ingest {
     /// Parses, validates and publishes a request body; all or nothing. Each event's data
     /// goes into frames as the backend wrote it, never decoded into a tree and written again.
     pub fn submit_body(&self, body: &[u8]) -> Result<usize, IngestError> {
+        self.submit_shared(&bytes::Bytes::copy_from_slice(body))
+    }
+
+    /// As `submit_body`, for a body already in shared memory: the data of events encoded
+    /// within the batch is read from it in place.
+    pub fn submit_shared(&self, body: &bytes::Bytes) -> Result<usize, IngestError> {
         let raw = parse::parse_body_raw(body)?;
-        let typed = Self::parse_all_raw(&raw)?;
+        let typed = typed(raw.iter().copied(), |ev| {
+            crate::market::input::parse_raw_event_in(ev, Some(body))
+        })?;
         self.apply_checked(
             typed.into_iter().map(|e| (e, None)).collect(),
             Arrival::Live,
@@ -218,8 +226,9 @@ impl Ingest {
         let mut skipped = 0;
         let mut typed = Vec::with_capacity(events.len());
         for (mark, text) in events {
-            let parsed = parse::parse_event_text(text.as_bytes())
-                .and_then(crate::market::input::parse_raw_event);
+            let text = bytes::Bytes::from(text);
+            let parsed = parse::parse_event_text(&text)
+                .and_then(|ev| crate::market::input::parse_raw_event_in(ev, Some(&text)));
             match parsed {
                 Ok(t) => typed.push((t, Some(mark))),
                 Err(e) => {

@@ -23,8 +23,15 @@ pub fn validate(text: &[u8]) -> Result<&str, String> {
 
 /// The bytes of a string or container starting at `i` (a `"`, `[` or `{`), or of a scalar:
 /// the index just past its end.
-fn value_end(b: &[u8], mut i: usize) -> usize {
+fn value_end(b: &[u8], i: usize) -> usize {
+    value_end_depth(b, i).0
+}
+
+/// As `value_end`, with how deep the value nests (0 for a scalar or string), read in the same
+/// pass so that a body's depth costs no walk of its own.
+fn value_end_depth(b: &[u8], mut i: usize) -> (usize, usize) {
     let mut depth = 0usize;
+    let mut deepest = 0usize;
     let mut in_str = false;
     let mut escaped = false;
     let scalar = !matches!(b.get(i), Some(b'"' | b'[' | b'{'));
@@ -36,7 +43,7 @@ fn value_end(b: &[u8], mut i: usize) -> usize {
                 // event's text.
                 match memchr::memchr2(b'"', b'\\', &b[i..]) {
                     Some(n) => i += n,
-                    None => return b.len(),
+                    None => return (b.len(), deepest),
                 }
                 continue;
             }
@@ -46,23 +53,26 @@ fn value_end(b: &[u8], mut i: usize) -> usize {
                 b'"' => {
                     in_str = false;
                     if depth == 0 {
-                        return i + 1;
+                        return (i + 1, deepest);
                     }
                 }
                 _ => {}
             }
         } else if scalar {
             if matches!(c, b',' | b']' | b'}') || c.is_ascii_whitespace() {
-                return i;
+                return (i, deepest);
             }
         } else {
             match c {
                 b'"' => in_str = true,
-                b'[' | b'{' => depth += 1,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
                 b']' | b'}' => {
                     depth -= 1;
                     if depth == 0 {
-                        return i + 1;
+                        return (i + 1, deepest);
                     }
                 }
                 _ => {}
@@ -70,7 +80,7 @@ fn value_end(b: &[u8], mut i: usize) -> usize {
         }
         i += 1;
     }
-    i
+    (i, deepest)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -86,7 +96,13 @@ pub type Members<'a> = SmallVec<[(&'a str, &'a str); 8]>;
 /// The members of a valid JSON object's text, in order: each key's text between its quotes
 /// (still escaped) and its value's text. `None` when `text` is not an object.
 pub fn members(text: &str) -> Option<Members<'_>> {
+    object(text).map(|(m, _)| m)
+}
+
+/// As `members`, with how deep the object nests (1 for one without containers inside).
+pub fn object(text: &str) -> Option<(Members<'_>, usize)> {
     let b = text.as_bytes();
+    let mut deepest = 1;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -97,13 +113,14 @@ pub fn members(text: &str) -> Option<Members<'_>> {
         i = skip_ws(b, i);
         match b.get(i) {
             Some(b'"') => {}
-            _ => return Some(out),
+            _ => return Some((out, deepest)),
         }
         let key_end = value_end(b, i);
         let key = &text[i + 1..key_end - 1];
         i = skip_ws(b, key_end) + 1; // the ':'
         i = skip_ws(b, i);
-        let end = value_end(b, i);
+        let (end, depth) = value_end_depth(b, i);
+        deepest = deepest.max(depth + 1);
         out.push((key, &text[i..end]));
         i = skip_ws(b, end);
         if b.get(i) == Some(&b',') {
@@ -145,10 +162,14 @@ pub fn member<'a>(members: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
 }
 
 fn key_is(raw: &str, key: &str) -> bool {
-    if raw.contains('\\') {
+    // An escape only ever lengthens a key's text, so a key no longer than `key` is compared
+    // as it is, and only a longer one with a backslash is decoded.
+    if raw.len() <= key.len() {
+        raw == key
+    } else if raw.as_bytes().contains(&b'\\') {
         serde_json::from_str::<String>(&format!("\"{raw}\"")).is_ok_and(|k| k == key)
     } else {
-        raw == key
+        false
     }
 }
 

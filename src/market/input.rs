@@ -195,13 +195,33 @@ impl Data<'_> {
         }
     }
 
-    /// The data as it goes into frames: raw text passes through as it came.
+    /// The data as it goes into frames: raw text passes through as it came, copied out of
+    /// the body, since the market keeps it past this batch (a ticker's or candle's latest).
     fn into_payload(self) -> Payload {
         match self {
             Data::Value(v) => Payload::Value(v),
-            Data::Raw(r) => Payload::Json(r.as_bytes().to_vec()),
+            Data::Raw(r) => Payload::Json(bytes::Bytes::copy_from_slice(r.as_bytes())),
         }
     }
+
+    /// As `into_payload`, for data encoded into its frame within this batch and kept nowhere
+    /// (trades, private events, broadcasts): a view of the body itself when there is one.
+    fn into_passing_payload(self, body: Option<&bytes::Bytes>) -> Payload {
+        match (&self, body) {
+            (Data::Raw(r), Some(body)) => match slice_of(body, r.as_bytes()) {
+                Some(shared) => Payload::Json(shared),
+                None => self.into_payload(),
+            },
+            _ => self.into_payload(),
+        }
+    }
+}
+
+/// `part` as a view of `body`, when it lies within it.
+fn slice_of(body: &bytes::Bytes, part: &[u8]) -> Option<bytes::Bytes> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= body.len()).then(|| body.slice(start..end))
 }
 
 /// Validates one event, taking its data without copying.
@@ -210,19 +230,37 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
         return Err("event must be a JSON object".into());
     };
     let data = obj.remove("data").ok_or("missing 'data'")?;
-    validate(&Top::Value(obj), Data::Value(data))
+    validate(&Top::Value(obj), Data::Value(data), None)
 }
 
 /// Validates one event from its JSON text (already checked to be valid JSON), decoding only
 /// what it is routed on: the data of trades, tickers, candles, private events and broadcasts
 /// goes into frames as it came.
 pub fn parse_raw_event(ev: &str) -> Result<IngestEvent, String> {
-    let fields = raw::members(ev).ok_or("event must be a JSON object")?;
-    let data = raw::member(&fields, "data").ok_or("missing 'data'")?;
-    validate(&Top::Raw(fields), Data::Raw(data))
+    parse_raw_event_in(ev, None)
 }
 
-fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
+/// As `parse_raw_event`, for an event that is a part of `body`: data encoded within the batch
+/// is taken as a view of the body instead of a copy.
+pub fn parse_raw_event_in(ev: &str, body: Option<&bytes::Bytes>) -> Result<IngestEvent, String> {
+    let (fields, depth) = raw::object(ev).ok_or("event must be a JSON object")?;
+    // Nothing here recurses on the nesting, but the data goes to clients as written, and a
+    // browser's `JSON.parse` does.
+    if depth > crate::ingest::parse::MAX_DEPTH {
+        return Err(format!(
+            "nesting deeper than {} levels",
+            crate::ingest::parse::MAX_DEPTH
+        ));
+    }
+    let data = raw::member(&fields, "data").ok_or("missing 'data'")?;
+    validate(&Top::Raw(fields), Data::Raw(data), body)
+}
+
+fn validate(
+    top: &Top<'_>,
+    data: Data<'_>,
+    body: Option<&bytes::Bytes>,
+) -> Result<IngestEvent, String> {
     if top.has("room") || top.has("event") {
         let room = top.str_field("room")?;
         let event = top.str_field("event")?;
@@ -235,7 +273,7 @@ fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
         return Ok(IngestEvent::Manual {
             room: Arc::from(&*room),
             event: event.into_owned(),
-            data: data.into_payload(),
+            data: data.into_passing_payload(body),
         });
     }
     let kind = top.str_field("type")?;
@@ -255,7 +293,7 @@ fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
         },
         "trade" => IngestEvent::Trade {
             symbol: top.symbol()?,
-            data: data.into_payload(),
+            data: data.into_passing_payload(body),
         },
         "kline.update" => {
             let symbol = top.symbol()?;
@@ -293,7 +331,7 @@ fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
             IngestEvent::Private {
                 room: Room::User(&user, channel).name(),
                 event: other.into(),
-                data: data.into_payload(),
+                data: data.into_passing_payload(body),
             }
         }
     })
@@ -303,6 +341,28 @@ fn validate(top: &Top<'_>, data: Data<'_>) -> Result<IngestEvent, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn raw_events_nest_at_most_max_depth() {
+        let event = |levels: usize| {
+            format!(
+                r#"{{"type":"trade","symbol":"BTCUSDT","data":{}"x"{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        let max = crate::ingest::parse::MAX_DEPTH;
+        // The event's own object is one level.
+        assert!(parse_raw_event(&event(max - 1)).is_ok());
+        let e = parse_raw_event(&event(max)).unwrap_err();
+        assert!(e.contains("nesting deeper"), "{e}");
+        // Brackets inside strings are text, not nesting.
+        let quoted = format!(
+            r#"{{"type":"trade","symbol":"BTCUSDT","data":"{}"}}"#,
+            "[".repeat(1000)
+        );
+        assert!(parse_raw_event(&quoted).is_ok());
+    }
 
     #[test]
     fn types_each_event() {
@@ -351,7 +411,10 @@ mod tests {
         let IngestEvent::Ticker { data, .. } = parse_raw_event(texts[0]).unwrap() else {
             panic!()
         };
-        assert_eq!(data, Payload::Json(br#"{"p":"1.50","v":1e3}"#.to_vec()));
+        assert_eq!(
+            data,
+            Payload::Json(bytes::Bytes::from_static(br#"{"p":"1.50","v":1e3}"#))
+        );
     }
 
     #[test]

@@ -486,7 +486,7 @@ impl Market {
             .map(|(symbol, v)| TickerValue {
                 symbol,
                 json: match v {
-                    Payload::Json(j) => j.into(),
+                    Payload::Json(j) => j,
                     v => v.to_json().into_owned().into(),
                 },
             })
@@ -500,7 +500,7 @@ impl Market {
             ..Publish::new(
                 Room::TickerAll.name(),
                 "tickers.update",
-                Payload::Json(b"[]".to_vec()),
+                Payload::Json(bytes::Bytes::from_static(b"[]")),
                 StreamClass::Latest,
             )
         });
@@ -665,6 +665,7 @@ fn book_tickers(
         .number(last_update_id)
         .raw("}")
         .finish();
+    let json = bytes::Bytes::from(json);
     let symbol_key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -694,7 +695,7 @@ fn book_snapshot(room: Arc<str>, view: Arc<BookView>, reason: &str) -> Publish {
         ..Publish::new(
             room,
             "orderbook.update",
-            Payload::Json(view.snapshot_json(reason)),
+            Payload::Json(view.snapshot_json(reason).into()),
             StreamClass::BookSnapshot,
         )
     }
@@ -708,7 +709,7 @@ fn book_delta(room: Arc<str>, (delta, view): (Delta, Arc<BookView>)) -> Publish 
     Publish::new(
         room,
         "orderbook.update",
-        Payload::Json(delta.json(&view.symbol)),
+        Payload::Json(delta.json(&view.symbol).into()),
         StreamClass::BookDelta,
     )
 }

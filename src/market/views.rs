@@ -199,7 +199,7 @@ impl Market {
                         ..Publish::new(
                             room,
                             "refresh",
-                            Payload::Json(b"null".to_vec()),
+                            Payload::Json(bytes::Bytes::from_static(b"null")),
                             StreamClass::Latest,
                         )
                     });
@@ -256,7 +256,10 @@ impl Market {
                 let json = self.ticker_json.get(symbol)?;
                 Publish {
                     retain: true,
-                    ..ticker_publish(room.clone(), Payload::Json(json.to_vec()))
+                    ..ticker_publish(
+                        room.clone(),
+                        Payload::Json(bytes::Bytes::copy_from_slice(json)),
+                    )
                 }
             }
             (View::Klines { symbol, .. }, ViewState::Klines { interval, .. }) => {

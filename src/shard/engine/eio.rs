@@ -326,7 +326,7 @@ impl Engine {
                 }
                 Output::Resync(room) => {
                     if let Some((view, _)) = self.books.get(&room) {
-                        let data = Payload::Json(view.snapshot_json("request"));
+                        let data = Payload::Json(view.snapshot_json("request").into());
                         let m = envelope::encode_payload(
                             "orderbook.update",
                             &room,

@@ -154,7 +154,7 @@ impl Engine {
         let owed = std::mem::take(&mut session.owed);
         for room in owed {
             if let Some((view, _)) = self.books.get(&room) {
-                let data = Payload::Json(view.snapshot_json("resync"));
+                let data = Payload::Json(view.snapshot_json("resync").into());
                 let m: WireMessage =
                     envelope::encode_payload("orderbook.update", &room, &data, now_ms);
                 self.send_wire(s, &m);

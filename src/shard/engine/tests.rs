@@ -83,7 +83,7 @@ fn trade_with(room: &str, data: Payload) -> Broadcast {
 }
 
 fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
-    let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into_bytes());
+    let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into());
     broadcast(room, "trade", data, StreamClass::Lossless).encode(1, offset, None)
 }
 
@@ -245,7 +245,7 @@ fn heartbeat_ping_that_overflows_a_polling_queue_ends_only_that_session() {
     );
     // A trade that fills the queue to exactly the hard limit: not over it.
     let size = |pad: usize| {
-        let data = Payload::Json(format!("\"{}\"", "x".repeat(pad)).into_bytes());
+        let data = Payload::Json(format!("\"{}\"", "x".repeat(pad)).into());
         let b = trade_with("trades:BTCUSDT", data);
         (b.body.polling().len() + ITEM_COST, b)
     };
@@ -651,7 +651,7 @@ fn an_overflow_conflates_latest_values_resyncs_books_and_sends_lossless_follower
         retain: true,
         ..trade_with(
             "ticker:BTCUSDT",
-            Payload::Json(format!("{{\"v\":{n}}}").into_bytes()),
+            Payload::Json(format!("{{\"v\":{n}}}").into()),
         )
     };
     let mut overflow = Overflow {
@@ -1121,7 +1121,7 @@ fn under_backpressure_book_ticker_all_keeps_the_newest_top_of_every_symbol() {
                     "{{\"symbol\":\"{symbol}\",\"n\":{n},\"pad\":\"{}\"}}",
                     "x".repeat(200)
                 )
-                .into_bytes(),
+                .into(),
             ),
         )
     };
@@ -1178,7 +1178,7 @@ fn view_book(room: &str, last: u64, snapshot: bool, refresh: Option<u64>) -> Bro
         deliver: refresh.is_none(),
         book: Some(view),
         refresh,
-        ..broadcast(room, "orderbook.update", Payload::Json(data), class)
+        ..broadcast(room, "orderbook.update", Payload::Json(data.into()), class)
     }
     .encode(1, None, None)
 }
@@ -1260,7 +1260,7 @@ fn a_view_is_delivered_from_the_refresh_of_the_epoch_it_was_opened_in() {
 // A view's refresh folded into an overflow comes after what was folded for it before.
 
 fn view_ticker(room: &str, v: u64, refresh: Option<u64>) -> Broadcast {
-    let data = Payload::Json(format!("{{\"v\":{v}}}").into_bytes());
+    let data = Payload::Json(format!("{{\"v\":{v}}}").into());
     Publish {
         deliver: refresh.is_none(),
         retain: true,

@@ -54,7 +54,12 @@ impl TickerDirectory {
                 json.extend_from_slice(v);
             }
             json.push(b']');
-            let m = envelope::encode_payload("tickers.update", room, &Payload::Json(json), now_ms);
+            let m = envelope::encode_payload(
+                "tickers.update",
+                room,
+                &Payload::Json(json.into()),
+                now_ms,
+            );
             (room.clone(), m)
         });
         Some(m.clone())

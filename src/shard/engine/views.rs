@@ -104,7 +104,7 @@ impl Engine {
         let (view, cached) = self.books.get_mut(room)?;
         let now_ms = self.now.unix_ms;
         let m = cached.get_or_insert_with(|| {
-            let data = Payload::Json(view.snapshot_json("subscribe"));
+            let data = Payload::Json(view.snapshot_json("subscribe").into());
             envelope::encode_payload("orderbook.update", room, &data, now_ms)
         });
         Some(m.clone())
