@@ -55,11 +55,13 @@ fn typed<T>(
     events: impl IntoIterator<Item = T>,
     parse: impl Fn(T) -> Result<crate::market::input::IngestEvent, String>,
 ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(index, ev)| parse(ev).map_err(|message| IngestError::BadEvent { index, message }))
-        .collect()
+    let events = events.into_iter();
+    // Sized up front: collecting into a `Result` would grow the vector by doubling.
+    let mut out = Vec::with_capacity(events.size_hint().0);
+    for (index, ev) in events.enumerate() {
+        out.push(parse(ev).map_err(|message| IngestError::BadEvent { index, message })?);
+    }
+    Ok(out)
 }
 
 /// Where an event read from the cluster stream stands: its entry id (the recovery offset of

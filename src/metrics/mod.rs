@@ -98,6 +98,12 @@ impl Collector for GatewayCollector {
             "Sessions opened by shard",
             per_shard(&counters, |c| ConstCounter::new(c.handshakes)),
         )?;
+        family(
+            &mut enc,
+            "gateway_shard_wakeups",
+            "Times a shard was woken for a message: a publish with members of its rooms, a control message, or a queue of batches it had been left to take at its next turn",
+            per_shard(&counters, |c| ConstCounter::new(c.wakeups)),
+        )?;
         let refused = self
             .shared
             .limits

@@ -14,7 +14,7 @@
 use super::engine::outbound::MAX_IOV;
 use super::engine::{Action, ConnId, Engine, Now, Written};
 use super::handle::{PublishMsg, ShardHandle, ShardMsg};
-use super::stats::{Latency, ShardStats};
+use super::stats::{Counters, Latency, ShardStats};
 use super::Shared;
 use crate::clock::unix_ms;
 use crate::log_rate::LogRate;
@@ -58,6 +58,8 @@ pub(super) struct Driver {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub engine: Engine,
+    /// Times the waker fired (see `Counters::wakeups`).
+    wakeups: u64,
     /// Each connection's socket, at the index of its `ConnId`.
     pub sockets: Vec<Option<TcpStream>>,
     /// Connections whose reading the engine paused, to read again once it wants to (with
@@ -119,6 +121,7 @@ impl Driver {
             shared,
             stats,
             engine,
+            wakeups: 0,
             sockets: Vec::new(),
             paused: IndexSet::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -151,11 +154,19 @@ impl Driver {
             }
             let now = now();
             self.backlog.reads_left = TURN_READ_BUDGET;
+            // Batches queued without waking this shard come first, so what its clients ask
+            // this turn is answered from state no older than them (see `shard::presence`).
+            if !self.publish_rx.is_empty() {
+                self.backlog.publishes = true;
+            }
             self.take_backlog(now);
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now),
-                    WAKER => self.drain_inbox(now),
+                    WAKER => {
+                        self.wakeups += 1;
+                        self.drain_inbox(now);
+                    }
                     Token(i) => {
                         let c = ConnId::from_token(i);
                         if ev.is_writable() {
@@ -172,6 +183,11 @@ impl Driver {
             self.transmit(now);
             if self.resume_paused(now) {
                 self.transmit(now);
+            }
+            // A room that got its first member this turn may have a batch queued for it by a
+            // publisher that had not seen the member yet and did not wake us: take it now.
+            if self.engine.take_presence_changed() && !self.publish_rx.is_empty() {
+                self.backlog.publishes = true;
             }
             if let Some(created) = self.engine.take_publish_started() {
                 self.latency.record(created.elapsed());
@@ -453,7 +469,11 @@ impl Driver {
     }
 
     fn publish_stats(&mut self, now: Instant) {
-        self.stats.store(self.engine.counters());
+        let counters = Counters {
+            wakeups: self.wakeups,
+            ..*self.engine.counters()
+        };
+        self.stats.store(&counters);
         // The outbound total needs a walk over every connection: twice a second at most.
         if now.duration_since(self.last_gauges) >= GAUGE_REFRESH {
             self.last_gauges = now;

@@ -8,6 +8,7 @@ use crate::codec::WireMessage;
 use crate::market::book::BookView;
 use crate::market::{Publish, StreamClass};
 use crate::recovery::{Offset, RestoreTicket, SessionRecord};
+use crate::shard::presence::Presence;
 use bytes::BytesMut;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
@@ -175,7 +176,14 @@ pub struct ShardHandle {
     /// what was folded before it.
     pub overflowing: Arc<AtomicBool>,
     pub waker: Arc<mio::Waker>,
+    /// The rooms the shard has members in: a batch with none of them does not wake it.
+    pub presence: Arc<Presence>,
 }
+
+/// Batches a shard that is not woken for them may have queued before it is woken anyway:
+/// what it keeps from every batch (last values, views, its recovery offset) stays this close
+/// to current, and the queue never comes near overflowing on an idle shard.
+pub const UNWOKEN_BATCHES: usize = 16;
 
 impl ShardHandle {
     pub fn send(&self, msg: ShardMsg) {
@@ -188,9 +196,15 @@ impl ShardHandle {
     /// Queues a batch, or folds it into the overflow when the shard is behind.
     pub fn publish(&self, batch: Arc<[Broadcast]>, created: Instant) {
         if !self.overflowing.load(Ordering::Acquire) {
-            match self.publish_tx.try_send(PublishMsg { batch, created }) {
+            match self.publish_tx.try_send(PublishMsg {
+                batch: batch.clone(),
+                created,
+            }) {
                 Ok(()) => {
-                    let _ = self.waker.wake();
+                    // Asked after queueing: see `Presence::wants`.
+                    if self.presence.wants(&batch) || self.publish_tx.len() >= UNWOKEN_BATCHES {
+                        let _ = self.waker.wake();
+                    }
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => return,

@@ -11,6 +11,7 @@
 mod driver;
 pub mod engine;
 mod handle;
+pub mod presence;
 mod stats;
 
 pub use handle::{Broadcast, Fanout, Overflow, RoomEmit, ShardHandle, ShardMsg};
@@ -164,6 +165,7 @@ impl Reactor {
                 overflow: Default::default(),
                 overflowing: Default::default(),
                 waker,
+                presence: Default::default(),
             });
             receivers.push((rx, publish_rx));
             polls.push(poll);
@@ -176,7 +178,8 @@ impl Reactor {
         {
             let st = Arc::new(ShardStats::default());
             stats.push(st.clone());
-            let engine = Engine::new(id, n, settings.clone(), shared.clone(), driver::now());
+            let mut engine = Engine::new(id, n, settings.clone(), shared.clone(), driver::now());
+            engine.report_presence(handles[id].presence.clone());
             let mut driver = Driver::new(
                 poll,
                 TcpListener::from_std(listener),

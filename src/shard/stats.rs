@@ -36,6 +36,9 @@ pub struct Counters {
     pub idle_evictions: u64,
     /// Connections closed for not completing a message within the handshake timeout.
     pub input_timeouts: u64,
+    /// Times the shard was woken by a message for it (a publish it delivers, or a control
+    /// message); batches it had nobody to deliver to wait for a turn it takes anyway.
+    pub wakeups: u64,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,7 @@ pub struct ShardStats {
     work_pauses: AtomicU64,
     idle_evictions: AtomicU64,
     input_timeouts: AtomicU64,
+    wakeups: AtomicU64,
 }
 
 macro_rules! fields {
@@ -89,7 +93,8 @@ macro_rules! fields {
             outbound_budget_drops,
             work_pauses,
             idle_evictions,
-            input_timeouts
+            input_timeouts,
+            wakeups
         )
     };
 }

@@ -194,6 +194,16 @@ impl Engine {
         }
     }
 
+    /// Tells `presence` which rooms have members here, from now on (see `shard::presence`).
+    pub fn report_presence(&mut self, presence: Arc<crate::shard::presence::Presence>) {
+        self.rooms.report_to(presence);
+    }
+
+    /// Whether a room got its first member or lost its last since the last call.
+    pub fn take_presence_changed(&mut self) -> bool {
+        self.rooms.take_changed()
+    }
+
     /// The shard this engine is.
     pub fn id(&self) -> usize {
         self.id
@@ -480,11 +490,16 @@ impl Engine {
     /// driver budgets a loop turn's publishing by them).
     pub fn handle_publish(&mut self, now: Now, batch: &[Broadcast], created: Instant) -> u64 {
         self.now = now;
-        self.pending_publish = Some(self.pending_publish.map_or(created, |t| t.min(created)));
         let before = self.counters.messages_out;
         self.publish(batch);
         self.reap();
-        self.counters.messages_out - before
+        let delivered = self.counters.messages_out - before;
+        // Only what reached a member has a fan-out latency: a batch with nobody to deliver
+        // to may have waited in the queue for a turn it did not need (see `shard::presence`).
+        if delivered > 0 {
+            self.pending_publish = Some(self.pending_publish.map_or(created, |t| t.min(created)));
+        }
+        delivered
     }
 
     /// What the shard's publish queue could not take while the shard was behind: newest

@@ -3,6 +3,7 @@
 
 use super::ids::SessionId;
 use crate::room::{Room, RoomKind};
+use crate::shard::presence::Presence;
 use indexmap::IndexSet;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,10 @@ pub struct RoomEntry {
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<Arc<str>, RoomEntry>,
+    /// Where the publishing side learns which rooms have members here.
+    presence: Option<Arc<Presence>>,
+    /// A room was created or removed since `take_changed`.
+    changed: bool,
     next_id: u64,
     subscriptions: usize,
     by_kind: [usize; RoomKind::ALL.len()],
@@ -44,7 +49,25 @@ impl Rooms {
             self.subscriptions += 1;
             self.by_kind[kind_of(&room_name)] += 1;
         }
+        if created {
+            self.changed = true;
+            if let Some(p) = &self.presence {
+                p.joined(&room_name);
+            }
+        }
         created
+    }
+
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Reports rooms as they get their first member and lose their last to `presence`.
+    pub fn report_to(&mut self, presence: Arc<Presence>) {
+        for room in self.rooms.keys() {
+            presence.joined(room);
+        }
+        self.presence = Some(presence);
     }
 
     /// Takes `session` out of `room`; true if the room was removed (it is empty).
@@ -58,6 +81,10 @@ impl Rooms {
         }
         if r.members.is_empty() {
             self.rooms.remove(room);
+            self.changed = true;
+            if let Some(p) = &self.presence {
+                p.left(room);
+            }
             return true;
         }
         false
@@ -88,6 +115,23 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_first_join_and_last_leave() {
+        let presence = Arc::new(Presence::default());
+        let mut r = Rooms::default();
+        let (a, b) = (SessionId::new(1), SessionId::new(2));
+        r.join(Arc::from("trades:X"), a);
+        r.report_to(presence.clone());
+        r.join(Arc::from("trades:Y"), a);
+        r.join(Arc::from("trades:Y"), b);
+        assert!(presence.wants_room("trades:X") && presence.wants_room("trades:Y"));
+        assert!(r.take_changed() && !r.take_changed());
+        r.leave("trades:Y", a);
+        assert!(presence.wants_room("trades:Y"), "b is still in it");
+        r.leave("trades:Y", b);
+        assert!(!presence.wants_room("trades:Y") && r.take_changed());
+    }
 
     #[test]
     fn join_leave_and_cleanup() {

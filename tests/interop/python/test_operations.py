@@ -42,6 +42,41 @@ def until(pred, timeout=5.0):
     assert pred()
 
 
+def test_publishes_wake_only_shards_with_members(gateway_factory, clients):
+    gw = gateway_factory("--shards", "2", "--ticker-throttle-ms", "0")
+    sym = unique_symbol("WAKE")
+
+    def wakeups():
+        text = scrape(gw)
+        return [value(text, "gateway_shard_wakeups_total", shard=str(i)) for i in (0, 1)]
+
+    # Nobody subscribed anywhere: each batch is queued to both shards, and a shard is woken
+    # once per 16 it was left to take, not once per batch.
+    n = 320
+    before = wakeups()
+    for i in range(n):
+        gw.ingest_ok({"type": "ticker.update", "symbol": sym, "data": {"n": i}})
+    idle = [a - b for a, b in zip(wakeups(), before)]
+    assert sum(idle) <= 2 * n / 16 + 8, idle
+
+    # What a shard was left to take is not lost: a client subscribing now gets the newest
+    # value first.
+    sio, rec = clients(gw, ["websocket"], ordered=True)
+    sio.call("subscribe", {"channel": "ticker", "symbol": sym}, namespace="/ws", timeout=5)
+    assert rec.wait_event("ticker.update", timeout=5)["data"] == {"n": n - 1}
+    sio.call("subscribe", {"channel": "trades", "symbol": sym}, namespace="/ws", timeout=5)
+
+    # The member's shard is woken for each batch it delivers; the other is still left alone.
+    m = 48
+    before = wakeups()
+    for i in range(m):
+        gw.ingest_ok({"type": "trade", "symbol": sym, "data": {"i": i}})
+        rec.wait_event("trade", timeout=5, pred=lambda d, i=i: d["data"] == {"i": i})
+    busy = [a - b for a, b in zip(wakeups(), before)]
+    assert max(busy) >= m and min(busy) <= m / 16 + 4, busy
+    assert [d["data"]["i"] for d in rec.named("trade")] == list(range(m))
+
+
 def test_metrics_move_with_connections_subscriptions_events_drops_and_refusals(gateway_factory, clients):
     gw = gateway_factory("--shards", "2", "--max-connections", "3",
                          "--outbound-soft-limit", "4096", "--outbound-hard-limit", "65536",
