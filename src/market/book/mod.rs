@@ -82,11 +82,16 @@ pub fn checksum<'a>(
     let mut digits = [0u8; 2 * CHECKSUM_LEVELS * 2 * 40];
     let mut n = 0;
     let mut feed = |s: &str| {
-        let s = s.trim_start_matches(['0', '.']).as_bytes();
-        for part in s.split(|&c| c == b'.') {
-            let end = (n + part.len()).min(digits.len());
-            digits[n..end].copy_from_slice(&part[..end - n]);
-            n = end;
+        let s = s.as_bytes();
+        let lead = s.iter().take_while(|&&c| c == b'0' || c == b'.').count();
+        // One byte at a time: these are a few digits each, too short for a search to pay.
+        for &c in &s[lead..] {
+            if c != b'.' {
+                if let Some(slot) = digits.get_mut(n) {
+                    *slot = c;
+                    n += 1;
+                }
+            }
         }
     };
     for l in asks
