@@ -75,8 +75,23 @@ impl Symbols {
 
     /// Ingest saw `symbol`: from now on it may be subscribed to.
     pub fn saw(&self, symbol: &str) {
-        if self.listed.is_empty() && !self.any && !self.seen.read().contains(symbol) {
-            self.seen.write().insert(symbol.into());
+        self.saw_all([symbol]);
+    }
+
+    /// As `saw` for a batch's symbols, taking the lock once rather than per event.
+    pub fn saw_all<'a>(&self, symbols: impl IntoIterator<Item = &'a str>) {
+        if !self.listed.is_empty() || self.any {
+            return;
+        }
+        let new: Vec<&str> = {
+            let seen = self.seen.read();
+            symbols.into_iter().filter(|s| !seen.contains(*s)).collect()
+        };
+        if !new.is_empty() {
+            let mut seen = self.seen.write();
+            for s in new {
+                seen.insert(s.into());
+            }
         }
     }
 }

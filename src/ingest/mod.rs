@@ -329,15 +329,14 @@ impl Ingest {
             market.views_changed(self.demand.take_changes(now), &mut out);
             offsets.resize(out.len(), None);
             let mut by_type = self.by_type.lock();
+            self.symbols
+                .saw_all(events.iter().filter_map(|ev| ev.symbol()));
             for (ev, id) in events.into_iter().zip(ids) {
                 match by_type.get_mut(ev.kind()) {
                     Some(n) => *n += 1,
                     None => {
                         by_type.insert(ev.kind().to_owned(), 1);
                     }
-                }
-                if let Some(symbol) = ev.symbol() {
-                    self.symbols.saw(symbol);
                 }
                 market.apply(ev, now, &mut out);
                 offsets.resize(out.len(), id);
@@ -375,6 +374,8 @@ impl Ingest {
         let local =
             recovery.is_some_and(|r| matches!(r.store, crate::recovery::SessionStore::Memory(_)));
         let mut logged = Vec::new();
+        // Once per batch: every lossless event of it is numbered here.
+        let mut seqs = self.seqs.lock();
         let batch: Vec<Broadcast> = out
             .into_iter()
             .zip(stream_ids.into_iter().chain(std::iter::repeat(None)))
@@ -393,7 +394,6 @@ impl Ingest {
                         // own count would clash with the stream's numbers).
                         Some(m) => m.seq,
                         None => {
-                            let mut seqs = self.seqs.lock();
                             let last = seqs.entry(p.room.clone()).or_insert(0);
                             *last += 1;
                             Some(*last)
@@ -421,6 +421,7 @@ impl Ingest {
                 b
             })
             .collect();
+        drop(seqs);
         if let (Some(r), false) = (recovery, logged.is_empty()) {
             let mut log = r.log();
             for e in logged {
