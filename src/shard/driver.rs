@@ -360,10 +360,17 @@ impl Driver {
         self.apply_actions(now);
     }
 
-    /// Control messages all; publish batches up to the turn's budget; then, once the queue is
-    /// empty, whatever overflowed it.
+    /// Publish batches up to the turn's budget, then, once the queue is empty, whatever
+    /// overflowed it; then control messages all. Publishes first: batches are queued without
+    /// waking a shard that has no member in their rooms (see `shard::presence`), and a request
+    /// handed over from another shard or a recovery answer must be served from state no
+    /// older than what was published before it.
     fn drain_inbox(&mut self, now: Now) {
+        self.drain_publishes(now);
         self.drain_control(now);
+    }
+
+    fn drain_publishes(&mut self, now: Now) {
         let mut deliveries = 0;
         for _ in 0..PUBLISH_BUDGET {
             if deliveries >= DELIVERY_BUDGET {

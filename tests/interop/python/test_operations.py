@@ -1,11 +1,13 @@
 """Operations: Prometheus /metrics moves with what happens, and SIGTERM drains gracefully."""
 
+import json
 import re
 import signal
+import socket
 import time
 
 from gateway_harness import Gateway, connect_client, http, unique_symbol
-from rawproto import ws_open_namespace
+from rawproto import decode_payload, polling_get, polling_open, polling_post, ws_open_namespace
 
 
 def scrape(gw):
@@ -75,6 +77,41 @@ def test_publishes_wake_only_shards_with_members(gateway_factory, clients):
     busy = [a - b for a, b in zip(wakeups(), before)]
     assert max(busy) >= m and min(busy) <= m / 16 + 4, busy
     assert [d["data"]["i"] for d in rec.named("trade")] == list(range(m))
+
+
+def test_a_request_handed_to_an_unwoken_shard_sees_what_was_published_before_it(gateway_factory):
+    # Each polling request comes on a new TCP connection, so about half of them reach the
+    # session's shard handed over from the other one. Batches for rooms nobody follows were
+    # queued to that shard without waking it: the subscribe must still be answered from
+    # state that includes them (the newest ticker, no trades from before it).
+    gw = gateway_factory("--shards", "2", "--ticker-throttle-ms", "0")
+    for attempt in range(12):
+        sym = unique_symbol("HAND")
+        sid, _ = polling_open(gw.port)
+        assert polling_post(gw.port, sid, "40/ws,").status == 200
+        got = []
+        while not any(p.startswith('42/ws,["connected"') for p in got):
+            got += decode_payload(polling_get(gw.port, sid).body)
+        for i in range(10):
+            gw.ingest_ok({"type": "ticker.update", "symbol": sym, "data": {"v": i}})
+        for i in range(5):
+            gw.ingest_ok({"type": "trade", "symbol": sym, "data": {"t": i}})
+        body = "\x1e".join("42/ws," + json.dumps(["subscribe", {"channel": c, "symbol": sym}])
+                           for c in ("ticker", "trades"))
+        assert polling_post(gw.port, sid, body).status == 200
+        packets = []
+        deadline = time.monotonic() + 5
+        while not any('"ticker.update"' in p for p in packets) and time.monotonic() < deadline:
+            packets += decode_payload(polling_get(gw.port, sid).body)
+        try:  # whatever else was queued by now
+            packets += decode_payload(polling_get(gw.port, sid, timeout=0.3).body)
+        except socket.timeout:
+            pass
+        tickers = [json.loads(p[6:])[1]["data"]["v"] for p in packets if p.startswith('42/ws,["ticker.update"')]
+        trades = [p for p in packets if p.startswith('42/ws,["trade"')]
+        assert tickers[:1] == [9], (attempt, tickers)
+        assert trades == [], (attempt, trades)
+        polling_post(gw.port, sid, "1")
 
 
 def test_metrics_move_with_connections_subscriptions_events_drops_and_refusals(gateway_factory, clients):
