@@ -24,6 +24,7 @@ fn engine_with_subscribers(members: usize) -> Sim {
         connect_timeout: Duration::from_secs(3600),
         handshake_timeout: Duration::from_secs(3600),
         max_payload: 1_000_000,
+        deflate_threshold: Some(256),
         cors_origins: Vec::new(),
         trust_proxy: None,
         demo_page: false,

@@ -38,6 +38,7 @@ fn main() {
         connect_timeout: Duration::from_secs(45),
         handshake_timeout: Duration::from_secs(10),
         max_payload: 1_000_000,
+        deflate_threshold: Some(256),
         cors_origins: vec!["*".into()],
         trust_proxy: None,
         demo_page: false,

@@ -70,6 +70,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD", default_value_t = 1_000_000)]
     pub max_payload: usize,
 
+    /// permessage-deflate for WebSocket clients that offer it (browsers and the Node client
+    /// do): each broadcast is compressed once for all of them. `off` never negotiates it.
+    #[arg(long, env = "GATEWAY_COMPRESSION", value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Smallest message payload in bytes sent compressed to a client that negotiated
+    /// permessage-deflate; shorter ones gain too little for the client's work of inflating.
+    #[arg(long, env = "GATEWAY_COMPRESSION_THRESHOLD", default_value_t = 256)]
+    pub compression_threshold: usize,
+
     /// Origins allowed for browser polling (repeat or comma-separate; `*` for any).
     #[arg(long, env = "GATEWAY_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
@@ -300,6 +310,15 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `maven_gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     pub log: String,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(

@@ -95,6 +95,8 @@ pub fn settings_from(config: &Config) -> Result<ServerSettings, StartError> {
         connect_timeout: Duration::from_millis(config.connect_timeout_ms),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         max_payload: config.max_payload,
+        deflate_threshold: (config.compression == crate::config::Switch::On)
+            .then_some(config.compression_threshold),
         trust_proxy: proxy_trust(config)?,
         close_linger: Duration::from_millis(config.close_linger_ms),
         outbound_total_limit: config.outbound_total_limit,

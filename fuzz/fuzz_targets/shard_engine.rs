@@ -51,7 +51,7 @@ const ROOMS: &[&str] = &["trades:BTCUSDT", "orderbook:BTCUSDT", "ticker:all", "t
 #[derive(Debug, Arbitrary)]
 enum Op {
     OpenPolling { ip: u8 },
-    OpenWebSocket { ip: u8 },
+    OpenWebSocket { ip: u8, deflate: bool },
     Connect { ip: u8 },
     Poll { session: u8, conn: Option<u8> },
     Post { session: u8, messages: Vec<u8> },
@@ -59,6 +59,8 @@ enum Op {
     PostPing { session: u8, len: u16 },
     Upgrade { session: u8 },
     WsMessage { conn: u8, message: u8 },
+    /// A message compressed for permessage-deflate, `repeat` times over in one message.
+    WsDeflated { conn: u8, message: u8, repeat: u16 },
     WsRaw { conn: u8, opcode: u8, fin: bool, payload: Vec<u8> },
     Raw { conn: u8, bytes: Vec<u8> },
     PeerClose { conn: u8 },
@@ -100,8 +102,8 @@ impl World {
                     self.sids.push(sid);
                 }
             }
-            Op::OpenWebSocket { ip: n } => {
-                if let Some((c, sid)) = self.sim.open_websocket(ip(n)) {
+            Op::OpenWebSocket { ip: n, deflate } => {
+                if let Some((c, sid)) = self.sim.open_websocket_offering(ip(n), deflate) {
                     self.conns.push(c);
                     self.sids.push(sid);
                 }
@@ -154,6 +156,11 @@ impl World {
                 let text = MESSAGES[message as usize % MESSAGES.len()];
                 self.sim.send(c, &client::text(text));
             }
+            Op::WsDeflated { conn, message, repeat } => {
+                let Some(c) = self.conn(conn) else { return };
+                let text = MESSAGES[message as usize % MESSAGES.len()].repeat(1 + usize::from(repeat));
+                self.sim.send(c, &client::deflated_text(&text));
+            }
             Op::WsRaw {
                 conn,
                 opcode,
@@ -161,7 +168,9 @@ impl World {
                 payload,
             } => {
                 let Some(c) = self.conn(conn) else { return };
-                let frame = encode_masked_frame(fin, opcode & 0x0f, &payload, [9, 8, 7, 6], 0);
+                let mut frame = encode_masked_frame(fin, opcode & 0x0f, &payload, [9, 8, 7, 6], 0);
+                // RSV1 too: what it means depends on what the connection negotiated.
+                frame[0] |= opcode & 0x40;
                 self.sim.send(c, &frame);
             }
             Op::Raw { conn, bytes } => {
@@ -276,6 +285,7 @@ fuzz_target!(|data: &[u8]| {
         connect_timeout: Duration::from_millis(3000),
         handshake_timeout: Duration::from_millis(2000),
         max_payload: if flags & 8 != 0 { 300 } else { 100_000 },
+        deflate_threshold: (flags & 128 == 0).then_some(64),
         cors_origins: vec!["*".into()],
         trust_proxy: (flags & 16 != 0).then(|| ProxyTrust {
             proxies: vec!["10.0.0.0/8".parse().expect("a CIDR")],

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let max_message = 1 + data[1] as usize * 8;
     let input = &data[2..];
 
-    let mut asm = MessageAssembler::default();
+    // The low bit of the first also says whether permessage-deflate was negotiated, so
+    // compressed messages (RSV1) are inflated under the message limit.
+    let mut asm = MessageAssembler::with_deflate(data[0] & 1 == 1);
     let mut rest = input;
     loop {
         match decode_client_frame(rest, max_payload) {

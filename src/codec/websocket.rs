@@ -3,6 +3,7 @@
 //! The decoder works on a byte slice and reports how much it consumed, so the caller decides
 //! where bytes live. It never allocates more than the configured message limit.
 
+use super::deflate::{self, InflateError};
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
@@ -69,14 +70,16 @@ pub enum FrameError {
     InvalidUtf8,
     #[error("invalid close frame payload")]
     BadClosePayload,
+    #[error(transparent)]
+    Inflate(#[from] super::deflate::InflateError),
 }
 
 impl FrameError {
     /// The close status code RFC 6455 §7.4.1 assigns to this failure.
     pub fn close_code(&self) -> u16 {
         match self {
-            Self::TooLarge { .. } => 1009,
-            Self::InvalidUtf8 => 1007,
+            Self::TooLarge { .. } | Self::Inflate(InflateError::TooLarge { .. }) => 1009,
+            Self::InvalidUtf8 | Self::Inflate(InflateError::Corrupt) => 1007,
             _ => 1002,
         }
     }
@@ -86,6 +89,9 @@ impl FrameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: under permessage-deflate, the first frame of a compressed message. Whether it
+    /// may be set is the assembler's to say, since only it knows what was negotiated.
+    pub compressed: bool,
     pub opcode: OpCode,
     pub payload: Bytes,
 }
@@ -103,7 +109,7 @@ pub fn decode_client_frame(
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
@@ -150,6 +156,7 @@ pub fn decode_client_frame(
     Ok(Some((
         Frame {
             fin,
+            compressed: b0 & 0x40 != 0,
             opcode,
             payload: payload.freeze(),
         },
@@ -175,6 +182,11 @@ pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
 /// Writes the header of an unmasked server frame for a payload of `len` bytes.
 pub fn encode_header(dst: &mut BytesMut, opcode: OpCode, len: usize) {
     dst.put_u8(0x80 | opcode.as_u8());
+    put_length(dst, len);
+}
+
+/// The payload length field of an unmasked frame, in its shortest form.
+pub fn put_length(dst: &mut BytesMut, len: usize) {
     if len < 126 {
         dst.put_u8(len as u8);
     } else if len <= u16::MAX as usize {
@@ -247,20 +259,46 @@ pub enum Message {
     Close(Option<u16>),
 }
 
-/// Joins fragmented frames into messages and validates what RFC 6455 asks of each.
+/// Joins fragmented frames into messages and validates what RFC 6455 asks of each, and
+/// inflates compressed ones where permessage-deflate was negotiated.
 #[derive(Debug, Default)]
 pub struct MessageAssembler {
-    partial: Option<(OpCode, BytesMut)>,
+    /// The message in progress: its type, whether it is compressed, what came so far.
+    partial: Option<(OpCode, bool, BytesMut)>,
+    deflate: bool,
+    /// Bytes inflated since `take_inflated`.
+    inflated: usize,
 }
 
 impl MessageAssembler {
+    /// An assembler for a connection that negotiated permessage-deflate: a data message's
+    /// first frame may carry RSV1, and such a message is inflated (up to the message limit)
+    /// before it is checked.
+    pub fn with_deflate(deflate: bool) -> MessageAssembler {
+        MessageAssembler {
+            deflate,
+            ..MessageAssembler::default()
+        }
+    }
+
+    /// Whether the connection negotiated permessage-deflate.
+    pub fn deflate(&self) -> bool {
+        self.deflate
+    }
+
+    /// What compressed messages inflated to since the last call: work the peer caused beyond
+    /// the bytes it sent.
+    pub fn take_inflated(&mut self) -> usize {
+        std::mem::take(&mut self.inflated)
+    }
+
     pub fn is_idle(&self) -> bool {
         self.partial.is_none()
     }
 
     /// Bytes held for a fragmented message still arriving.
     pub fn held(&self) -> usize {
-        self.partial.as_ref().map_or(0, |(_, b)| b.capacity())
+        self.partial.as_ref().map_or(0, |(_, _, b)| b.capacity())
     }
 
     /// Feeds one frame; returns a message when one is complete.
@@ -269,12 +307,16 @@ impl MessageAssembler {
         frame: Frame,
         max_message: usize,
     ) -> Result<Option<Message>, FrameError> {
+        let starts_message = matches!(frame.opcode, OpCode::Text | OpCode::Binary);
+        if frame.compressed && !(self.deflate && starts_message) {
+            return Err(FrameError::ReservedBits);
+        }
         match frame.opcode {
             OpCode::Ping => Ok(Some(Message::Ping(frame.payload))),
             OpCode::Pong => Ok(Some(Message::Pong(frame.payload))),
             OpCode::Close => parse_close(&frame.payload).map(|c| Some(Message::Close(c))),
             OpCode::Continuation => {
-                let (op, mut buf) = self
+                let (op, compressed, mut buf) = self
                     .partial
                     .take()
                     .ok_or(FrameError::UnexpectedContinuation)?;
@@ -287,9 +329,9 @@ impl MessageAssembler {
                 }
                 buf.extend_from_slice(&frame.payload);
                 if frame.fin {
-                    return finish(op, buf.freeze()).map(Some);
+                    return self.finish(op, compressed, buf.freeze(), max_message);
                 }
-                self.partial = Some((op, buf));
+                self.partial = Some((op, compressed, buf));
                 Ok(None)
             }
             OpCode::Text | OpCode::Binary => {
@@ -297,14 +339,31 @@ impl MessageAssembler {
                     return Err(FrameError::ExpectedContinuation);
                 }
                 if frame.fin {
-                    return finish(frame.opcode, frame.payload).map(Some);
+                    return self.finish(frame.opcode, frame.compressed, frame.payload, max_message);
                 }
                 let mut buf = BytesMut::with_capacity(frame.payload.len());
                 buf.extend_from_slice(&frame.payload);
-                self.partial = Some((frame.opcode, buf));
+                self.partial = Some((frame.opcode, frame.compressed, buf));
                 Ok(None)
             }
         }
+    }
+
+    fn finish(
+        &mut self,
+        op: OpCode,
+        compressed: bool,
+        payload: Bytes,
+        max_message: usize,
+    ) -> Result<Option<Message>, FrameError> {
+        let payload = if compressed {
+            let inflated = deflate::inflate(&payload, max_message)?;
+            self.inflated += inflated.len();
+            inflated
+        } else {
+            payload
+        };
+        finish(op, payload).map(Some)
     }
 }
 
@@ -365,7 +424,16 @@ mod tests {
             Err(FrameError::Unmasked)
         );
         assert_eq!(
-            decode_client_frame(&[0xC1, 0x80, 0, 0, 0, 0], 10),
+            decode_client_frame(&[0xA1, 0x80, 0, 0, 0, 0], 10),
+            Err(FrameError::ReservedBits)
+        );
+        // RSV1 is the assembler's to judge: only permessage-deflate gives it a meaning.
+        let (rsv1, _) = decode_client_frame(&[0xC1, 0x80, 0, 0, 0, 0], 10)
+            .unwrap()
+            .unwrap();
+        assert!(rsv1.compressed);
+        assert_eq!(
+            MessageAssembler::default().push(rsv1, 10),
             Err(FrameError::ReservedBits)
         );
         assert_eq!(
@@ -400,6 +468,56 @@ mod tests {
         let raw = masked(true, 1, &[0xff, 0xfe], [1, 1, 1, 1]);
         let (f, _) = decode_client_frame(&raw, 100).unwrap().unwrap();
         assert_eq!(asm.push(f, 100), Err(FrameError::InvalidUtf8));
+    }
+
+    /// The payload of an unmasked frame.
+    fn server_payload(frame: &[u8]) -> &[u8] {
+        match frame[1] & 0x7f {
+            126 => &frame[4..],
+            127 => &frame[10..],
+            _ => &frame[2..],
+        }
+    }
+
+    #[test]
+    fn inflates_compressed_messages_where_negotiated() {
+        let text = "{\"channel\":\"ticker\"}".repeat(50);
+        let frame = deflate::compressed_frame(0x1, text.as_bytes());
+        let body = server_payload(&frame);
+        // As a client sends it: RSV1 on the first of two frames only.
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut first = masked(false, 1, a, [1, 2, 3, 4]);
+        first[0] |= 0x40;
+        let second = masked(true, 0, b, [4, 3, 2, 1]);
+        let mut asm = MessageAssembler::with_deflate(true);
+        let (f, _) = decode_client_frame(&first, 1 << 16).unwrap().unwrap();
+        assert_eq!(asm.push(f, 1 << 16), Ok(None));
+        let (f, _) = decode_client_frame(&second, 1 << 16).unwrap().unwrap();
+        assert_eq!(
+            asm.push(f, 1 << 16),
+            Ok(Some(Message::Text(Bytes::from(text.clone()))))
+        );
+        assert_eq!(asm.take_inflated(), text.len());
+
+        // RSV1 on a continuation or a control frame means nothing, negotiated or not.
+        for (fin, op) in [(true, 0u8), (true, 9u8)] {
+            let mut raw = masked(fin, op, b"", [0; 4]);
+            raw[0] |= 0x40;
+            let (f, _) = decode_client_frame(&raw, 100).unwrap().unwrap();
+            let mut asm = MessageAssembler::with_deflate(true);
+            assert_eq!(asm.push(f, 100), Err(FrameError::ReservedBits));
+        }
+
+        // A bomb: a few KB that would inflate to 10 MB, against a 1 MB limit.
+        let bomb = deflate::compressed_frame(0x1, &vec![b'a'; 10 << 20]);
+        let body = server_payload(&bomb);
+        let mut raw = masked(true, 1, body, [7; 4]);
+        raw[0] |= 0x40;
+        let (f, _) = decode_client_frame(&raw, 1 << 20).unwrap().unwrap();
+        let e = MessageAssembler::with_deflate(true)
+            .push(f, 1 << 20)
+            .unwrap_err();
+        assert_eq!(e.close_code(), 1009, "{e}");
     }
 
     #[test]

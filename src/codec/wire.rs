@@ -1,18 +1,32 @@
 //! A packet encoded once into a complete WebSocket frame, from which the long-polling form is
 //! a zero-copy slice. Broadcasts build one of these and every subscriber gets the same bytes.
 
+use super::deflate;
 use super::engineio;
 use super::socketio;
 use super::websocket::{self, OpCode, MAX_SERVER_HEADER};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
+use std::sync::OnceLock;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WireMessage {
     frame: Bytes,
     body_at: u8,
     binary: bool,
+    /// The same message compressed for permessage-deflate, once some connection needed it:
+    /// a broadcast is compressed at most once, whoever many subscribers take it.
+    deflated: OnceLock<Bytes>,
 }
+
+/// Equal when they carry the same frame, compressed yet or not.
+impl PartialEq for WireMessage {
+    fn eq(&self, other: &WireMessage) -> bool {
+        (&self.frame, self.body_at, self.binary) == (&other.frame, other.body_at, other.binary)
+    }
+}
+
+impl Eq for WireMessage {}
 
 impl WireMessage {
     /// Builds a text Engine.IO packet with `write` (which appends the packet's text form) and
@@ -39,6 +53,7 @@ impl WireMessage {
             frame: buf.freeze().slice(start..),
             body_at: hlen as u8,
             binary: false,
+            deflated: OnceLock::new(),
         }
     }
 
@@ -55,6 +70,7 @@ impl WireMessage {
             body_at: websocket::header_len(data.len()) as u8,
             frame,
             binary: true,
+            deflated: OnceLock::new(),
         }
     }
 
@@ -89,12 +105,30 @@ impl WireMessage {
             frame,
             body_at,
             binary,
+            deflated: OnceLock::new(),
         })
     }
 
     /// The complete WebSocket frame.
     pub fn ws_frame(&self) -> &Bytes {
         &self.frame
+    }
+
+    /// The frame compressed for a connection that negotiated permessage-deflate, made the
+    /// first time one needs it and shared from then on; and whether this call made it.
+    pub fn deflated_frame(&self) -> (&Bytes, bool) {
+        let mut made = false;
+        let frame = self.deflated.get_or_init(|| {
+            made = true;
+            let opcode = if self.binary { 0x2 } else { 0x1 };
+            deflate::compressed_frame(opcode, &self.frame[self.body_at as usize..])
+        });
+        (frame, made)
+    }
+
+    /// The frame's payload length: what compression would work on.
+    pub fn body_len(&self) -> usize {
+        self.frame.len() - self.body_at as usize
     }
 
     /// The Engine.IO packet as a long-polling record.

@@ -25,6 +25,8 @@ pub struct Request {
     pub websocket_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// A `Sec-WebSocket-Extensions` header offers permessage-deflate as the server takes it.
+    pub ws_deflate_offered: bool,
     pub authorization: Option<String>,
     pub forwarded_for: Option<String>,
     pub keep_alive: bool,
@@ -134,6 +136,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             out.ws_key = Some(value());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // The header may come more than once; any acceptable offer will do.
+            out.ws_deflate_offered |= crate::codec::deflate::accepts(&value());
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value());
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {

@@ -176,6 +176,23 @@ impl Collector for GatewayCollector {
         )?;
         family(
             &mut enc,
+            "gateway_compressions",
+            "Messages compressed for permessage-deflate: once each, however many connections take them",
+            per_shard(&counters, |c| ConstCounter::new(c.compressions)),
+        )?;
+        let before: u64 = counters.iter().map(|c| c.deflate_bytes_before).sum();
+        let after: u64 = counters.iter().map(|c| c.deflate_bytes_after).sum();
+        family(
+            &mut enc,
+            "gateway_deflate_bytes",
+            "Frames sent compressed to connections that negotiated permessage-deflate, in bytes as they would have been (before) and as they went (after)",
+            vec![
+                (vec![("stage", "before".to_owned())], ConstCounter::new(before)),
+                (vec![("stage", "after".to_owned())], ConstCounter::new(after)),
+            ],
+        )?;
+        family(
+            &mut enc,
             "gateway_write_calls",
             "writev calls by shard",
             per_shard(&counters, |c| ConstCounter::new(c.write_calls)),

@@ -42,6 +42,9 @@ pub struct ServerSettings {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_payload: usize,
+    /// permessage-deflate for WebSocket clients that offer it: messages with at least this
+    /// many payload bytes go out compressed. `None`: never negotiated.
+    pub deflate_threshold: Option<usize>,
     /// Origins allowed for cross-origin polling; `*` allows any.
     pub cors_origins: Vec<String>,
     /// Take the client address from `X-Forwarded-For` of these proxies (none: never).

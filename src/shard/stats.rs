@@ -39,6 +39,12 @@ pub struct Counters {
     /// Times the shard was woken by a message for it (a publish it delivers, or a control
     /// message); batches it had nobody to deliver to wait for a turn it takes anyway.
     pub wakeups: u64,
+    /// Messages compressed for permessage-deflate (once each, however many take them).
+    pub compressions: u64,
+    /// Frames sent to connections that negotiated permessage-deflate, in bytes as they would
+    /// have been and as they went (only messages past the compression threshold).
+    pub deflate_bytes_before: u64,
+    pub deflate_bytes_after: u64,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +73,9 @@ pub struct ShardStats {
     idle_evictions: AtomicU64,
     input_timeouts: AtomicU64,
     wakeups: AtomicU64,
+    compressions: AtomicU64,
+    deflate_bytes_before: AtomicU64,
+    deflate_bytes_after: AtomicU64,
 }
 
 macro_rules! fields {
@@ -94,7 +103,10 @@ macro_rules! fields {
             work_pauses,
             idle_evictions,
             input_timeouts,
-            wakeups
+            wakeups,
+            compressions,
+            deflate_bytes_before,
+            deflate_bytes_after
         )
     };
 }

@@ -117,8 +117,9 @@ impl Engine {
         match session.transport {
             Transport::WebSocket(c) => {
                 self.counters.messages_out += 1;
+                let frame = self.frame_for(self.deflates(c), msg);
                 if let Some(conn) = self.live_conn_mut(c) {
-                    conn.push(msg.ws_frame().clone());
+                    conn.push(frame);
                     self.queued(c);
                 }
             }
@@ -382,15 +383,23 @@ impl Engine {
         let queued: Vec<Bytes> = session.queue.take_front(usize::MAX);
         self.counters.polling_sessions = self.counters.polling_sessions.saturating_sub(1);
         self.counters.websocket_connections += 1;
+        // Anything still queued for polling goes out on the WebSocket, in order; the noop
+        // was only for the poll.
+        let deflate = self.deflates(c);
+        let frames: Vec<Bytes> = queued
+            .into_iter()
+            .filter(|t| &t[..] != b"6")
+            .map(|text| {
+                let m = WireMessage::text(|b| b.extend_from_slice(&text));
+                self.frame_for(deflate, &m)
+            })
+            .collect();
         if let Some(conn) = self.live_conn_mut(c) {
             if let Role::WebSocket(ws) = &mut conn.role {
                 ws.probing = false;
             }
-            // Anything still queued for polling goes out on the WebSocket, in order; the noop
-            // was only for the poll.
-            for text in queued.into_iter().filter(|t| &t[..] != b"6") {
-                let m = WireMessage::text(|b| b.extend_from_slice(&text));
-                conn.push(m.ws_frame().clone());
+            for frame in frames {
+                conn.push(frame);
             }
         }
         self.queued(c);

@@ -225,7 +225,8 @@ impl Engine {
                 self.respond(c, r, keep);
             }
             EngineRequest::Open(TransportKind::WebSocket) => {
-                let Some(accept) = self.accept_websocket(c, &req, origin.as_deref()) else {
+                let Some((accept, deflate)) = self.accept_websocket(c, &req, origin.as_deref())
+                else {
                     return;
                 };
                 let (ip, token) = self.client_identity(c, &req);
@@ -241,7 +242,7 @@ impl Engine {
                 conn.role = Role::WebSocket(WsState {
                     session: s,
                     probing: false,
-                    assembler: MessageAssembler::default(),
+                    assembler: MessageAssembler::with_deflate(deflate),
                 });
                 if let Some(open) = self.open_packet(s, false) {
                     self.send_engine(s, &open);
@@ -272,12 +273,13 @@ impl Engine {
         }
     }
 
+    /// The 101 answer to a valid WebSocket request, and whether it took permessage-deflate.
     fn accept_websocket(
         &mut self,
         c: ConnId,
         req: &Request,
         origin: Option<&str>,
-    ) -> Option<Bytes> {
+    ) -> Option<(Bytes, bool)> {
         let key_ok = |k: &str| {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD
@@ -294,17 +296,26 @@ impl Engine {
         self.count_request(c);
         self.counters.handshakes += 1;
         let accept = handshake::accept_key(key);
+        let deflate = req.ws_deflate_offered && self.settings.deflate_threshold.is_some();
+        let extension = if deflate {
+            format!(
+                "Sec-WebSocket-Extensions: {}\r\n",
+                crate::codec::deflate::ACCEPTED
+            )
+        } else {
+            String::new()
+        };
         let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extension}\r\n"
         );
-        Some(Bytes::from(head))
+        Some((Bytes::from(head), deflate))
     }
 
     fn on_upgrade_request(&mut self, c: ConnId, s: SessionId, req: &Request, origin: Option<&str>) {
         let upgradable = self
             .live_session(s)
             .is_some_and(|x| matches!(x.transport, Transport::Polling { .. }) && x.probe.is_none());
-        let Some(accept) = self.accept_websocket(c, req, origin) else {
+        let Some((accept, deflate)) = self.accept_websocket(c, req, origin) else {
             return;
         };
         if !upgradable {
@@ -330,7 +341,7 @@ impl Engine {
         conn.role = Role::WebSocket(WsState {
             session: s,
             probing: true,
-            assembler: MessageAssembler::default(),
+            assembler: MessageAssembler::with_deflate(deflate),
         });
         self.queued(c);
         self.process_ws(c);

@@ -20,6 +20,7 @@
 //! stays valid to its end whatever was closed on the way. Code that runs after something may
 //! have closed asks through `live_session` / `live_conn`, which skip what is closing.
 
+mod compress;
 mod conn;
 mod eio;
 mod emit;

@@ -1,6 +1,7 @@
 //! Fan-out: each broadcast queued to every local member of its room, under the slow-consumer
 //! policy of its stream class.
 
+use super::conn::Role;
 use super::ids::SessionId;
 use super::session::Transport;
 use super::Engine;
@@ -55,6 +56,13 @@ impl Engine {
             };
             let frame = Bytes::copy_from_slice(b.body.ws_frame());
             let mut polling: Option<Bytes> = None;
+            // Compressed at most once for the whole gateway (the message keeps it), copied
+            // here once like the plain frame, only if a member negotiated permessage-deflate.
+            let compressible = self
+                .settings
+                .deflate_threshold
+                .is_some_and(|t| b.body.body_len() >= t);
+            let mut deflated: Option<Bytes> = None;
             for &s in &room.members {
                 let Some(session) = self
                     .sessions
@@ -83,7 +91,22 @@ impl Engine {
                             conn.dirty = true;
                             self.dirty_conns.push_back(c);
                         }
-                        (&mut conn.out, frame.clone())
+                        let deflate =
+                            matches!(&conn.role, Role::WebSocket(ws) if ws.assembler.deflate());
+                        let data = if compressible && deflate {
+                            let counters = &mut self.counters;
+                            let d = deflated.get_or_insert_with(|| {
+                                let (f, made) = b.body.deflated_frame();
+                                counters.compressions += u64::from(made);
+                                Bytes::copy_from_slice(f)
+                            });
+                            counters.deflate_bytes_before += frame.len() as u64;
+                            counters.deflate_bytes_after += d.len() as u64;
+                            d.clone()
+                        } else {
+                            frame.clone()
+                        };
+                        (&mut conn.out, data)
                     }
                     Transport::Polling { .. } => {
                         if !session.dirty {

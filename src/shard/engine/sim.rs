@@ -319,19 +319,38 @@ pub mod client {
 
     /// A WebSocket upgrade: a new session without `sid`, an upgrade probe with one.
     pub fn websocket(sid: Option<&str>) -> Vec<u8> {
+        websocket_offering(sid, false)
+    }
+
+    /// As `websocket`, offering permessage-deflate as browsers do when `deflate`.
+    pub fn websocket_offering(sid: Option<&str>, deflate: bool) -> Vec<u8> {
+        let offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let target = match sid {
             Some(s) => format!("/socket.io/?EIO=4&transport=websocket&sid={s}"),
             None => "/socket.io/?EIO=4&transport=websocket".to_owned(),
         };
         get(
             &target,
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            &format!("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}"),
         )
     }
 
     /// A masked text frame, as a client sends it.
     pub fn text(payload: &str) -> Vec<u8> {
         encode_masked_frame(true, 1, payload.as_bytes(), [1, 2, 3, 4], 0)
+    }
+
+    /// A masked text frame compressed for permessage-deflate (RSV1 set).
+    pub fn deflated_text(payload: &str) -> Vec<u8> {
+        let frame = crate::codec::deflate::compressed_frame(0x1, payload.as_bytes());
+        let body = frames(&frame).remove(0).1;
+        let mut raw = encode_masked_frame(true, 1, &body, [9, 8, 7, 6], 0);
+        raw[0] |= 0x40;
+        raw
     }
 
     /// Splits server bytes into HTTP responses `(status, body)`; what does not parse as one
@@ -433,8 +452,17 @@ impl Sim {
 
     /// A WebSocket session's handshake: the connection (now a WebSocket) and the sid.
     pub fn open_websocket(&mut self, ip: IpAddr) -> Option<(ConnId, String)> {
+        self.open_websocket_offering(ip, false)
+    }
+
+    /// As `open_websocket`, offering permessage-deflate when `deflate`.
+    pub fn open_websocket_offering(
+        &mut self,
+        ip: IpAddr,
+        deflate: bool,
+    ) -> Option<(ConnId, String)> {
         let c = self.try_connect(ip)?;
-        self.send(c, &client::websocket(None));
+        self.send(c, &client::websocket_offering(None, deflate));
         let got = self.take(c);
         let (responses, rest) = client::responses(&got);
         if responses.first()?.0 != 101 {

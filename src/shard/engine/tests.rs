@@ -27,6 +27,7 @@ fn settings() -> ServerSettings {
         connect_timeout: Duration::from_millis(45_000),
         handshake_timeout: Duration::from_millis(10_000),
         max_payload: 1_000_000,
+        deflate_threshold: Some(256),
         cors_origins: Vec::new(),
         trust_proxy: None,
         demo_page: false,
@@ -1375,4 +1376,99 @@ fn a_reopened_book_view_in_an_overflow_gets_no_window_of_its_old_epoch() {
         !ids.iter().any(|s| s.ends_with("@105")),
         "the old epoch's window must not be sent after the new epoch's refresh: {ids:?}"
     );
+}
+
+/// A WebSocket session on `/ws` subscribed to `trades:BTCUSDT`, offering permessage-deflate
+/// or not; checks the 101 answers the offer as the server takes it.
+fn subscribed_websocket_offering(sim: &mut Sim, deflate: bool) -> ConnId {
+    let c = sim.connect(CLIENT);
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
+    sim.send(
+        c,
+        &client::get(
+            "/socket.io/?EIO=4&transport=websocket",
+            &format!("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}"),
+        ),
+    );
+    let head = String::from_utf8_lossy(&sim.take(c)).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        head.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+        deflate,
+        "{head}"
+    );
+    sim.send(c, &client::text("40/ws,"));
+    sim.send(
+        c,
+        &client::text("42/ws,1[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]"),
+    );
+    sim.take(c);
+    c
+}
+
+#[test]
+fn a_broadcast_is_compressed_once_for_every_deflate_subscriber() {
+    let mut sim = sim();
+    let a = subscribed_websocket_offering(&mut sim, true);
+    let b = subscribed_websocket_offering(&mut sim, true);
+    let plain = subscribed_websocket_offering(&mut sim, false);
+    let pad = "45000.10,".repeat(200);
+    sim.publish(&[
+        trade_with(
+            "trades:BTCUSDT",
+            Payload::Json(format!("{{\"pad\":\"{pad}\"}}").into()),
+        ),
+        trade("trades:BTCUSDT", 7, None),
+    ]);
+    let (got_a, got_b, got_plain) = (sim.take(a), sim.take(b), sim.take(plain));
+    assert_eq!(got_a, got_b, "the same bytes for every deflate subscriber");
+    let plain_frames = client::frames(&got_plain);
+    let deflated_frames = client::frames(&got_a);
+    assert_eq!(plain_frames.len(), 2);
+    assert_eq!(deflated_frames.len(), 2);
+    // The long one compressed (RSV1), the short one below the threshold as it was.
+    assert_eq!(got_a[0] & 0xf0, 0xc0);
+    let inflated = crate::codec::deflate::inflate(&deflated_frames[0].1, 1 << 20).unwrap();
+    assert_eq!(&inflated[..], &plain_frames[0].1[..]);
+    assert!(deflated_frames[0].1.len() * 5 < plain_frames[0].1.len());
+    assert_eq!(deflated_frames[1], plain_frames[1]);
+    assert_eq!(got_plain[0], 0x81);
+    let counters = *sim.engine.counters();
+    assert_eq!(counters.compressions, 1);
+    let sent = deflated_frames[0].1.len();
+    let framed = crate::codec::websocket::header_len(sent) + sent;
+    assert_eq!(counters.deflate_bytes_after, 2 * framed as u64);
+}
+
+#[test]
+fn compressed_client_messages_are_inflated_and_a_bomb_is_closed_with_1009() {
+    let mut sim = sim();
+    let c = subscribed_websocket_offering(&mut sim, true);
+    let compressed_text = |text: &str| {
+        let frame = crate::codec::deflate::compressed_frame(0x1, text.as_bytes());
+        let body = client::frames(&frame).remove(0).1;
+        let mut raw = crate::codec::websocket::encode_masked_frame(true, 1, &body, [9, 8, 7, 6], 0);
+        raw[0] |= 0x40;
+        raw
+    };
+    sim.send(
+        c,
+        &compressed_text("42/ws,2[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"ETHUSDT\"}]"),
+    );
+    let texts = client::texts(&sim.take(c));
+    assert!(texts[0].starts_with("43/ws,2[{\"ok\":true"), "{texts:?}");
+    // Inflating past --max-payload: closed with 1009, nothing else decoded.
+    let bomb = compressed_text(&"4".repeat(2_000_000));
+    assert!(bomb.len() < 10_000);
+    sim.send(c, &bomb);
+    let frames = client::frames(&sim.take(c));
+    let close = frames
+        .iter()
+        .find(|(op, _)| *op == 8)
+        .expect("a close frame");
+    assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 1009);
 }

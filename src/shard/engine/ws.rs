@@ -34,6 +34,7 @@ impl Engine {
                 Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
             };
             let (session, probing) = (ws.session, ws.probing);
+            let inflated = ws.assembler.take_inflated();
             let packet = match msg {
                 Message::Text(t) => match Packet::decode_text(t) {
                     Ok(p) => p,
@@ -53,6 +54,11 @@ impl Engine {
                     return;
                 }
             };
+            // What a compressed message inflated to is work its sender caused, beyond the
+            // bytes it sent: charged like input, so a small bomb under the limit is paid for.
+            if inflated > 0 {
+                self.count_work(|w| w.input_bytes += inflated);
+            }
             if self.live_session(session).is_none() {
                 return self.ws_fail(c, 1000, "session ended");
             }

@@ -197,7 +197,7 @@ const openRaw = new Set();
  * "3" and (with `hidePings`, default) not queued.
  */
 export class RawWs {
-  constructor(url, { autoPong = true, hidePings = true, headers } = {}) {
+  constructor(url, { autoPong = true, hidePings = true, headers, perMessageDeflate = true } = {}) {
     this.url = url;
     this.queue = [];
     this.waiters = new Set();
@@ -205,7 +205,7 @@ export class RawWs {
     this.closeInfo = null;
     this.error = null;
     this.pingsSeen = 0;
-    this.ws = new WebSocket(url, { headers, handshakeTimeout: 5000 });
+    this.ws = new WebSocket(url, { headers, handshakeTimeout: 5000, perMessageDeflate });
     openRaw.add(this);
     this.opened = new Promise((resolve, reject) => {
       this.ws.once('open', resolve);

@@ -1,0 +1,45 @@
+//! Which frame a WebSocket connection gets for a message: the compressed one when it
+//! negotiated permessage-deflate and the message is long enough to gain, made once per
+//! message (so once per broadcast, whatever the number of subscribers) and shared.
+
+use super::conn::Role;
+use super::ids::ConnId;
+use super::Engine;
+use crate::codec::WireMessage;
+use bytes::Bytes;
+
+impl Engine {
+    /// Whether connection `c` negotiated permessage-deflate.
+    pub(super) fn deflates(&self, c: ConnId) -> bool {
+        self.conns
+            .get(c.key())
+            .is_some_and(|conn| matches!(&conn.role, Role::WebSocket(ws) if ws.assembler.deflate()))
+    }
+
+    /// The frame `msg` goes out as on a connection that did (`deflate`) or did not negotiate
+    /// permessage-deflate.
+    pub(super) fn frame_for(&mut self, deflate: bool, msg: &WireMessage) -> Bytes {
+        match self.compressed(deflate, msg) {
+            Some(frame) => frame.clone(),
+            None => msg.ws_frame().clone(),
+        }
+    }
+
+    /// The compressed frame of `msg` if a connection that did (`deflate`) or did not
+    /// negotiate permessage-deflate gets one, counted as sent.
+    pub(super) fn compressed<'m>(
+        &mut self,
+        deflate: bool,
+        msg: &'m WireMessage,
+    ) -> Option<&'m Bytes> {
+        let threshold = self.settings.deflate_threshold?;
+        if !deflate || msg.body_len() < threshold {
+            return None;
+        }
+        let (frame, made) = msg.deflated_frame();
+        self.counters.compressions += u64::from(made);
+        self.counters.deflate_bytes_before += msg.len() as u64;
+        self.counters.deflate_bytes_after += frame.len() as u64;
+        Some(frame)
+    }
+}
