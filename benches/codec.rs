@@ -98,5 +98,82 @@ fn socket(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, websocket, engine, socket);
+/// Market data frames as the gateway sends them, by kind.
+fn market_frames() -> Vec<(&'static str, String)> {
+    let trade = r#"42/ws,["trade",{"channel":"trades:BTCUSDT","data":{"tradeId":"t-1700000123","symbol":"BTCUSDT","price":"45012.35","quantity":"0.01250000","side":"buy","timestamp":1700000000123},"timestamp":1700000000125,"seq":48213}]"#.to_owned();
+    let ticker = r#"42/ws,["ticker.update",{"channel":"ticker:BTCUSDT","data":{"symbol":"BTCUSDT","lastPrice":"45012.35","priceChange":"1502.10","priceChangePercent":"3.45","high24h":"46000.00","low24h":"43000.00","volume24h":"12500.50","quoteVolume24h":"562525000.00","openTime":1699913600000,"closeTime":1700000000000},"timestamp":1700000000125}]"#.to_owned();
+    let level = |p: f64, i: usize| {
+        format!(
+            r#"["{:.2}","{:.4}"]"#,
+            p,
+            0.1 + (i * 37 % 101) as f64 / 13.0
+        )
+    };
+    let side = |from: f64, step: f64, n: usize| {
+        (0..n)
+            .map(|i| level(from + step * i as f64, i))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let delta = format!(
+        r#"42/ws,["orderbook.update",{{"channel":"orderbook:BTCUSDT","data":{{"symbol":"BTCUSDT","type":"delta","bids":[{}],"asks":[{}],"firstUpdateId":81231,"lastUpdateId":81232,"checksum":3405691582}},"timestamp":1700000000125}}]"#,
+        side(45011.5, -0.5, 2),
+        side(45012.0, 0.5, 1)
+    );
+    let snapshot = format!(
+        r#"42/ws,["orderbook.update",{{"channel":"orderbook:BTCUSDT","data":{{"symbol":"BTCUSDT","type":"snapshot","reason":"subscribe","bids":[{}],"asks":[{}],"lastUpdateId":81232,"checksum":3405691582}},"timestamp":1700000000125}}]"#,
+        side(45011.5, -0.5, 100),
+        side(45012.0, 0.5, 100)
+    );
+    let all = (0..200)
+        .map(|i| format!(r#"{{"symbol":"S{i:03}USDT","lastPrice":"{}.35","priceChange":"1.10","priceChangePercent":"0.45","high24h":"46000.00","low24h":"43000.00","volume24h":"{}.50","quoteVolume24h":"562525000.00","openTime":1699913600000,"closeTime":1700000000000}}"#, 100 + i * 7, 1000 + i * 13))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ticker_all = format!(
+        r#"42/ws,["tickers.update",{{"channel":"ticker:all","data":[{all}],"timestamp":1700000000125}}]"#
+    );
+    vec![
+        ("trade", trade),
+        ("ticker", ticker),
+        ("book_delta", delta),
+        ("book_snapshot_100", snapshot),
+        ("ticker_all_200", ticker_all),
+    ]
+}
+
+/// permessage-deflate: what compressing each kind of frame once costs and saves (the ratio is
+/// printed, as criterion has no place for it).
+fn deflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deflate");
+    for (kind, text) in market_frames() {
+        let frame = maven_gateway::codec::deflate::compressed_frame(0x1, text.as_bytes());
+        eprintln!(
+            "deflate {kind}: {} -> {} bytes ({:.0}%)",
+            text.len(),
+            frame.len() - 2,
+            100.0 * (frame.len() - 2) as f64 / text.len() as f64
+        );
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(format!("compress/{kind}"), |b| {
+            b.iter(|| {
+                maven_gateway::codec::deflate::compressed_frame(0x1, black_box(text.as_bytes()))
+            })
+        });
+        let body = frame.slice(
+            if frame.len() - 2 < 126 {
+                2
+            } else if frame.len() - 4 < 65536 {
+                4
+            } else {
+                10
+            }..,
+        );
+        g.bench_function(format!("inflate/{kind}"), |b| {
+            b.iter(|| maven_gateway::codec::deflate::inflate(black_box(&body), 1 << 20).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, websocket, engine, socket, deflate);
 criterion_main!(benches);

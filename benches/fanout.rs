@@ -15,7 +15,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn engine_with_subscribers(members: usize) -> Sim {
+/// A shard with `members` WebSocket subscribers of `trades:BTCUSDT`, which offered
+/// permessage-deflate or not.
+fn engine_with_subscribers(members: usize, deflate: bool) -> Sim {
     let settings = ServerSettings {
         engine_path: "/socket.io/".into(),
         echo_path: None,
@@ -24,7 +26,7 @@ fn engine_with_subscribers(members: usize) -> Sim {
         connect_timeout: Duration::from_secs(3600),
         handshake_timeout: Duration::from_secs(3600),
         max_payload: 1_000_000,
-        deflate_threshold: Some(256),
+        deflate_threshold: Some(200),
         cors_origins: Vec::new(),
         trust_proxy: None,
         demo_page: false,
@@ -47,7 +49,7 @@ fn engine_with_subscribers(members: usize) -> Sim {
         client::text("42/ws,[\"subscribe\",{\"channel\":\"trades\",\"symbol\":\"BTCUSDT\"}]");
     for i in 0..members {
         let ip = std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
-        let (c, _) = sim.open_websocket(ip).expect("handshake");
+        let (c, _) = sim.open_websocket_offering(ip, deflate).expect("handshake");
         sim.send(c, &client::text("40/ws,"));
         sim.send(c, &subscribe);
         sim.take(c);
@@ -58,15 +60,18 @@ fn engine_with_subscribers(members: usize) -> Sim {
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
-    let data = json!({"tradeId":"t-1","symbol":"BTCUSDT","price":"45000.00","quantity":"0.125","timestamp":1_700_000_000_000u64});
+    let data = json!({"tradeId":"t-1700000123","symbol":"BTCUSDT","price":"45012.35","quantity":"0.01250000","side":"buy","timestamp":1_700_000_000_123u64,"venue":"spot","maker":"sell"});
     g.bench_function("encode_envelope", |b| {
         b.iter(|| envelope::encode("trade", "trades:BTCUSDT", black_box(&data), 1))
     });
     let payload = Payload::Value(data);
-    for members in [100usize, 1000] {
-        let mut sim = engine_with_subscribers(members);
+    // A ticker-sized frame (past the compression threshold), to members that negotiated
+    // permessage-deflate or not: compressed once per publish, whatever the members.
+    for (members, deflate) in [(100usize, false), (1000, false), (100, true), (1000, true)] {
+        let mut sim = engine_with_subscribers(members, deflate);
+        let name = if deflate { "deflate" } else { "plain" };
         g.throughput(Throughput::Elements(members as u64));
-        g.bench_function(format!("publish_to_members/{members}"), |b| {
+        g.bench_function(format!("publish_to_members/{name}/{members}"), |b| {
             b.iter(|| {
                 let publish = Publish::new(
                     Arc::from("trades:BTCUSDT"),

@@ -38,7 +38,7 @@ fn main() {
         connect_timeout: Duration::from_secs(45),
         handshake_timeout: Duration::from_secs(10),
         max_payload: 1_000_000,
-        deflate_threshold: Some(256),
+        deflate_threshold: Some(200),
         cors_origins: vec!["*".into()],
         trust_proxy: None,
         demo_page: false,

@@ -76,8 +76,10 @@ pub struct Config {
     pub compression: Switch,
 
     /// Smallest message payload in bytes sent compressed to a client that negotiated
-    /// permessage-deflate; shorter ones gain too little for the client's work of inflating.
-    #[arg(long, env = "GATEWAY_COMPRESSION_THRESHOLD", default_value_t = 256)]
+    /// permessage-deflate. Compressing costs ~9 µs per message whatever its size (once per
+    /// broadcast); at 200 bytes a trade or ticker frame already shrinks by a third, while
+    /// acks and pings stay as they are.
+    #[arg(long, env = "GATEWAY_COMPRESSION_THRESHOLD", default_value_t = 200)]
     pub compression_threshold: usize,
 
     /// Origins allowed for browser polling (repeat or comma-separate; `*` for any).

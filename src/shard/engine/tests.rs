@@ -27,7 +27,7 @@ fn settings() -> ServerSettings {
         connect_timeout: Duration::from_millis(45_000),
         handshake_timeout: Duration::from_millis(10_000),
         max_payload: 1_000_000,
-        deflate_threshold: Some(256),
+        deflate_threshold: Some(200),
         cors_origins: Vec::new(),
         trust_proxy: None,
         demo_page: false,
