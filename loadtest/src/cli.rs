@@ -204,6 +204,10 @@ pub struct Common {
     /// Origin header for polling requests.
     #[arg(long)]
     pub origin: Option<String>,
+    /// WebSocket clients offer permessage-deflate as browsers do, and inflate what comes
+    /// compressed (compare the server's bytes written per delivery with and without).
+    #[arg(long)]
+    pub deflate: bool,
     /// Where reports (and a spawned server's log) go.
     #[arg(long, default_value = "reports")]
     pub out_dir: String,

@@ -611,6 +611,7 @@ impl Harness {
             tick_ms: 1000,
             origin: self.common.origin.clone(),
             clock_ahead_us,
+            deflate: self.common.deflate,
         }
     }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod harness;
 mod hist;
+mod inflate;
 mod ingest;
 mod jitter;
 mod jwt;

@@ -58,6 +58,9 @@ pub struct WorkerSpec {
     /// How far the worker's clock is ahead of the coordinator's, in µs (0 on one machine).
     #[serde(default)]
     pub clock_ahead_us: i64,
+    /// Clients offer permessage-deflate and inflate what comes compressed.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 /// A coordinator's first line to a worker on another machine.

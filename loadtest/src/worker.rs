@@ -5,6 +5,7 @@
 //! taking one run at a time from a coordinator that presents the shared token.
 
 use crate::hist;
+use crate::inflate::Inflating;
 use crate::plan::*;
 use crate::proto::{self, EioPacket, SioType};
 use crate::tally::Tally;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -663,7 +665,7 @@ fn short(e: &str) -> String {
 // One client.
 
 enum Wire {
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Inflating<TcpStream>>>),
     Polling(Box<Polling>),
 }
 
@@ -716,7 +718,8 @@ async fn ws_connect(
     target: SocketAddr,
     src: IpAddr,
     url: &str,
-) -> Result<WebSocketStream<TcpStream>, String> {
+    deflate: bool,
+) -> Result<WebSocketStream<Inflating<TcpStream>>, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     crate::sys::bind_no_port(&sock);
     sock.bind(SocketAddr::new(src, 0))
@@ -729,9 +732,19 @@ async fn ws_connect(
     let cfg = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg))
-        .await
-        .map_err(|e| format!("websocket upgrade: {e}"))?;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("websocket request: {e}"))?;
+    if deflate {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            crate::inflate::OFFER.parse().expect("a valid header value"),
+        );
+    }
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, Inflating::new(tcp), Some(cfg))
+            .await
+            .map_err(|e| format!("websocket upgrade: {e}"))?;
     Ok(ws)
 }
 
@@ -885,7 +898,7 @@ async fn setup(
     let mut wire = match conn.plan.transport {
         Transport::Websocket => {
             let url = format!("ws://{base}?EIO=4&transport=websocket");
-            let mut ws = ws_connect(spec.target, src, &url).await?;
+            let mut ws = ws_connect(spec.target, src, &url, spec.deflate).await?;
             conn.stage = "waiting for the Engine.IO open packet";
             // Engine.IO open.
             match ws.next().await {
@@ -948,7 +961,7 @@ async fn setup(
                 let Wire::Polling(p) = w else { unreachable!() };
                 conn.stage = "upgrading to websocket";
                 let ws_url = format!("ws://{base}?EIO=4&transport=websocket&sid={}", open.sid);
-                let mut ws = ws_connect(spec.target, src, &ws_url).await?;
+                let mut ws = ws_connect(spec.target, src, &ws_url, spec.deflate).await?;
                 // Pause polling once the pending GET returns: the server answers it with a
                 // noop once probed.
                 let _ = p.stop.send(true);

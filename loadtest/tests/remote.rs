@@ -4,64 +4,14 @@
 
 mod common;
 
-use common::{gateway_bin, scratch};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{scratch, Gateway};
+use std::process::Command;
 
 fn loadtest(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(args)
         .output()
         .expect("run loadtest")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A gateway started here but not by loadtest, so loadtest knows no process of it.
-struct Gateway {
-    child: Child,
-    port: u16,
-    internal: u16,
-}
-
-impl Gateway {
-    fn start() -> Gateway {
-        let (port, internal) = (free_port(), free_port());
-        let child = Command::new(gateway_bin())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
-            .args(["--log", "warn", "--subscribe-unknown-symbols"])
-            .env("GATEWAY_MAX_CONNECTIONS_PER_IP", "100000")
-            .env("GATEWAY_HANDSHAKE_RATE_PER_IP", "100000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the gateway");
-        let until = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", internal)).is_err() {
-            assert!(Instant::now() < until, "the gateway did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Gateway {
-            child,
-            port,
-            internal,
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

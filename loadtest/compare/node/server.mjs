@@ -7,7 +7,9 @@
 //
 // PORT (default 3002) and INGEST_PORT (default 9102) pick the ports; both bind 127.0.0.1.
 // RECOVERY=1 turns on socket.io's connection state recovery (2 minutes, as the gateway's
-// default window), for the jitter scenario.
+// default window), for the jitter scenario. DEFLATE=1 turns on `perMessageDeflate` (socket.io
+// compresses per socket, messages of 1 KB and more by `ws`'s default; DEFLATE_THRESHOLD sets
+// another), to compare with the gateway's compression once per broadcast.
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
 
@@ -24,6 +26,9 @@ const io = new Server(httpServer, {
   cors: { origin: '*' },
   ...(process.env.RECOVERY === '1'
     ? { connectionStateRecovery: { maxDisconnectionDuration: 120000, skipMiddlewares: true } }
+    : {}),
+  ...(process.env.DEFLATE === '1'
+    ? { perMessageDeflate: { threshold: Number(process.env.DEFLATE_THRESHOLD || 1024) } }
     : {}),
 });
 const ws = io.of('/ws');
