@@ -77,6 +77,13 @@ test('demo page shows live prices, book, trades and candles', { timeout: 90_000 
     assert.ok(Number(later.bookId) > Number(first.bookId), 'book update ids advance');
     assert.deepEqual(errors, [], 'no page errors');
 
+    // Chromium offered permessage-deflate and the page above decoded what came compressed:
+    // the browser is the gateway's only client.
+    const metrics = await (await fetch(`http://127.0.0.1:${internal}/metrics`)).text();
+    const deflateBytes = (stage) => Number(metrics.match(new RegExp(`^gateway_deflate_bytes_total\\{stage="${stage}"\\} (\\d+)`, 'm'))?.[1] ?? 0);
+    const [before, after] = [deflateBytes('before'), deflateBytes('after')];
+    assert.ok(after > 0 && after < before, `compressed ${after} of ${before} bytes`);
+
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'demo-page.png') });
   } finally {
