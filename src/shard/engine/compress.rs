@@ -38,6 +38,10 @@ impl Engine {
         }
         let (frame, made) = msg.deflated_frame();
         self.counters.compressions += u64::from(made);
+        // A message to one socket is compressed for its client alone: that client pays.
+        if made {
+            self.count_work(|w| w.compressions += 1);
+        }
         self.counters.deflate_bytes_before += msg.len() as u64;
         self.counters.deflate_bytes_after += frame.len() as u64;
         Some(frame)

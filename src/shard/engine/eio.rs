@@ -110,6 +110,13 @@ impl Engine {
 
     /// Queues one Engine.IO message on the session's current transport.
     pub(super) fn send_wire(&mut self, s: SessionId, msg: &WireMessage) {
+        self.send_wire_as(s, msg, true);
+    }
+
+    /// As `send_wire`; `compress`: compressed for a WebSocket that negotiated
+    /// permessage-deflate when long enough (`false` for bulk sends such as replays, where
+    /// compressing message by message would hold the shard for all its other clients).
+    pub(super) fn send_wire_as(&mut self, s: SessionId, msg: &WireMessage, compress: bool) {
         let hard = self.settings.outbound_hard_limit;
         let Some(session) = super::session::live_mut(&mut self.sessions, s) else {
             return;
@@ -117,7 +124,7 @@ impl Engine {
         match session.transport {
             Transport::WebSocket(c) => {
                 self.counters.messages_out += 1;
-                let frame = self.frame_for(self.deflates(c), msg);
+                let frame = self.frame_for(compress && self.deflates(c), msg);
                 if let Some(conn) = self.live_conn_mut(c) {
                     conn.push(frame);
                     self.queued(c);
