@@ -24,46 +24,73 @@ const FLUSH_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// gain is small (12.8 KB at 6) for much more CPU (see `benches/codec.rs`).
 const LEVEL: u32 = 2;
 
-/// Whether one of the offers in `offers` (the `Sec-WebSocket-Extensions` values, comma
-/// separated) is a permessage-deflate offer the server can accept as [`ACCEPTED`] says.
+/// The answer to the first permessage-deflate offer in `offers` (the
+/// `Sec-WebSocket-Extensions` values, comma separated) the server can accept, if any: the
+/// extension as [`ACCEPTED`] says, repeating `server_max_window_bits=15` when the offer named it
+/// (RFC 7692 §7.1.2.1 has the server confirm it).
 ///
-/// An offer whose parameters are unknown, repeated or out of range is declined, as RFC 7692
-/// §5.1 asks, and the next one is considered. One that limits the server's window below 15
-/// bits is declined too: a broadcast is compressed once for every subscriber, with one window.
-pub fn accepts(offers: &str) -> bool {
-    offers.split(',').any(|offer| acceptable(offer.trim()))
+/// An offer whose parameters are unknown, repeated or malformed is declined, as §5.1 asks, and
+/// the next one is considered. One that limits the server's window below 15 bits is declined
+/// too: a broadcast is compressed once for every subscriber, with one window.
+pub fn negotiate(offers: &str) -> Option<&'static str> {
+    offers.split(',').find_map(|offer| acceptable(offer.trim()))
 }
 
-fn acceptable(offer: &str) -> bool {
+/// Whether some offer in `offers` is acceptable (see [`negotiate`]).
+pub fn accepts(offers: &str) -> bool {
+    negotiate(offers).is_some()
+}
+
+fn acceptable(offer: &str) -> Option<&'static str> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts
         .next()
         .is_some_and(|name| name.eq_ignore_ascii_case("permessage-deflate"))
     {
-        return false;
+        return None;
     }
     let mut seen: [bool; 4] = [false; 4];
     for param in parts {
         let (name, value) = match param.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            Some((n, v)) => (n.trim(), Some(unquoted(v.trim())?)),
             None => (param, None),
-        };
-        let bits = |v: Option<&str>| {
-            v.and_then(|v| v.parse::<u8>().ok())
-                .filter(|b| (8..=15).contains(b))
         };
         let (slot, ok) = match name.to_ascii_lowercase().as_str() {
             "server_no_context_takeover" => (0, value.is_none()),
             "client_no_context_takeover" => (1, value.is_none()),
-            "server_max_window_bits" => (2, bits(value) == Some(15)),
-            "client_max_window_bits" => (3, value.is_none() || bits(value).is_some()),
-            _ => return false,
+            "server_max_window_bits" => (2, value.and_then(window_bits) == Some(15)),
+            "client_max_window_bits" => (3, value.is_none_or(|v| window_bits(v).is_some())),
+            _ => return None,
         };
         if !ok || std::mem::replace(&mut seen[slot], true) {
-            return false;
+            return None;
         }
     }
-    true
+    Some(if seen[2] {
+        ACCEPTED_WITH_WINDOW
+    } else {
+        ACCEPTED
+    })
+}
+
+/// The answer when the offer named `server_max_window_bits=15`.
+const ACCEPTED_WITH_WINDOW: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15";
+
+/// A parameter value as a token or a quoted string with both quotes; `None` if malformed.
+fn unquoted(v: &str) -> Option<&str> {
+    match v.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"'),
+        None => (!v.contains('"')).then_some(v),
+    }
+}
+
+/// A window size as RFC 7692 writes it: 8 to 15, in digits, without a leading zero.
+fn window_bits(v: &str) -> Option<u8> {
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0');
+    digits
+        .then(|| v.parse::<u8>().ok())
+        .flatten()
+        .filter(|b| (8..=15).contains(b))
 }
 
 thread_local! {
@@ -120,44 +147,47 @@ pub enum InflateError {
 
 /// A compressed message's payload inflated, refused as soon as it would pass `max` bytes:
 /// a bomb costs no more than `max` bytes of output and the time to write them.
+///
+/// The stream must end where the message does: after the sync-flush tail (or a final block
+/// the sender chose to end it with) nothing but our own end marker may follow. A stream cut
+/// short, or with bytes after its final block, is corrupt, not a shorter message.
 pub fn inflate(payload: &[u8], max: usize) -> Result<Bytes, InflateError> {
+    // The tail RFC 7692 has the receiver put back, then a final empty block (fixed Huffman,
+    // end of block at once): a stream that ends where it should reaches its end in it.
+    const END: [u8; 6] = [0x00, 0x00, 0xff, 0xff, 0x03, 0x00];
+    let mut input = Vec::with_capacity(payload.len() + END.len());
+    input.extend_from_slice(payload);
+    input.extend_from_slice(&END);
     let mut d = Decompress::new(false);
     let mut out: Vec<u8> = Vec::with_capacity((payload.len() * 4).clamp(64, max.max(64)));
-    let mut tail_fed = false;
     loop {
-        let consumed = d.total_in() as usize;
-        let input: &[u8] = match payload.get(consumed..) {
-            Some(rest) if !rest.is_empty() => rest,
-            _ => {
-                let fed = consumed.saturating_sub(payload.len());
-                tail_fed = fed >= FLUSH_TAIL.len();
-                FLUSH_TAIL.get(fed..).unwrap_or_default()
-            }
-        };
         if out.len() == out.capacity() {
-            if out.len() > max {
-                return Err(InflateError::TooLarge { max });
-            }
             // Room for one byte past the limit, so that passing it is seen.
             let want = (out.capacity() * 2).min(max + 1).max(out.len() + 1);
             out.reserve_exact(want - out.len());
         }
+        let consumed = d.total_in() as usize;
         let before = (d.total_in(), d.total_out());
         let status = d
-            .decompress_vec(input, &mut out, FlushDecompress::Sync)
+            .decompress_vec(
+                input.get(consumed..).unwrap_or_default(),
+                &mut out,
+                FlushDecompress::None,
+            )
             .map_err(|_| InflateError::Corrupt)?;
         if out.len() > max {
             return Err(InflateError::TooLarge { max });
         }
-        let progressed = (d.total_in(), d.total_out()) != before;
-        let done = status == Status::StreamEnd
-            || (tail_fed && out.len() < out.capacity())
-            || (input.is_empty() && !progressed);
-        if done {
+        if status == Status::StreamEnd {
+            // Ended inside the payload: what follows its final block is not deflate data.
+            if (d.total_in() as usize) < payload.len() {
+                return Err(InflateError::Corrupt);
+            }
             return Ok(out.into());
         }
+        let progressed = (d.total_in(), d.total_out()) != before;
         if !progressed && out.len() < out.capacity() {
-            // Input left that the stream will not take: not one message's deflate data.
+            // All input taken and the stream not at its end: cut short.
             return Err(InflateError::Corrupt);
         }
     }
@@ -188,9 +218,17 @@ mod tests {
             "permessage-deflate; mystery",
             "permessage-deflate; server_no_context_takeover=1",
             "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=+15",
+            "permessage-deflate; server_max_window_bits=015",
+            "permessage-deflate; client_max_window_bits=\"12",
         ] {
             assert!(!accepts(offer), "{offer}");
         }
+        assert_eq!(negotiate("permessage-deflate"), Some(ACCEPTED));
+        assert_eq!(
+            negotiate("permessage-deflate; server_max_window_bits=15"),
+            Some(ACCEPTED_WITH_WINDOW)
+        );
         assert!(accepts(
             "permessage-deflate; server_max_window_bits=9, permessage-deflate"
         ));
@@ -238,5 +276,20 @@ mod tests {
     #[test]
     fn garbage_is_refused_not_trusted() {
         assert_eq!(inflate(&[0xff; 64], 1 << 20), Err(InflateError::Corrupt));
+        let frame = compressed_frame(0x1, "a message long enough to matter".repeat(9).as_bytes());
+        let body = body_of(&frame);
+        // Cut short anywhere: corrupt, never a shorter message.
+        for cut in 1..body.len() {
+            assert!(inflate(&body[..cut], 1 << 20).is_err(), "cut at {cut}");
+        }
+        // A stream its sender ended with a final block is whole; bytes after it are not.
+        let mut whole = Vec::with_capacity(64);
+        let mut c = Compress::new(Compression::new(6), false);
+        c.compress_vec(b"final block", &mut whole, FlushCompress::Finish)
+            .unwrap();
+        assert_eq!(inflate(&whole, 100).as_deref(), Ok(&b"final block"[..]));
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"garbage after the end");
+        assert_eq!(inflate(&trailing, 100), Err(InflateError::Corrupt));
     }
 }

@@ -357,7 +357,12 @@ impl MessageAssembler {
         max_message: usize,
     ) -> Result<Option<Message>, FrameError> {
         let payload = if compressed {
-            let inflated = deflate::inflate(&payload, max_message)?;
+            let inflated = deflate::inflate(&payload, max_message).inspect_err(|e| {
+                // A bomb was inflated up to the limit before it was refused: work all the same.
+                if matches!(e, InflateError::TooLarge { .. }) {
+                    self.inflated += max_message;
+                }
+            })?;
             self.inflated += inflated.len();
             inflated
         } else {

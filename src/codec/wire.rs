@@ -7,16 +7,29 @@ use super::socketio;
 use super::websocket::{self, OpCode, MAX_SERVER_HEADER};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WireMessage {
     frame: Bytes,
     body_at: u8,
     binary: bool,
-    /// The same message compressed for permessage-deflate, once some connection needed it:
-    /// a broadcast is compressed at most once, whoever many subscribers take it.
-    deflated: OnceLock<Bytes>,
+    /// The same message compressed for permessage-deflate, once some connection needed it,
+    /// shared with every clone (a cached snapshot is cloned for each subscriber): a message
+    /// is compressed at most once, however many take it. Allocated on the first clone or
+    /// compression, so a message neither cloned nor compressed costs nothing more.
+    deflated: OnceLock<Arc<OnceLock<Bytes>>>,
+}
+
+impl Clone for WireMessage {
+    fn clone(&self) -> WireMessage {
+        WireMessage {
+            frame: self.frame.clone(),
+            body_at: self.body_at,
+            binary: self.binary,
+            deflated: OnceLock::from(self.deflated_cell().clone()),
+        }
+    }
 }
 
 /// Equal when they carry the same frame, compressed yet or not.
@@ -118,12 +131,16 @@ impl WireMessage {
     /// first time one needs it and shared from then on; and whether this call made it.
     pub fn deflated_frame(&self) -> (&Bytes, bool) {
         let mut made = false;
-        let frame = self.deflated.get_or_init(|| {
+        let frame = self.deflated_cell().get_or_init(|| {
             made = true;
             let opcode = if self.binary { 0x2 } else { 0x1 };
             deflate::compressed_frame(opcode, &self.frame[self.body_at as usize..])
         });
         (frame, made)
+    }
+
+    fn deflated_cell(&self) -> &Arc<OnceLock<Bytes>> {
+        self.deflated.get_or_init(Default::default)
     }
 
     /// The frame's payload length: what compression would work on.
@@ -190,6 +207,20 @@ mod tests {
                 m.polling().as_ptr(),
                 m.ws_frame()[m.ws_frame().len() - n - 1..].as_ptr()
             );
+        }
+    }
+
+    #[test]
+    fn clones_share_one_compression() {
+        let m = WireMessage::text(|b| b.extend_from_slice("x".repeat(500).as_bytes()));
+        let early = m.clone();
+        let (frame, made) = early.deflated_frame();
+        assert!(made);
+        let late = m.clone();
+        for other in [&m, &late] {
+            let (again, made) = other.deflated_frame();
+            assert!(!made, "compressed once for every clone");
+            assert_eq!(again, frame);
         }
     }
 

@@ -25,8 +25,8 @@ pub struct Request {
     pub websocket_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
-    /// A `Sec-WebSocket-Extensions` header offers permessage-deflate as the server takes it.
-    pub ws_deflate_offered: bool,
+    /// The server's answer to a permessage-deflate offer it can take, if one was made.
+    pub ws_deflate: Option<&'static str>,
     pub authorization: Option<String>,
     pub forwarded_for: Option<String>,
     pub keep_alive: bool,
@@ -137,8 +137,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            // The header may come more than once; any acceptable offer will do.
-            out.ws_deflate_offered |= crate::codec::deflate::accepts(&value());
+            // The header may come more than once: the first acceptable offer is taken.
+            if out.ws_deflate.is_none() {
+                out.ws_deflate = crate::codec::deflate::negotiate(&value());
+            }
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value());
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {

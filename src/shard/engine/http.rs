@@ -296,15 +296,13 @@ impl Engine {
         self.count_request(c);
         self.counters.handshakes += 1;
         let accept = handshake::accept_key(key);
-        let deflate = req.ws_deflate_offered && self.settings.deflate_threshold.is_some();
-        let extension = if deflate {
-            format!(
-                "Sec-WebSocket-Extensions: {}\r\n",
-                crate::codec::deflate::ACCEPTED
-            )
-        } else {
-            String::new()
-        };
+        let answer = req
+            .ws_deflate
+            .filter(|_| self.settings.deflate_threshold.is_some());
+        let deflate = answer.is_some();
+        let extension = answer
+            .map(|a| format!("Sec-WebSocket-Extensions: {a}\r\n"))
+            .unwrap_or_default();
         let head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extension}\r\n"
         );

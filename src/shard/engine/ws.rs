@@ -31,7 +31,11 @@ impl Engine {
             let msg = match ws.assembler.push(frame, max) {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
-                Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
+                Err(e) => {
+                    let inflated = ws.assembler.take_inflated();
+                    self.count_work(|w| w.input_bytes += inflated);
+                    return self.ws_fail(c, e.close_code(), &e.to_string());
+                }
             };
             let (session, probing) = (ws.session, ws.probing);
             let inflated = ws.assembler.take_inflated();
