@@ -36,11 +36,6 @@ pub fn negotiate(offers: &str) -> Option<&'static str> {
     offers.split(',').find_map(|offer| acceptable(offer.trim()))
 }
 
-/// Whether some offer in `offers` is acceptable (see [`negotiate`]).
-pub fn accepts(offers: &str) -> bool {
-    negotiate(offers).is_some()
-}
-
 fn acceptable(offer: &str) -> Option<&'static str> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts
@@ -154,10 +149,11 @@ pub enum InflateError {
 pub fn inflate(payload: &[u8], max: usize) -> Result<Bytes, InflateError> {
     // The tail RFC 7692 has the receiver put back, then a final empty block (fixed Huffman,
     // end of block at once): a stream that ends where it should reaches its end in it.
-    const END: [u8; 6] = [0x00, 0x00, 0xff, 0xff, 0x03, 0x00];
-    let mut input = Vec::with_capacity(payload.len() + END.len());
+    const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
+    let mut input = Vec::with_capacity(payload.len() + FLUSH_TAIL.len() + 2);
     input.extend_from_slice(payload);
-    input.extend_from_slice(&END);
+    input.extend_from_slice(&FLUSH_TAIL);
+    input.extend_from_slice(&FINAL_EMPTY_BLOCK);
     let mut d = Decompress::new(false);
     let mut out: Vec<u8> = Vec::with_capacity((payload.len() * 4).clamp(64, max.max(64)));
     loop {
@@ -207,7 +203,7 @@ mod tests {
             "permessage-deflate; server_max_window_bits=15",
             "permessage-deflate; client_max_window_bits=\"12\"",
         ] {
-            assert!(accepts(offer), "{offer}");
+            assert!(negotiate(offer).is_some(), "{offer}");
         }
         for offer in [
             "",
@@ -222,16 +218,17 @@ mod tests {
             "permessage-deflate; server_max_window_bits=015",
             "permessage-deflate; client_max_window_bits=\"12",
         ] {
-            assert!(!accepts(offer), "{offer}");
+            assert!(negotiate(offer).is_none(), "{offer}");
         }
         assert_eq!(negotiate("permessage-deflate"), Some(ACCEPTED));
         assert_eq!(
             negotiate("permessage-deflate; server_max_window_bits=15"),
             Some(ACCEPTED_WITH_WINDOW)
         );
-        assert!(accepts(
-            "permessage-deflate; server_max_window_bits=9, permessage-deflate"
-        ));
+        assert_eq!(
+            negotiate("permessage-deflate; server_max_window_bits=9, permessage-deflate"),
+            Some(ACCEPTED)
+        );
     }
 
     fn body_of(frame: &[u8]) -> &[u8] {

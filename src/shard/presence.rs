@@ -40,9 +40,6 @@ impl Presence {
     /// changes the set, so a room joined while a batch was on its way is never missed by both.
     pub fn wants(&self, batch: &[Broadcast]) -> bool {
         let rooms = self.rooms.read();
-        if rooms.is_empty() {
-            return batch.iter().any(|b| b.refresh.is_some());
-        }
         batch
             .iter()
             .any(|b| b.refresh.is_some() || rooms.contains(&*b.room))

@@ -2,7 +2,6 @@
 //! negotiated permessage-deflate and the message is long enough to gain, made once per
 //! message (so once per broadcast, whatever the number of subscribers) and shared.
 
-use super::conn::Role;
 use super::ids::ConnId;
 use super::Engine;
 use crate::codec::WireMessage;
@@ -11,9 +10,15 @@ use bytes::Bytes;
 impl Engine {
     /// Whether connection `c` negotiated permessage-deflate.
     pub(super) fn deflates(&self, c: ConnId) -> bool {
-        self.conns
-            .get(c.key())
-            .is_some_and(|conn| matches!(&conn.role, Role::WebSocket(ws) if ws.assembler.deflate()))
+        self.conns.get(c.key()).is_some_and(|conn| conn.deflates())
+    }
+
+    /// Whether `msg` is long enough to go out compressed to a connection that negotiated
+    /// permessage-deflate (never, with compression off).
+    pub(super) fn compressible(&self, msg: &WireMessage) -> bool {
+        self.settings
+            .deflate_threshold
+            .is_some_and(|t| msg.body_len() >= t)
     }
 
     /// The frame `msg` goes out as on a connection that did (`deflate`) or did not negotiate
@@ -32,8 +37,7 @@ impl Engine {
         deflate: bool,
         msg: &'m WireMessage,
     ) -> Option<&'m Bytes> {
-        let threshold = self.settings.deflate_threshold?;
-        if !deflate || msg.body_len() < threshold {
+        if !deflate || !self.compressible(msg) {
             return None;
         }
         let (frame, made) = msg.deflated_frame();

@@ -128,6 +128,11 @@ impl Conn {
     pub fn is_websocket(&self) -> bool {
         matches!(self.role, Role::WebSocket(_))
     }
+
+    /// Whether this is a WebSocket that negotiated permessage-deflate.
+    pub fn deflates(&self) -> bool {
+        matches!(&self.role, Role::WebSocket(ws) if ws.assembler.deflate())
+    }
 }
 
 /// The connection `c` of `conns`, unless the engine has let go of it. A free function so that

@@ -1,7 +1,6 @@
 //! Fan-out: each broadcast queued to every local member of its room, under the slow-consumer
 //! policy of its stream class.
 
-use super::conn::Role;
 use super::ids::SessionId;
 use super::session::Transport;
 use super::Engine;
@@ -58,10 +57,7 @@ impl Engine {
             let mut polling: Option<Bytes> = None;
             // Compressed at most once for the whole gateway (the message keeps it), copied
             // here once like the plain frame, only if a member negotiated permessage-deflate.
-            let compressible = self
-                .settings
-                .deflate_threshold
-                .is_some_and(|t| b.body.body_len() >= t);
+            let compressible = self.compressible(&b.body);
             let mut deflated: Option<Bytes> = None;
             for &s in &room.members {
                 let Some(session) = self
@@ -91,9 +87,7 @@ impl Engine {
                             conn.dirty = true;
                             self.dirty_conns.push_back(c);
                         }
-                        let deflate =
-                            matches!(&conn.role, Role::WebSocket(ws) if ws.assembler.deflate());
-                        let data = if compressible && deflate {
+                        let data = if compressible && conn.deflates() {
                             let counters = &mut self.counters;
                             let d = deflated.get_or_insert_with(|| {
                                 let (f, made) = b.body.deflated_frame();

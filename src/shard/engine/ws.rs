@@ -28,17 +28,20 @@ impl Engine {
                 Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
             };
             let _ = conn.inbuf.split_to(used);
-            let msg = match ws.assembler.push(frame, max) {
+            let pushed = ws.assembler.push(frame, max);
+            let (session, probing) = (ws.session, ws.probing);
+            // What a compressed message inflated to is work its sender caused, beyond the
+            // bytes it sent: charged like input before anything below can end the connection,
+            // so a bomb, refused or under the limit, is paid for.
+            let inflated = ws.assembler.take_inflated();
+            if inflated > 0 {
+                self.count_work(|w| w.input_bytes += inflated);
+            }
+            let msg = match pushed {
                 Ok(Some(m)) => m,
                 Ok(None) => continue,
-                Err(e) => {
-                    let inflated = ws.assembler.take_inflated();
-                    self.count_work(|w| w.input_bytes += inflated);
-                    return self.ws_fail(c, e.close_code(), &e.to_string());
-                }
+                Err(e) => return self.ws_fail(c, e.close_code(), &e.to_string()),
             };
-            let (session, probing) = (ws.session, ws.probing);
-            let inflated = ws.assembler.take_inflated();
             let packet = match msg {
                 Message::Text(t) => match Packet::decode_text(t) {
                     Ok(p) => p,
@@ -46,23 +49,22 @@ impl Engine {
                 },
                 Message::Binary(b) => Packet::Binary(b),
                 Message::Ping(p) => {
-                    conn.push(websocket::encode_frame(websocket::OpCode::Pong, &p));
+                    if let Some(conn) = self.live_conn_mut(c) {
+                        conn.push(websocket::encode_frame(websocket::OpCode::Pong, &p));
+                    }
                     self.queued(c);
                     continue;
                 }
                 Message::Pong(_) => continue,
                 Message::Close(code) => {
-                    conn.push(websocket::encode_close(code.unwrap_or(1000), ""));
+                    if let Some(conn) = self.live_conn_mut(c) {
+                        conn.push(websocket::encode_close(code.unwrap_or(1000), ""));
+                    }
                     self.set_closing(c);
                     self.detach_ws(c);
                     return;
                 }
             };
-            // What a compressed message inflated to is work its sender caused, beyond the
-            // bytes it sent: charged like input, so a small bomb under the limit is paid for.
-            if inflated > 0 {
-                self.count_work(|w| w.input_bytes += inflated);
-            }
             if self.live_session(session).is_none() {
                 return self.ws_fail(c, 1000, "session ended");
             }
