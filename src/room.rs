@@ -73,12 +73,8 @@ impl Symbols {
         }
     }
 
-    /// Ingest saw `symbol`: from now on it may be subscribed to.
-    pub fn saw(&self, symbol: &str) {
-        self.saw_all([symbol]);
-    }
-
-    /// As `saw` for a batch's symbols, taking the lock once rather than per event.
+    /// Ingest saw these symbols (a batch's): from now on they may be subscribed to. The lock
+    /// is taken once for them all, not per event.
     pub fn saw_all<'a>(&self, symbols: impl IntoIterator<Item = &'a str>) {
         if !self.listed.is_empty() || self.any {
             return;
@@ -448,14 +444,14 @@ mod tests {
     fn symbols_come_from_the_list_or_from_ingest() {
         let listed = Symbols::new(&["BTCUSDT".into()], false);
         assert!(listed.allows("BTCUSDT") && !listed.allows("ETHUSDT"));
-        listed.saw("ETHUSDT");
+        listed.saw_all(["ETHUSDT"]);
         assert!(
             !listed.allows("ETHUSDT"),
             "a configured list is the whole truth"
         );
         let seen = Symbols::new(&[], false);
         assert!(!seen.allows("ETHUSDT"));
-        seen.saw("ETHUSDT");
+        seen.saw_all(["ETHUSDT"]);
         assert!(seen.allows("ETHUSDT"));
         assert!(Symbols::any().allows("ANYTHING1"));
     }

@@ -149,22 +149,21 @@ impl Ingest {
     /// within the batch is read from it in place.
     pub fn submit_shared(&self, body: &bytes::Bytes) -> Result<usize, IngestError> {
         let raw = parse::parse_body_raw(body)?;
-        let typed = typed(raw.iter().copied(), |ev| {
-            crate::market::input::parse_raw_event_in(ev, Some(body))
-        })?;
+        let typed = Self::parse_all_raw(&raw, Some(body))?;
         self.apply_checked(
             typed.into_iter().map(|e| (e, None)).collect(),
             Arrival::Live,
         )
     }
 
+    /// `events`, parts of `body` when given (their data is then taken from it in place).
     fn parse_all_raw(
         events: &[&str],
+        body: Option<&bytes::Bytes>,
     ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-        typed(
-            events.iter().copied(),
-            crate::market::input::parse_raw_event,
-        )
+        typed(events.iter().copied(), |ev| {
+            crate::market::input::parse_raw_event_in(ev, body)
+        })
     }
 
     /// Validates every event first, then applies and publishes the batch; returns how many
@@ -189,7 +188,7 @@ impl Ingest {
     /// stream it is numbered in.
     pub fn check_body(&self, body: &[u8]) -> Result<Vec<Appended>, IngestError> {
         let raw = parse::parse_body_raw(body)?;
-        let typed = Self::parse_all_raw(&raw)?;
+        let typed = Self::parse_all_raw(&raw, None)?;
         let json = raw.iter().map(|r| (*r).to_owned()).collect();
         self.checked(json, typed)
     }
