@@ -4,17 +4,16 @@
 
 mod common;
 
-use common::{gateway_bin, scratch};
-use std::process::Command;
+use common::{gateway_bin, ingest_report};
 
 fn run(kind: &str, subscribers: &str) -> serde_json::Value {
     let gateway = gateway_bin();
-    let dir = scratch(&format!("ingest-{kind}"));
-    let json = dir.join("ingest.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["ingest", "--server-bin"])
-        .arg(&gateway)
-        .args([
+    let gateway = gateway.to_str().expect("a UTF-8 path");
+    ingest_report(
+        &format!("ingest-{kind}"),
+        &[
+            "--server-bin",
+            gateway,
             "--server-arg=--ticker-throttle-ms=0",
             "--kind",
             kind,
@@ -24,24 +23,8 @@ fn run(kind: &str, subscribers: &str) -> serde_json::Value {
             "20",
             "--subscribers",
             subscribers,
-            "--step-secs",
-            "2",
-            "--warmup-secs",
-            "0.5",
-            "--no-html",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&json)
-        .status()
-        .expect("run loadtest");
-    assert!(
-        status.success(),
-        "loadtest ingest --kind {kind} failed: {status}"
-    );
-    let report = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).unwrap();
-    let _ = std::fs::remove_dir_all(dir);
-    report
+        ],
+    )
 }
 
 #[test]

@@ -27,6 +27,32 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// `loadtest ingest` with `args`, in short steps and quietly; its JSON report. The run must
+/// succeed.
+pub fn ingest_report(name: &str, args: &[&str]) -> serde_json::Value {
+    let dir = scratch(name);
+    let json = dir.join("ingest.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("ingest")
+        .args(args)
+        .args([
+            "--step-secs",
+            "2",
+            "--warmup-secs",
+            "0.5",
+            "--no-html",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .status()
+        .expect("run loadtest");
+    assert!(status.success(), "loadtest ingest {args:?}: {status}");
+    let report = serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    report
+}
+
 /// A fresh directory for one test's reports.
 pub fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("loadtest-{name}-{}", std::process::id()));
