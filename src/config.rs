@@ -40,6 +40,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 0)]
     pub shards: usize,
 
+    /// Threads of the internal listener, where ingest batches are parsed, applied and
+    /// encoded (batches of distinct symbols apply at once); 0 means one per two CPU cores,
+    /// leaving the rest to the shards' fan-out.
+    #[arg(long, env = "GATEWAY_INGEST_THREADS", default_value_t = 0)]
+    pub ingest_threads: usize,
+
     /// Run the built-in market simulator (BTCUSDT, ETHUSDT, SOLUSDT).
     #[arg(long, env = "GATEWAY_DEMO", default_value_t = false)]
     pub demo: bool,
@@ -392,13 +398,25 @@ impl Config {
     }
 
     pub fn shard_count(&self) -> usize {
-        if self.shards == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+        per_core_if_zero(self.shards)
+    }
+
+    pub fn ingest_thread_count(&self) -> usize {
+        if self.ingest_threads == 0 {
+            per_core_if_zero(0).div_ceil(2)
         } else {
-            self.shards
+            self.ingest_threads
         }
+    }
+}
+
+fn per_core_if_zero(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        n
     }
 }
 

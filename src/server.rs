@@ -266,7 +266,7 @@ impl Gateway {
             shared.demand.clone(),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(config.ingest_thread_count())
             .thread_name("internal")
             .enable_all()
             .build()

@@ -4,15 +4,18 @@
 pub mod catch_up;
 pub mod demo;
 pub mod parse;
+pub mod partitions;
 pub mod raw;
+pub mod turns;
 
 use crate::clock::unix_ms;
 use crate::market::demand::Demand;
-use crate::market::{Market, MarketCounters, MarketSettings, Publish, StreamClass};
+use crate::market::{MarketCounters, MarketSettings, Publish, StreamClass};
 use crate::recovery::{LogEntry, Offset, Recovery};
 use crate::room::Symbols;
 use crate::shard::{Broadcast, Fanout, Overflow};
 use parking_lot::Mutex;
+use partitions::{Held, Needs, Partitions, PARTS};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,12 +30,13 @@ pub enum IngestError {
     BadEvent { index: usize, message: String },
 }
 
-/// The in-process bus of standalone mode. The market state is behind one lock taken per
-/// ingested batch and per timer tick, never per delivered message.
+/// The in-process bus of standalone mode. The market state is split by symbol into parts
+/// with a lock each, taken per ingested batch and per timer tick, never per delivered
+/// message; encoding and hand-off to the shards happen outside them.
 pub struct Ingest {
     fanout: Fanout,
-    market: Mutex<Market>,
-    /// Events accepted by type (under the market lock, once per event).
+    market: Partitions,
+    /// Events accepted by type (once per batch).
     by_type: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Envelopes encoded: one per publish, whatever the number of subscribers.
     encodes: AtomicU64,
@@ -41,13 +45,25 @@ pub struct Ingest {
     recovery: Option<Arc<Recovery>>,
     /// Symbols clients may subscribe to: each symbol ingested is added.
     symbols: Arc<Symbols>,
-    /// The last `seq` of each lossless stream (taken under the market lock).
+    /// The last `seq` of each lossless stream. Its lock is where batches are put in one
+    /// order: `seq`s, recovery offsets and hand-off tickets are all given under it.
     seqs: Mutex<std::collections::HashMap<Arc<str>, u64>>,
     /// While catching up with the cluster stream, what would have been published, folded per
     /// room (newest values, book views, lossless rooms touched); the shards get it at the end.
     history: Mutex<Option<Overflow>>,
     /// Which views the shards have open.
     demand: Arc<Demand>,
+    /// Batches reach the log and the shards in the order they were applied.
+    turns: turns::Turns,
+}
+
+/// A batch applied and numbered, waiting to be encoded and handed off at its turn.
+struct Numbered<'a> {
+    /// Each publish with its recovery offset and `seq`.
+    publishes: Vec<(Publish, Option<Offset>, Option<u64>)>,
+    now: u64,
+    created: std::time::Instant,
+    ticket: turns::Ticket<'a>,
 }
 
 /// A batch's events validated, or the first refusal with its index.
@@ -104,12 +120,13 @@ impl Ingest {
             demand,
             recovery,
             symbols,
-            market: Mutex::new(Market::new(settings)),
+            market: Partitions::new(settings),
             by_type: Mutex::new(Default::default()),
             encodes: AtomicU64::new(0),
             events: AtomicU64::new(0),
             history: Mutex::new(None),
             seqs: Mutex::new(Default::default()),
+            turns: turns::Turns::default(),
         })
     }
 
@@ -123,7 +140,7 @@ impl Ingest {
 
     /// The order book clients of a symbol are in step with (top N, best first), as JSON.
     pub fn book_json(&self, symbol: &str) -> Option<Vec<u8>> {
-        let view = self.market.lock().book_view(symbol)?;
+        let view = self.market.read(symbol, |m| m.book_view(symbol))?;
         Some(view.snapshot_json("query"))
     }
 
@@ -136,7 +153,7 @@ impl Ingest {
     }
 
     pub fn market_counters(&self) -> MarketCounters {
-        self.market.lock().counters
+        self.market.counters()
     }
 
     /// Parses, validates and publishes a request body; all or nothing. Each event's data
@@ -206,7 +223,7 @@ impl Ingest {
         typed: Vec<crate::market::input::IngestEvent>,
     ) -> Result<Vec<Appended>, IngestError> {
         self.market
-            .lock()
+            .lock(Needs::events(&typed))
             .validate(&typed)
             .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
         Ok(json
@@ -240,7 +257,9 @@ impl Ingest {
         }
         let mut good = Vec::with_capacity(typed.len());
         {
-            let market = self.market.lock();
+            let market = self
+                .market
+                .lock(Needs::events(typed.iter().map(|(ev, _)| ev)));
             for (ev, id) in typed {
                 match market.validate(std::slice::from_ref(&ev)) {
                     Ok(()) => good.push((ev, id)),
@@ -258,6 +277,10 @@ impl Ingest {
     /// From now until `end_history`, what ingest produces rebuilds state (books, last values,
     /// the replay log) but is not delivered: it is history to every socket connected now.
     pub fn begin_history(&self) {
+        self.in_turn(|| self.fold_from_now());
+    }
+
+    fn fold_from_now(&self) {
         let mut history = self.history.lock();
         if history.is_none() {
             *history = Some(Overflow {
@@ -267,43 +290,58 @@ impl Ingest {
         }
     }
 
+    /// Runs `f` between the batches applied before this call and those applied after, as the
+    /// shards and the replay log see them.
+    fn in_turn<R>(&self, f: impl FnOnce() -> R) -> R {
+        let ticket = {
+            let _numbering = self.seqs.lock();
+            self.turns.ticket()
+        };
+        ticket.run(f)
+    }
+
     /// Stream entries up to `gone` were trimmed before this instance read them: the replay
     /// log cannot vouch for anything before (a recovery across the hole is a new session),
     /// and every follower of a lossless room is told and closed when the catch-up ends.
     pub fn stream_hole(&self, gone: Offset) {
-        if let Some(r) = &self.recovery {
-            let mut log = r.log();
-            log.reset();
-            log.cover_from(Offset::new(gone.ms, gone.seq.saturating_add(1)));
-        }
-        self.begin_history();
-        if let Some(history) = self.history.lock().as_mut() {
-            history.all_lossless = true;
-        }
+        self.in_turn(|| {
+            if let Some(r) = &self.recovery {
+                let mut log = r.log();
+                log.reset();
+                log.cover_from(Offset::new(gone.ms, gone.seq.saturating_add(1)));
+            }
+            self.fold_from_now();
+            if let Some(history) = self.history.lock().as_mut() {
+                history.all_lossless = true;
+            }
+        });
     }
 
     /// Hands what was folded since `begin_history` to the shards: they take the newest values
     /// and book views, and the members of lossless rooms that missed events are sent to
     /// recover them from the replay log. Nothing is delivered twice or as live.
     pub fn end_history(&self) {
-        // Under the market lock, so no publish slips between the fold and the hand-over.
-        let _market = self.market.lock();
-        if let Some(mut history) = self.history.lock().take() {
-            // History has no fan-out latency to report.
-            history.created = None;
-            self.fanout.hand_over(history);
-        }
+        // In turn: every batch applied before this is history, every one after is live.
+        self.in_turn(|| {
+            if let Some(mut history) = self.history.lock().take() {
+                // History has no fan-out latency to report.
+                history.created = None;
+                self.fanout.hand_over(history);
+            }
+        });
     }
 
     /// Cluster mode: the stream is read from `first` on (at start, or after it restarted).
     pub fn stream_read_from(&self, first: Offset, restarted: bool) {
-        if let Some(r) = &self.recovery {
-            let mut log = r.log();
-            if restarted {
-                log.reset();
+        self.in_turn(|| {
+            if let Some(r) = &self.recovery {
+                let mut log = r.log();
+                if restarted {
+                    log.reset();
+                }
+                log.cover_from(first);
             }
-            log.cover_from(first);
-        }
+        });
     }
 
     /// Applies validated events; each may carry its stream id, which becomes the offset of
@@ -316,68 +354,68 @@ impl Ingest {
         let n = typed.len();
         let now = unix_ms();
         let mut out = Vec::with_capacity(n * 2);
-        let mut offsets = Vec::with_capacity(n * 2);
-        {
-            let mut market = self.market.lock();
+        let mut marks = Vec::with_capacity(n * 2);
+        let numbered = {
             let (events, ids): (Vec<_>, Vec<_>) = typed.into_iter().unzip();
-            market
-                .validate(&events)
+            let mut held = self.market.lock(Needs::events(&events));
+            held.validate(&events)
                 .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
-            // Views opened since the last turn start before this batch, so the state a new
-            // member gets first is the one the batch's updates chain to.
-            market.views_changed(self.demand.take_changes(now), &mut out);
-            offsets.resize(out.len(), None);
             let mut by_type = self.by_type.lock();
-            self.symbols
-                .saw_all(events.iter().filter_map(|ev| ev.symbol()));
-            for (ev, id) in events.into_iter().zip(ids) {
+            for ev in &events {
                 match by_type.get_mut(ev.kind()) {
                     Some(n) => *n += 1,
                     None => {
                         by_type.insert(ev.kind().to_owned(), 1);
                     }
                 }
-                market.apply(ev, now, &mut out);
-                offsets.resize(out.len(), id);
             }
-            market.take_ticker_values(&mut out);
-            market.attach_views(&mut out);
             drop(by_type);
-            // Publish inside the lock so batches reach the shards in the order they were
-            // applied; encoding is per publish, not per subscriber.
-            self.publish(out, offsets, now, arrival);
+            self.symbols
+                .saw_all(events.iter().filter_map(|ev| ev.symbol()));
+            for (ev, id) in events.into_iter().zip(ids) {
+                held.apply(ev, now, &mut out);
+                marks.resize(out.len(), id);
+            }
+            held.finish(&mut out);
+            // Numbered while the parts are held, so a symbol's batches keep their order.
+            self.number(out, marks, now, arrival)
+        };
+        if let Some(numbered) = numbered {
+            self.hand_off(numbered);
         }
         self.events.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 
-    /// Encodes and hands a batch to the shards. With recovery on, each delivered lossless
-    /// event gets an offset (its stream id, else the next local one) and goes into the replay
-    /// log before any shard can deliver it.
+    /// While the batch's parts are held, in the order batches are applied: gives each
+    /// publish what depends on that order (its `seq`, its recovery offset) and the batch its
+    /// place in the hand-off order. Encoding waits until the parts are released.
+    ///
+    /// With recovery on, each delivered lossless event gets an offset: its stream id, else
+    /// the next local one.
     #[allow(
         clippy::disallowed_methods,
-        reason = "when a batch is handed over, for the fan-out latency histogram"
+        reason = "when a batch is made, for the fan-out latency histogram"
     )]
-    fn publish(
+    fn number(
         &self,
         out: Vec<Publish>,
-        stream_ids: Vec<Option<StreamMark>>,
+        stream_marks: Vec<Option<StreamMark>>,
         now: u64,
         arrival: Arrival,
-    ) {
+    ) -> Option<Numbered<'_>> {
         if out.is_empty() {
-            return;
+            return None;
         }
         let created = std::time::Instant::now();
         let recovery = self.recovery.as_deref();
         let local =
             recovery.is_some_and(|r| matches!(r.store, crate::recovery::SessionStore::Memory(_)));
-        let mut logged = Vec::new();
-        // Once per batch: every lossless event of it is numbered here.
         let mut seqs = self.seqs.lock();
-        let batch: Vec<Broadcast> = out
+        let ticket = self.turns.ticket();
+        let publishes = out
             .into_iter()
-            .zip(stream_ids.into_iter().chain(std::iter::repeat(None)))
+            .zip(stream_marks.into_iter().chain(std::iter::repeat(None)))
             .map(|(mut p, mark)| {
                 let id = mark.map(|m| m.id);
                 if arrival == Arrival::Late {
@@ -408,6 +446,32 @@ impl Ingest {
                     }
                     _ => None,
                 };
+                (p, offset, seq)
+            })
+            .collect();
+        drop(seqs);
+        Some(Numbered {
+            publishes,
+            now,
+            created,
+            ticket,
+        })
+    }
+
+    /// Encodes a numbered batch on this thread, then, at its turn, puts its lossless events
+    /// into the replay log and hands it to the shards (or to the history being folded). The
+    /// log has every event before any shard can deliver it.
+    fn hand_off(&self, numbered: Numbered<'_>) {
+        let Numbered {
+            publishes,
+            now,
+            created,
+            ticket,
+        } = numbered;
+        let mut logged = Vec::new();
+        let batch: Vec<Broadcast> = publishes
+            .into_iter()
+            .map(|(p, offset, seq)| {
                 let b = p.encode(now, offset, seq);
                 if let Some(offset) = offset {
                     logged.push(LogEntry {
@@ -420,19 +484,20 @@ impl Ingest {
                 b
             })
             .collect();
-        drop(seqs);
-        if let (Some(r), false) = (recovery, logged.is_empty()) {
-            let mut log = r.log();
-            for e in logged {
-                log.push(e);
+        ticket.run(|| {
+            if let (Some(r), false) = (&self.recovery, logged.is_empty()) {
+                let mut log = r.log();
+                for e in logged {
+                    log.push(e);
+                }
             }
-        }
-        self.encodes.fetch_add(batch.len() as u64, Relaxed);
-        if let Some(history) = self.history.lock().as_mut() {
-            history.fold(&batch, created);
-            return;
-        }
-        self.fanout.publish(batch, created);
+            self.encodes.fetch_add(batch.len() as u64, Relaxed);
+            if let Some(history) = self.history.lock().as_mut() {
+                history.fold(&batch, created);
+                return;
+            }
+            self.fanout.publish(batch, created);
+        });
     }
 
     /// Runs throttle and conflation timers, and starts and drops views as the shards open and
@@ -440,18 +505,39 @@ impl Ingest {
     pub fn run_timers(&self, stop: &AtomicBool) {
         while !stop.load(Relaxed) {
             let now = unix_ms();
-            let wait = {
-                let mut market = self.market.lock();
-                let mut out = Vec::new();
-                market.views_changed(self.demand.take_changes(now), &mut out);
-                market.poll(now, &mut out);
-                market.attach_views(&mut out);
-                self.publish(out, Vec::new(), now, Arrival::Live);
-                market
-                    .next_deadline()
-                    .map_or(20, |d| d.saturating_sub(now).clamp(1, 20))
-            };
+            let changes = self.demand.take_changes(now);
+            if !changes.is_empty() {
+                self.turn(Needs::changes(&changes), now, |held, out| {
+                    held.views_changed(changes, out)
+                });
+            }
+            let mut next = (0..PARTS)
+                .filter_map(|i| self.turn(Needs::part(i), now, |held, out| held.poll(now, out)))
+                .min();
+            let digest = self.turn(Needs::digest(), now, |held, out| held.poll(now, out));
+            next = next.into_iter().chain(digest).min();
+            let wait = next.map_or(20, |d| d.saturating_sub(now).clamp(1, 20));
             self.demand.wait(Duration::from_millis(wait), unix_ms());
         }
+    }
+
+    /// One timer turn over what `needs` names: what `f` produces is numbered while it is
+    /// held and handed off after.
+    fn turn<R>(
+        &self,
+        needs: Needs,
+        now: u64,
+        f: impl FnOnce(&mut Held<'_>, &mut Vec<Publish>) -> R,
+    ) -> R {
+        let mut out = Vec::new();
+        let (r, numbered) = {
+            let mut held = self.market.lock(needs);
+            let r = f(&mut held, &mut out);
+            (r, self.number(out, Vec::new(), now, Arrival::Live))
+        };
+        if let Some(numbered) = numbered {
+            self.hand_off(numbered);
+        }
+        r
     }
 }

@@ -1,15 +1,19 @@
 //! Market-data semantics between ingest and fan-out (contract §4): per-symbol ticker and
-//! kline throttling with leading and trailing edges, the `ticker:all` digest, order book
-//! replicas with snapshots, deltas and resyncs, and optional delta conflation.
+//! kline throttling with leading and trailing edges, order book replicas with snapshots,
+//! deltas and resyncs, optional delta conflation, and (in `digest`, apart from the rest since
+//! it spans symbols) the `ticker:all` digest.
 //!
 //! Pure: events and the time (ms) go in, publishes come out; `poll` runs due timers, kept in
-//! one heap for all symbols.
+//! one heap for all the symbols a `Market` holds. A `Market` may hold any set of symbols:
+//! ingest splits them among several, each under its own lock.
 
 pub mod book;
 pub mod demand;
+pub mod digest;
 pub mod input;
 pub mod throttle;
 mod views;
+pub use views::refresh as view_refresh;
 
 use crate::codec::WireMessage;
 use crate::gateway::envelope;
@@ -164,7 +168,6 @@ pub struct MarketCounters {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
     Ticker(Arc<str>),
-    AllTickers,
     Kline(Arc<str>, &'static str),
     Book(Arc<str>),
     /// A view's throttle or conflation window, by its room.
@@ -310,10 +313,8 @@ impl BookState {
 pub struct Market {
     settings: MarketSettings,
     tickers: HashMap<Arc<str>, Throttle<Payload>>,
-    changed_tickers: IndexMap<Arc<str>, Payload>,
     /// Tickers ingested since `take_ticker_values` last ran.
     fresh_tickers: IndexMap<Arc<str>, Payload>,
-    all_tickers: Throttle<()>,
     klines: HashMap<(Arc<str>, &'static str), KlineState>,
     books: HashMap<Arc<str>, BookState>,
     timers: BinaryHeap<Reverse<(u64, TimerKey)>>,
@@ -331,9 +332,7 @@ impl Market {
         Market {
             settings,
             tickers: HashMap::new(),
-            changed_tickers: IndexMap::new(),
             fresh_tickers: IndexMap::new(),
-            all_tickers: Throttle::new(settings.ticker_throttle_ms),
             klines: HashMap::new(),
             books: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -351,18 +350,12 @@ impl Market {
     /// Checks what depends on state (order book update ids) for a whole batch, in order,
     /// without changing anything: `(index, reason)` of the first refusal.
     pub fn validate(&self, events: &[IngestEvent]) -> Result<(), (usize, String)> {
-        let mut last: HashMap<&str, Option<u64>> = HashMap::new();
-        for (i, ev) in events.iter().enumerate() {
-            if let IngestEvent::Book { symbol, update } = ev {
-                let prev = match last.get(&**symbol) {
-                    Some(p) => *p,
-                    None => self.books.get(symbol).and_then(|b| b.book.last_update_id()),
-                };
-                OrderBook::check(prev, update).map_err(|m| (i, m))?;
-                last.insert(symbol, Some(update.last_update_id()));
-            }
-        }
-        Ok(())
+        validate_books(events, |symbol| self.last_update_id(symbol))
+    }
+
+    /// The update id a symbol's book is at, if it has one.
+    pub fn last_update_id(&self, symbol: &str) -> Option<u64> {
+        self.books.get(symbol).and_then(|b| b.book.last_update_id())
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -435,9 +428,9 @@ impl Market {
         }
     }
 
+    /// A symbol's ticker; `ticker:all` is the digest's (see `digest`).
     fn ticker(&mut self, symbol: Arc<str>, data: Payload, now: u64, out: &mut Vec<Publish>) {
         self.fresh_tickers.insert(symbol.clone(), data.clone());
-        self.changed_tickers.insert(symbol.clone(), data.clone());
         let window = self.settings.ticker_throttle_ms;
         let t = self
             .tickers
@@ -456,21 +449,6 @@ impl Market {
                 }
             }
         }
-        match self.all_tickers.offer((), now) {
-            Offer::Emit(()) => self.emit_all_tickers(out),
-            Offer::Held(Some(at)) => self.schedule(at, TimerKey::AllTickers),
-            Offer::Held(None) => {}
-        }
-    }
-
-    fn emit_all_tickers(&mut self, out: &mut Vec<Publish>) {
-        if self.changed_tickers.is_empty() {
-            return;
-        }
-        out.push(tickers_digest(
-            Room::TickerAll.name(),
-            &mut self.changed_tickers,
-        ));
     }
 
     /// After a batch: the tickers it changed, for shards to keep every symbol's latest value
@@ -557,11 +535,6 @@ impl Market {
                         out.push(ticker_publish(Room::Ticker(&symbol).name(), v));
                     }
                 }
-                TimerKey::AllTickers => {
-                    if self.all_tickers.on_timer(now).is_some() {
-                        self.emit_all_tickers(out);
-                    }
-                }
                 TimerKey::Kline(symbol, interval) => {
                     let key = (symbol.clone(), interval);
                     if let Some(v) = self
@@ -596,21 +569,45 @@ impl Market {
             if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
                 continue;
             }
-            p.book = self
-                .views
-                .book_view(&p.room)
-                .or_else(|| match Room::parse(&p.room) {
-                    Room::Orderbook(symbol) => self.book_view(symbol),
-                    _ => None,
-                });
+            p.book = self.room_book_view(&p.room);
             done.insert(p.room.clone());
         }
+    }
+
+    /// The window clients of an order book room (the default one or a view) have now.
+    pub fn room_book_view(&self, room: &str) -> Option<Arc<BookView>> {
+        self.views
+            .book_view(room)
+            .or_else(|| match Room::parse(room) {
+                Room::Orderbook(symbol) => self.book_view(symbol),
+                _ => None,
+            })
     }
 
     /// The gateway's current book for a symbol, as clients see it (top N, best first).
     pub fn book_view(&self, symbol: &str) -> Option<Arc<BookView>> {
         self.books.get(symbol).map(|b| b.book.sent_view().clone())
     }
+}
+
+/// Checks order book update ids through a batch, in order, against where each book is
+/// (`last_update_id`): `(index, reason)` of the first refusal.
+pub fn validate_books(
+    events: &[IngestEvent],
+    last_update_id: impl Fn(&str) -> Option<u64>,
+) -> Result<(), (usize, String)> {
+    let mut last: HashMap<&str, Option<u64>> = HashMap::new();
+    for (i, ev) in events.iter().enumerate() {
+        if let IngestEvent::Book { symbol, update } = ev {
+            let prev = match last.get(&**symbol) {
+                Some(p) => *p,
+                None => last_update_id(symbol),
+            };
+            OrderBook::check(prev, update).map_err(|m| (i, m))?;
+            last.insert(symbol, Some(update.last_update_id()));
+        }
+    }
+    Ok(())
 }
 
 fn ticker_publish(room: Arc<str>, data: Payload) -> Publish {
@@ -729,25 +726,41 @@ mod tests {
         serde_json::from_slice(&p.to_json()).unwrap()
     }
 
+    /// Feeds `events` to `m`, and its tickers to a `ticker:all` digest, running timers as
+    /// they fall due up to `until`.
     fn drive(m: &mut Market, events: Vec<(u64, Value)>, until: u64) -> Vec<(u64, Publish)> {
+        let mut digest = digest::TickerDigest::new(m.settings().ticker_throttle_ms);
         let mut out = Vec::new();
         let mut log = Vec::new();
+        let next = |m: &Market, d: &digest::TickerDigest| {
+            m.next_deadline().into_iter().chain(d.next_deadline()).min()
+        };
+        let mut run_until =
+            |m: &mut Market, d: &mut digest::TickerDigest, t: u64, log: &mut Vec<_>| {
+                while let Some(at) = next(m, d).filter(|at| *at <= t) {
+                    m.poll(at, &mut out);
+                    d.poll(at, &mut out);
+                    m.attach_views(&mut out);
+                    log.extend(out.drain(..).map(|p| (at, p)));
+                }
+            };
         for (t, e) in events {
-            while let Some(at) = m.next_deadline().filter(|at| *at <= t) {
-                m.poll(at, &mut out);
-                m.attach_views(&mut out);
-                log.extend(out.drain(..).map(|p| (at, p)));
+            run_until(m, &mut digest, t, &mut log);
+            let mut out = Vec::new();
+            let e = ev(e);
+            let ticker = match &e {
+                IngestEvent::Ticker { symbol, data } => Some((symbol.clone(), data.clone())),
+                _ => None,
+            };
+            m.apply(e, t, &mut out);
+            if let Some((symbol, data)) = ticker {
+                digest.offer(&symbol, &data, t, &mut out);
             }
-            m.apply(ev(e), t, &mut out);
             m.take_ticker_values(&mut out);
             m.attach_views(&mut out);
             log.extend(out.drain(..).map(|p| (t, p)));
         }
-        while let Some(at) = m.next_deadline().filter(|at| *at <= until) {
-            m.poll(at, &mut out);
-            m.attach_views(&mut out);
-            log.extend(out.drain(..).map(|p| (at, p)));
-        }
+        run_until(m, &mut digest, until, &mut log);
         log
     }
 

@@ -1,17 +1,16 @@
 //! Views: a symbol's order book at another depth or speed than the default room's, its
-//! ticker or candles at another throttle window, `ticker:all` at another window. Each is a
-//! room with a state of its own (a book window chained and checksummed on its own, a
-//! throttle), computed only while `demand` says some shard has it open.
+//! ticker or candles at another throttle window (`ticker:all` at another window is the
+//! digest's). Each is a room with a state of its own (a book window chained and checksummed
+//! on its own, a throttle), computed only while `demand` says some shard has it open.
 
 use super::book::{BookView, Replica, Window};
 use super::demand::Change;
 use super::throttle::{Offer, Throttle};
 use super::{
-    book_snapshot, kline_publish, ticker_publish, tickers_digest, BookChange, BookFeed, KlineState,
-    Market, MarketCounters, Payload, Publish, StreamClass, TimerKey,
+    book_snapshot, kline_publish, ticker_publish, BookChange, BookFeed, KlineState, Market,
+    MarketCounters, Payload, Publish, StreamClass, TimerKey,
 };
 use crate::room::{Room, View, INTERVALS};
-use indexmap::IndexMap;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -26,10 +25,6 @@ enum ViewState {
         conflating: bool,
     },
     Ticker(Throttle<Payload>),
-    TickerAll {
-        throttle: Throttle<()>,
-        changed: IndexMap<Arc<str>, Payload>,
-    },
     Klines {
         interval: &'static str,
         state: KlineState,
@@ -41,8 +36,6 @@ pub(super) struct Views {
     states: HashMap<Arc<str>, ViewState>,
     /// The views each symbol's events feed, by room.
     by_symbol: HashMap<Arc<str>, SmallVec<[Arc<str>; 2]>>,
-    /// `ticker:all` views, by room.
-    all_tickers: SmallVec<[Arc<str>; 1]>,
 }
 
 fn arm(timers: &mut Timers, at: Option<u64>, room: &Arc<str>) {
@@ -105,8 +98,7 @@ impl Views {
         out: &mut Vec<Publish>,
         timers: &mut Timers,
     ) {
-        let rooms = self.by_symbol.get(&**symbol).into_iter().flatten();
-        for room in rooms.chain(&self.all_tickers) {
+        for room in self.by_symbol.get(&**symbol).into_iter().flatten() {
             let at = match self.states.get_mut(room) {
                 Some(ViewState::Ticker(throttle)) => match throttle.offer(data.clone(), now) {
                     Offer::Emit(v) => {
@@ -115,16 +107,6 @@ impl Views {
                     }
                     Offer::Held(at) => at,
                 },
-                Some(ViewState::TickerAll { throttle, changed }) => {
-                    changed.insert(symbol.clone(), data.clone());
-                    match throttle.offer((), now) {
-                        Offer::Emit(()) => {
-                            out.push(tickers_digest(room.clone(), changed));
-                            None
-                        }
-                        Offer::Held(at) => at,
-                    }
-                }
                 _ => None,
             };
             arm(timers, at, room);
@@ -152,15 +134,11 @@ impl Views {
         }
     }
 
-    fn insert(&mut self, room: Arc<str>, symbol: Option<&str>, state: ViewState) {
-        match symbol {
-            Some(symbol) => self
-                .by_symbol
-                .entry(Arc::from(symbol))
-                .or_default()
-                .push(room.clone()),
-            None => self.all_tickers.push(room.clone()),
-        }
+    fn insert(&mut self, room: Arc<str>, symbol: &str, state: ViewState) {
+        self.by_symbol
+            .entry(Arc::from(symbol))
+            .or_default()
+            .push(room.clone());
         self.states.insert(room, state);
     }
 
@@ -168,7 +146,6 @@ impl Views {
         if self.states.remove(room).is_none() {
             return;
         }
-        self.all_tickers.retain(|r| r != room);
         if let Some(symbol) = Room::parse(room).view().and_then(|v| v.symbol()) {
             if let Some(rooms) = self.by_symbol.get_mut(symbol) {
                 rooms.retain(|r| r != room);
@@ -180,10 +157,32 @@ impl Views {
     }
 }
 
+/// The answer to a view's opening (`epoch`): its state, or, for a view whose first message
+/// the shards compose themselves or that has nothing yet, a marker delivered to nobody.
+pub fn refresh(room: Arc<str>, epoch: u64, state: Option<Publish>) -> Publish {
+    let state = state.unwrap_or_else(|| Publish {
+        deliver: false,
+        ..Publish::new(
+            room,
+            "refresh",
+            Payload::Json(bytes::Bytes::from_static(b"null")),
+            StreamClass::Latest,
+        )
+    });
+    Publish {
+        refresh: Some(epoch),
+        ..state
+    }
+}
+
 impl Market {
     /// Starts computing the views that gained subscribers, drops those that lost their last,
     /// and answers each opening with the view's state (see `demand`).
-    pub fn views_changed(&mut self, changes: Vec<Change>, out: &mut Vec<Publish>) {
+    pub fn views_changed(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        out: &mut Vec<Publish>,
+    ) {
         for change in changes {
             match change {
                 Change::Drop { room } => self.views.remove(&room),
@@ -194,19 +193,8 @@ impl Market {
                     if !self.views.states.contains_key(&room) {
                         self.start_view(room.clone(), view);
                     }
-                    let refresh = self.view_state(&room, view).unwrap_or_else(|| Publish {
-                        deliver: false,
-                        ..Publish::new(
-                            room,
-                            "refresh",
-                            Payload::Json(bytes::Bytes::from_static(b"null")),
-                            StreamClass::Latest,
-                        )
-                    });
-                    out.push(Publish {
-                        refresh: Some(epoch),
-                        ..refresh
-                    });
+                    let state = self.view_state(&room, view);
+                    out.push(refresh(room, epoch, state));
                 }
             }
         }
@@ -214,6 +202,9 @@ impl Market {
 
     fn start_view(&mut self, room: Arc<str>, view: View<'_>) {
         let speed_ms = u64::from(view.speed());
+        let Some(symbol) = view.symbol() else {
+            return;
+        };
         let state = match view {
             View::Book { symbol, depth, .. } => {
                 let mut window = Window::new(&Arc::from(symbol), usize::from(depth));
@@ -227,10 +218,7 @@ impl Market {
                 }
             }
             View::Ticker { .. } => ViewState::Ticker(Throttle::new(speed_ms)),
-            View::TickerAll { .. } => ViewState::TickerAll {
-                throttle: Throttle::new(speed_ms),
-                changed: IndexMap::new(),
-            },
+            View::TickerAll { .. } => return,
             View::Klines { interval, .. } => {
                 let Some(interval) = INTERVALS.iter().copied().find(|i| *i == interval) else {
                     return;
@@ -241,7 +229,7 @@ impl Market {
                 }
             }
         };
-        self.views.insert(room, view.symbol(), state);
+        self.views.insert(room, symbol, state);
     }
 
     /// What a new member of a view is sent first: the book window its deltas chain to, the
@@ -296,11 +284,6 @@ impl Market {
             ViewState::Ticker(throttle) => {
                 if let Some(v) = throttle.on_timer(now) {
                     out.push(ticker_publish(room.clone(), v));
-                }
-            }
-            ViewState::TickerAll { throttle, changed } => {
-                if throttle.on_timer(now).is_some() && !changed.is_empty() {
-                    out.push(tickers_digest(room.clone(), changed));
                 }
             }
             ViewState::Klines { state, .. } => {
@@ -415,19 +398,16 @@ mod tests {
         apply(&mut m, t(0), 0);
         let r = refresh(&mut m, "ticker:X1:0ms", 1);
         assert_eq!((r[0].retain, json_of(&r[0])), (true, json!({"i": 0})));
-        refresh(&mut m, "ticker:all:100ms", 2);
         let mut every = 0;
-        let mut digests = 0;
         for i in 1..=10 {
             let out = apply(&mut m, t(i), i * 10);
             every += in_room(&out, "ticker:X1:0ms").len();
-            digests += in_room(&out, "ticker:all:100ms").len();
             assert!(
                 in_room(&out, "ticker:X1").is_empty(),
                 "default stays at 1 s"
             );
         }
-        assert_eq!((every, digests), (10, 1));
+        assert_eq!(every, 10);
 
         let k = |open: u64, c: u64| {
             json!({"type":"kline.update","symbol":"X1","interval":"1m",

@@ -93,7 +93,7 @@ impl Recovery {
         matches!(self.store, SessionStore::Memory(_)).then(|| Offset::new(self.boot_ms, 0))
     }
 
-    /// The next standalone offset (called in publish order, under the market lock).
+    /// The next standalone offset (called in hand-off order, under ingest's numbering lock).
     pub fn next_local_offset(&self) -> Offset {
         Offset::new(self.boot_ms, self.next_seq.fetch_add(1, Relaxed))
     }

@@ -975,6 +975,81 @@ def test_lossless_trades_and_broadcasts(gateway, clients, transports):
         assert_envelope(m, room, wd)
 
 
+def test_concurrent_feeders_keep_each_symbols_order_numbers_and_books(gateway_factory, clients):
+    """Four feeders post at once to a gateway applying batches on four threads: each to its
+    own symbols (trades and a book chained delta by delta) and all to one shared trades room.
+    Every batch is accepted; each symbol's events arrive in the order posted; the shared room's
+    `seq` counts 1, 2, 3... with nothing skipped or repeated; recovery offsets only grow; and
+    every book chain is unbroken to its last update id."""
+    import concurrent.futures
+    gw = gateway_factory("--ingest-threads", "4")
+    feeders, batches = 4, 40
+    shared = unique_symbol("SH")
+    own = [unique_symbol(f"OW{f}") for f in range(feeders)]
+    books = [unique_symbol(f"BK{f}") for f in range(feeders)]
+    a, rec = clients(gw, ["websocket"], ordered=True)
+    for sym in own + [shared]:
+        subscribe_ok(a, {"channel": "trades", "symbol": sym})
+    for sym in books:
+        gw.ingest_ok(book_ev(sym, {"type": "snapshot", "lastUpdateId": 1,
+                                   "bids": [["100.00", "1"]], "asks": [["101.00", "1"]]}))
+        subscribe_ok(a, {"channel": "orderbook", "symbol": sym})
+
+    def feed(f):
+        for b in range(batches):
+            events = []
+            for i in range(5):
+                events.append(trade_ev(own[f], b * 5 + i))
+            events.append({"type": "trade", "symbol": shared,
+                           "data": {"tradeId": f"{f}-{b}", "feeder": f, "n": b}})
+            uid = 2 + b
+            events.append(book_ev(books[f], _delta(uid, uid, bids=[("100.00", str(b + 2))])))
+            status, body = gw.ingest(events)
+            assert status == 202, (status, body)
+
+    with concurrent.futures.ThreadPoolExecutor(feeders) as pool:
+        for r in [pool.submit(feed, f) for f in range(feeders)]:
+            r.result()
+    total_trades = feeders * batches * 6
+    rec.wait_count("trade", total_trades, timeout=20)
+    trades = [(m, off) for (e, m), off in zip(rec.snapshot(), rec.offsets) if e == "trade"]
+    for f, sym in enumerate(own):
+        got = [m["data"]["seq"] for m, _ in trades if m["channel"] == f"trades:{sym}"]
+        assert got == list(range(batches * 5)), (sym, got[:20])
+    on_shared = [m for m, _ in trades if m["channel"] == f"trades:{shared}"]
+    seqs = [m["seq"] for m in on_shared]
+    assert seqs == list(range(seqs[0], seqs[0] + feeders * batches)), seqs
+    for f in range(feeders):
+        mine = [m["data"]["n"] for m in on_shared if m["data"]["feeder"] == f]
+        assert mine == list(range(batches)), (f, mine)
+    offsets = [tuple(int(x) for x in off.split("-")) for _, off in trades]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets), "offsets out of order"
+    for sym in books:
+        wait_until(lambda s=sym: any(m["data"]["lastUpdateId"] == 1 + batches
+                                     for m in rec.named("orderbook.update")
+                                     if m["channel"] == f"orderbook:{s}"), 5, f"{sym} to the end")
+        updates = [m["data"] for m in rec.named("orderbook.update") if m["channel"] == f"orderbook:{sym}"]
+        assert updates[0]["type"] == "snapshot", updates[0]
+        for prev, u in zip(updates, updates[1:]):
+            assert u["firstUpdateId"] == prev["lastUpdateId"] + 1, (sym, prev, u)
+        assert updates[-1]["bids"][0] == ["100.00", str(batches + 1)], updates[-1]
+
+
+def test_ticker_all_is_one_list_whatever_symbols_a_batch_spans(gateway_factory, clients):
+    """Symbols are applied in parts with locks of their own; `ticker:all` is still one digest
+    per throttle window: the first ticker at once (leading edge), every other symbol's in one
+    list when the window ends."""
+    gw = gateway_factory("--ticker-throttle-ms", "300")
+    syms = [unique_symbol(f"DG{i}") for i in range(24)]
+    a, rec = clients(gw, ["websocket"], ordered=True)
+    subscribe_ok(a, {"channel": "ticker", "symbol": "all"})
+    gw.ingest_ok([ticker_ev(s, 0) for s in syms])
+    lists = rec.wait_count("tickers.update", 2, timeout=3)
+    time.sleep(0.6)
+    lists = [[d["symbol"] for d in m["data"]] for m in rec.named("tickers.update")]
+    assert lists == [syms[:1], syms[1:]], lists
+
+
 # ---- per-subscription depth and speed ---------------------------------------------------------
 
 

@@ -1,0 +1,384 @@
+//! The market state split by symbol, each part under a lock of its own, so batches of
+//! different symbols apply at once on different threads while each symbol's events keep
+//! their order.
+//!
+//! A batch locks the parts it touches in ascending order, so no two batches wait on each
+//! other in a cycle, then the `ticker:all` digest (the one state spanning symbols) if it has
+//! tickers. Holding them all while it validates and applies keeps a batch atomic: it is
+//! checked against the books as they are, and nothing else changes them before it applies.
+
+use crate::market::demand::Change;
+use crate::market::digest::TickerDigest;
+use crate::market::input::IngestEvent;
+use crate::market::{
+    validate_books, view_refresh, Market, MarketCounters, MarketSettings, Publish, StreamClass,
+};
+use crate::room::{Room, View};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// How many parts the symbols are spread over: enough that batches from a few feeders of
+/// distinct markets rarely meet, few enough that a batch across every symbol takes its
+/// locks in well under a microsecond.
+pub const PARTS: usize = 16;
+
+/// The part a symbol's state lives in, the same on every run and instance.
+pub fn part_of(symbol: &str) -> usize {
+    crc32fast::hash(symbol.as_bytes()) as usize % PARTS
+}
+
+/// The symbol whose part a room's state is in (a symbol's rooms and its views).
+fn symbol_of(room: &str) -> Option<&str> {
+    match Room::parse(room) {
+        Room::Ticker(s)
+        | Room::Orderbook(s)
+        | Room::Trades(s)
+        | Room::BookTicker(s)
+        | Room::Klines(s, _) => Some(s),
+        Room::View(v) => v.symbol(),
+        _ => None,
+    }
+}
+
+pub struct Partitions {
+    parts: Box<[Mutex<Market>]>,
+    digest: Mutex<TickerDigest>,
+}
+
+/// What a batch or a timer turn must hold.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    parts: u32,
+    digest: bool,
+}
+
+const _: () = assert!(PARTS <= u32::BITS as usize);
+
+impl Needs {
+    pub fn events<'a>(events: impl IntoIterator<Item = &'a IngestEvent>) -> Needs {
+        let mut needs = Needs::default();
+        for ev in events {
+            if let Some(symbol) = ev.symbol() {
+                needs.parts |= 1 << part_of(symbol);
+            }
+            needs.digest |= matches!(ev, IngestEvent::Ticker { .. });
+        }
+        needs
+    }
+
+    pub fn changes<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Needs {
+        let mut needs = Needs::default();
+        for change in changes {
+            let room = match change {
+                Change::Refresh { room, .. } | Change::Drop { room } => room,
+            };
+            match Room::parse(room).view() {
+                Some(View::TickerAll { .. }) => needs.digest = true,
+                Some(view) => {
+                    if let Some(symbol) = view.symbol() {
+                        needs.parts |= 1 << part_of(symbol);
+                    }
+                }
+                None => {}
+            }
+        }
+        needs
+    }
+
+    pub fn part(i: usize) -> Needs {
+        Needs {
+            parts: 1 << (i % PARTS),
+            digest: false,
+        }
+    }
+
+    pub fn digest() -> Needs {
+        Needs {
+            parts: 0,
+            digest: true,
+        }
+    }
+}
+
+/// The parts (and digest) one batch or timer turn holds, released together on drop.
+pub struct Held<'a> {
+    parts: [Option<MutexGuard<'a, Market>>; PARTS],
+    digest: Option<MutexGuard<'a, TickerDigest>>,
+}
+
+impl Partitions {
+    pub fn new(settings: MarketSettings) -> Partitions {
+        Partitions {
+            parts: (0..PARTS)
+                .map(|_| Mutex::new(Market::new(settings)))
+                .collect(),
+            digest: Mutex::new(TickerDigest::new(settings.ticker_throttle_ms)),
+        }
+    }
+
+    /// Locks what `needs` names, parts in ascending order, then the digest.
+    pub fn lock(&self, needs: Needs) -> Held<'_> {
+        let parts =
+            std::array::from_fn(|i| (needs.parts & (1 << i) != 0).then(|| self.parts[i].lock()));
+        Held {
+            parts,
+            digest: needs.digest.then(|| self.digest.lock()),
+        }
+    }
+
+    /// Reads the part a symbol lives in.
+    pub fn read<R>(&self, symbol: &str, f: impl FnOnce(&Market) -> R) -> R {
+        f(&self.parts[part_of(symbol)].lock())
+    }
+
+    pub fn counters(&self) -> MarketCounters {
+        self.parts.iter().fold(MarketCounters::default(), |sum, m| {
+            let c = m.lock().counters;
+            MarketCounters {
+                throttled: sum.throttled + c.throttled,
+                conflated: sum.conflated + c.conflated,
+                resyncs: sum.resyncs + c.resyncs,
+            }
+        })
+    }
+}
+
+impl Held<'_> {
+    fn market(&self, symbol: &str) -> Option<&Market> {
+        self.parts[part_of(symbol)].as_deref()
+    }
+
+    /// Checks a batch's book ids against the books as they are (see `Market::validate`).
+    /// Every part the batch touches must be held.
+    pub fn validate(&self, events: &[IngestEvent]) -> Result<(), (usize, String)> {
+        validate_books(events, |symbol| {
+            self.market(symbol).and_then(|m| m.last_update_id(symbol))
+        })
+    }
+
+    /// Applies one event of a batch whose parts (and digest, if it has tickers) are held.
+    pub fn apply(&mut self, ev: IngestEvent, now: u64, out: &mut Vec<Publish>) {
+        let ticker = match &ev {
+            IngestEvent::Ticker { symbol, data } => Some((symbol.clone(), data.clone())),
+            _ => None,
+        };
+        let part = ev.symbol().map(part_of);
+        match ev {
+            IngestEvent::Private { room, event, data }
+            | IngestEvent::Manual { room, event, data } => {
+                out.push(Publish::new(room, &event, data, StreamClass::Lossless))
+            }
+            ev => {
+                if let Some(market) = part.and_then(|i| self.parts[i].as_deref_mut()) {
+                    market.apply(ev, now, out);
+                }
+            }
+        }
+        if let (Some((symbol, data)), Some(digest)) = (ticker, self.digest.as_deref_mut()) {
+            digest.offer(&symbol, &data, now, out);
+        }
+    }
+
+    /// After a batch: each held part's tickers for the shards, and the view each book room's
+    /// last delta leaves clients with (see `Market::attach_views`).
+    pub fn finish(&mut self, out: &mut Vec<Publish>) {
+        for market in self.parts.iter_mut().flatten() {
+            market.take_ticker_values(out);
+        }
+        self.attach_views(out);
+    }
+
+    fn attach_views(&self, out: &mut [Publish]) {
+        let mut done: HashSet<Arc<str>> = HashSet::new();
+        for p in out.iter_mut().rev() {
+            if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
+                continue;
+            }
+            p.book = symbol_of(&p.room)
+                .and_then(|s| self.market(s))
+                .and_then(|m| m.room_book_view(&p.room));
+            done.insert(p.room.clone());
+        }
+    }
+
+    /// Starts and drops views (see `demand`); every part the changes name must be held.
+    pub fn views_changed(&mut self, changes: Vec<Change>, out: &mut Vec<Publish>) {
+        for change in changes {
+            let room = match &change {
+                Change::Refresh { room, .. } | Change::Drop { room } => room.clone(),
+            };
+            match Room::parse(&room).view() {
+                Some(View::TickerAll { speed }) => {
+                    let Some(digest) = self.digest.as_deref_mut() else {
+                        continue;
+                    };
+                    match change {
+                        Change::Refresh { epoch, .. } => {
+                            digest.start_view(&room, u64::from(speed));
+                            // Its first message is composed by the shards from every
+                            // symbol's latest ticker.
+                            out.push(view_refresh(room, epoch, None));
+                        }
+                        Change::Drop { .. } => digest.drop_view(&room),
+                    }
+                }
+                Some(view) => {
+                    let market = view
+                        .symbol()
+                        .and_then(|s| self.parts[part_of(s)].as_deref_mut());
+                    if let Some(market) = market {
+                        market.views_changed([change], out);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Runs the held parts' and digest's timers due at `now`; returns the next deadline.
+    pub fn poll(&mut self, now: u64, out: &mut Vec<Publish>) -> Option<u64> {
+        let mut next = None;
+        for market in self.parts.iter_mut().flatten() {
+            if market.next_deadline().is_some_and(|at| at <= now) {
+                market.poll(now, out);
+            }
+            next = earliest(next, market.next_deadline());
+        }
+        if let Some(digest) = self.digest.as_deref_mut() {
+            digest.poll(now, out);
+            next = earliest(next, digest.next_deadline());
+        }
+        self.attach_views(out);
+        next
+    }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::input::parse_event;
+    use serde_json::json;
+
+    fn book(symbol: &str, first: u64, last: u64) -> IngestEvent {
+        let data = if first == 0 {
+            json!({"type":"snapshot","bids":[["10","1"]],"asks":[["11","1"]],"lastUpdateId":last})
+        } else {
+            json!({"type":"delta","bids":[["10","2"]],"asks":[],"firstUpdateId":first,"lastUpdateId":last})
+        };
+        parse_event(json!({"type":"orderbook.update","symbol":symbol,"data":data})).unwrap()
+    }
+
+    /// Two symbols whose states live in different parts.
+    fn apart() -> (&'static str, &'static str) {
+        let names = ["AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT", "EEEUSDT"];
+        let a = names[0];
+        let b = names[1..]
+            .iter()
+            .find(|b| part_of(b) != part_of(a))
+            .unwrap();
+        (a, b)
+    }
+
+    fn apply_batch(p: &Partitions, events: Vec<IngestEvent>, now: u64) -> Vec<Publish> {
+        let mut held = p.lock(Needs::events(&events));
+        held.validate(&events).unwrap();
+        let mut out = Vec::new();
+        for ev in events {
+            held.apply(ev, now, &mut out);
+        }
+        held.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn symbols_spread_over_every_part_the_same_way_each_time() {
+        let parts: HashSet<usize> = (0..200).map(|i| part_of(&format!("S{i}USDT"))).collect();
+        assert_eq!(parts.len(), PARTS);
+        assert_eq!(part_of("BTCUSDT"), part_of(&String::from("BTCUSDT")));
+    }
+
+    #[test]
+    fn a_batch_across_parts_is_checked_whole_before_any_of_it_applies() {
+        let p = Partitions::new(MarketSettings::default());
+        let (a, b) = apart();
+        apply_batch(&p, vec![book(a, 0, 1), book(b, 0, 1)], 0);
+        let batch = vec![book(a, 2, 2), book(b, 5, 5), book(b, 1, 1)];
+        let held = p.lock(Needs::events(&batch));
+        assert_eq!(
+            held.validate(&batch).unwrap_err().0,
+            2,
+            "stale id in the second part"
+        );
+        drop(held);
+        // Nothing of it applied: the first part's book is where it was.
+        assert_eq!(p.read(a, |m| m.last_update_id(a)), Some(1));
+        let out = apply_batch(&p, vec![book(a, 2, 2), book(b, 2, 2)], 1);
+        let mut views: Vec<_> = out
+            .iter()
+            .filter(|p| p.class == StreamClass::BookDelta)
+            .map(|p| {
+                (
+                    p.room.to_string(),
+                    p.book.as_ref().map(|v| v.last_update_id),
+                )
+            })
+            .collect();
+        views.sort();
+        assert_eq!(
+            views,
+            [
+                (format!("orderbook:{a}"), Some(2)),
+                (format!("orderbook:{b}"), Some(2))
+            ],
+            "each part's last delta carries its view"
+        );
+    }
+
+    #[test]
+    fn timers_and_views_reach_the_part_of_their_symbol() {
+        let p = Partitions::new(MarketSettings::default());
+        let (a, b) = apart();
+        let ticker = |s: &str, i: u64| {
+            parse_event(json!({"type":"ticker.update","symbol":s,"data":{"i":i}})).unwrap()
+        };
+        apply_batch(&p, vec![ticker(a, 0), ticker(b, 0)], 0);
+        // Held by the per-symbol and digest throttles until their windows end.
+        let out = apply_batch(&p, vec![ticker(a, 1), ticker(b, 1)], 10);
+        assert!(out.iter().all(|p| !p.deliver), "{out:?}");
+        let room: Arc<str> = Arc::from(format!("ticker:{b}:0ms"));
+        let changes = vec![Change::Refresh {
+            room: room.clone(),
+            epoch: 3,
+        }];
+        let mut out = Vec::new();
+        p.lock(Needs::changes(&changes))
+            .views_changed(changes, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].refresh, &*out[0].room), (Some(3), &*room));
+        let mut out = Vec::new();
+        let mut next = None;
+        for i in 0..PARTS {
+            next = earliest(next, p.lock(Needs::part(i)).poll(1000, &mut out));
+        }
+        next = earliest(next, p.lock(Needs::digest()).poll(1000, &mut out));
+        let mut rooms: Vec<_> = out.iter().map(|p| p.room.to_string()).collect();
+        rooms.sort();
+        assert_eq!(
+            rooms,
+            [
+                format!("ticker:{a}"),
+                format!("ticker:{b}"),
+                "ticker:all".into()
+            ]
+        );
+        assert_eq!(next, None);
+    }
+}
