@@ -89,6 +89,30 @@ fn parse(c: &mut Criterion) {
                 .count()
         })
     });
+    // Checking alone (no value built): serde_json skipping every value, against simd-json's
+    // tape over a reused copy and reused buffers.
+    g.bench_function("validate_serde/ndjson_100", |b| {
+        b.iter(|| {
+            black_box(&ndjson)
+                .split(|&b| b == b'\n')
+                .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
+                .count()
+        })
+    });
+    g.bench_function("validate_simd_tape/ndjson_100", |b| {
+        let mut scratch = Vec::new();
+        let mut buffers = simd_json::Buffers::new(1024);
+        b.iter(|| {
+            black_box(&ndjson)
+                .split(|&b| b == b'\n')
+                .filter(|l| {
+                    scratch.clear();
+                    scratch.extend_from_slice(l);
+                    simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).is_ok()
+                })
+                .count()
+        })
+    });
     g.finish();
 }
 

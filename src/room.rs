@@ -18,7 +18,7 @@
 
 use parking_lot::RwLock;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// Candle intervals.
 pub const INTERVALS: [&str; 10] = ["1m", "3m", "5m", "15m", "30m", "1h", "4h", "1d", "1w", "1M"];
@@ -361,9 +361,12 @@ impl<'a> Room<'a> {
 
     /// The room's name.
     pub fn name(&self) -> Arc<str> {
+        // The rooms that are not per symbol go with most batches: named once.
+        static TICKER_ALL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("ticker:all"));
+        static BOOK_TICKER_ALL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("bookTicker:all"));
         Arc::from(match self {
             Room::Ticker(s) => format!("ticker:{s}"),
-            Room::TickerAll => "ticker:all".to_owned(),
+            Room::TickerAll => return TICKER_ALL.clone(),
             Room::Orderbook(s) => format!("orderbook:{s}"),
             Room::Trades(s) => format!("trades:{s}"),
             Room::Klines(s, i) => format!("klines:{s}:{i}"),
@@ -380,7 +383,7 @@ impl<'a> Room<'a> {
                 speed,
             }) => format!("klines:{symbol}:{interval}:{speed}ms"),
             Room::BookTicker(s) => format!("bookTicker:{s}"),
-            Room::BookTickerAll => "bookTicker:all".to_owned(),
+            Room::BookTickerAll => return BOOK_TICKER_ALL.clone(),
             Room::User(u, c) => format!("user:{u}:{}", c.suffix()),
             Room::Other(name) => return Arc::from(*name),
         })

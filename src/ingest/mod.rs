@@ -11,7 +11,7 @@ pub mod turns;
 use crate::clock::unix_ms;
 use crate::market::demand::Demand;
 use crate::market::{MarketCounters, MarketSettings, Publish, StreamClass};
-use crate::recovery::{LogEntry, Offset, Recovery};
+use crate::recovery::{Offset, Recovery};
 use crate::room::Symbols;
 use crate::shard::{Broadcast, Fanout, Overflow};
 use parking_lot::Mutex;
@@ -59,8 +59,9 @@ pub struct Ingest {
 
 /// A batch applied and numbered, waiting to be encoded and handed off at its turn.
 struct Numbered<'a> {
-    /// Each publish with its recovery offset and `seq`.
-    publishes: Vec<(Publish, Option<Offset>, Option<u64>)>,
+    /// Each publish, with its recovery offset set, and its `seq`.
+    publishes: Vec<Publish>,
+    seqs: Vec<Option<u64>>,
     now: u64,
     created: std::time::Instant,
     ticket: turns::Ticket<'a>,
@@ -399,7 +400,7 @@ impl Ingest {
     )]
     fn number(
         &self,
-        out: Vec<Publish>,
+        mut out: Vec<Publish>,
         stream_marks: Vec<Option<StreamMark>>,
         now: u64,
         arrival: Arrival,
@@ -411,47 +412,44 @@ impl Ingest {
         let recovery = self.recovery.as_deref();
         let local =
             recovery.is_some_and(|r| matches!(r.store, crate::recovery::SessionStore::Memory(_)));
-        let mut seqs = self.seqs.lock();
+        let mut last_seqs = self.seqs.lock();
         let ticket = self.turns.ticket();
-        let publishes = out
-            .into_iter()
-            .zip(stream_marks.into_iter().chain(std::iter::repeat(None)))
-            .map(|(mut p, mark)| {
-                let id = mark.map(|m| m.id);
-                if arrival == Arrival::Late {
-                    p.appended_ms = id.map(|o| o.ms);
+        let mut seqs = Vec::with_capacity(out.len());
+        let marks = stream_marks.into_iter().chain(std::iter::repeat(None));
+        for (p, mark) in out.iter_mut().zip(marks) {
+            let id = mark.map(|m| m.id);
+            if arrival == Arrival::Late {
+                p.appended_ms = id.map(|o| o.ms);
+            }
+            let numbered = p.class == StreamClass::Lossless
+                && p.deliver
+                && crate::room::Room::parse(&p.room).kind() != crate::room::RoomKind::Klines;
+            seqs.push(numbered.then_some(()).and_then(|()| match mark {
+                // From the stream: the number its append gave it, so every instance agrees;
+                // an entry a backend added itself has none (an instance's own count would
+                // clash with the stream's numbers).
+                Some(m) => m.seq,
+                None => {
+                    let last = last_seqs.entry(p.room.clone()).or_insert(0);
+                    *last += 1;
+                    Some(*last)
                 }
-                let seq = (p.class == StreamClass::Lossless
-                    && p.deliver
-                    && crate::room::Room::parse(&p.room).kind() != crate::room::RoomKind::Klines)
-                    .then_some(())
-                    .and_then(|()| match mark {
-                        // From the stream: the number its append gave it, so every instance
-                        // agrees; an entry a backend added itself has none (an instance's
-                        // own count would clash with the stream's numbers).
-                        Some(m) => m.seq,
-                        None => {
-                            let last = seqs.entry(p.room.clone()).or_insert(0);
-                            *last += 1;
-                            Some(*last)
-                        }
-                    });
-                let offset = match (recovery, p.class, p.deliver) {
-                    (Some(r), StreamClass::Lossless, true) => {
-                        if local {
-                            Some(r.next_local_offset())
-                        } else {
-                            id
-                        }
+            }));
+            p.offset = match (recovery, p.class, p.deliver) {
+                (Some(r), StreamClass::Lossless, true) => {
+                    if local {
+                        Some(r.next_local_offset())
+                    } else {
+                        id
                     }
-                    _ => None,
-                };
-                (p, offset, seq)
-            })
-            .collect();
-        drop(seqs);
+                }
+                _ => None,
+            };
+        }
+        drop(last_seqs);
         Some(Numbered {
-            publishes,
+            publishes: out,
+            seqs,
             now,
             created,
             ticket,
@@ -464,31 +462,28 @@ impl Ingest {
     fn hand_off(&self, numbered: Numbered<'_>) {
         let Numbered {
             publishes,
+            seqs,
             now,
             created,
             ticket,
         } = numbered;
-        let mut logged = Vec::new();
-        let batch: Vec<Broadcast> = publishes
+        // Written once, into the memory the shards share.
+        let batch: Arc<[Broadcast]> = publishes
             .into_iter()
-            .map(|(p, offset, seq)| {
-                let b = p.encode(now, offset, seq);
-                if let Some(offset) = offset {
-                    logged.push(LogEntry {
-                        offset,
-                        room: b.room.clone(),
-                        message: b.body.clone(),
-                        at_ms: now,
-                    });
-                }
-                b
+            .zip(seqs)
+            .map(|(p, seq)| {
+                let offset = p.offset;
+                p.encode(now, offset, seq)
             })
             .collect();
         ticket.run(|| {
-            if let (Some(r), false) = (&self.recovery, logged.is_empty()) {
-                let mut log = r.log();
-                for e in logged {
-                    log.push(e);
+            if let Some(r) = &self.recovery {
+                let mut logged = batch.iter().filter_map(|b| Some((b.offset?, b))).peekable();
+                if logged.peek().is_some() {
+                    let mut log = r.log();
+                    for (offset, b) in logged {
+                        log.push_frame(offset, &b.room, b.body.ws_frame(), now);
+                    }
                 }
             }
             self.encodes.fetch_add(batch.len() as u64, Relaxed);

@@ -11,7 +11,8 @@ use crate::market::demand::Change;
 use crate::market::digest::TickerDigest;
 use crate::market::input::IngestEvent;
 use crate::market::{
-    validate_books, view_refresh, Market, MarketCounters, MarketSettings, Publish, StreamClass,
+    ticker_values, validate_books, view_refresh, Market, MarketCounters, MarketSettings, Publish,
+    StreamClass,
 };
 use crate::room::{Room, View};
 use parking_lot::{Mutex, MutexGuard};
@@ -23,9 +24,15 @@ use std::sync::Arc;
 /// locks in well under a microsecond.
 pub const PARTS: usize = 16;
 
-/// The part a symbol's state lives in, the same on every run and instance.
+/// The part a symbol's state lives in, the same on every run and instance. Asked a few
+/// times per event, so a multiplicative hash of a few cycles over the symbol's bytes (the
+/// scheme of rustc's FxHash), its top bits taken.
 pub fn part_of(symbol: &str) -> usize {
-    crc32fast::hash(symbol.as_bytes()) as usize % PARTS
+    const K: u32 = 0x9e37_79b9;
+    let h = symbol.bytes().fold(0u32, |h, b| {
+        (h.rotate_left(5) ^ u32::from(b)).wrapping_mul(K)
+    });
+    (h >> (u32::BITS - PARTS.trailing_zeros())) as usize
 }
 
 /// The symbol whose part a room's state is in (a symbol's rooms and its views).
@@ -53,7 +60,7 @@ pub struct Needs {
     digest: bool,
 }
 
-const _: () = assert!(PARTS <= u32::BITS as usize);
+const _: () = assert!(PARTS <= u32::BITS as usize && PARTS.is_power_of_two());
 
 impl Needs {
     pub fn events<'a>(events: impl IntoIterator<Item = &'a IngestEvent>) -> Needs {
@@ -159,33 +166,35 @@ impl Held<'_> {
 
     /// Applies one event of a batch whose parts (and digest, if it has tickers) are held.
     pub fn apply(&mut self, ev: IngestEvent, now: u64, out: &mut Vec<Publish>) {
-        let ticker = match &ev {
-            IngestEvent::Ticker { symbol, data } => Some((symbol.clone(), data.clone())),
-            _ => None,
-        };
-        let part = ev.symbol().map(part_of);
-        match ev {
-            IngestEvent::Private { room, event, data }
-            | IngestEvent::Manual { room, event, data } => {
-                out.push(Publish::new(room, &event, data, StreamClass::Lossless))
-            }
-            ev => {
-                if let Some(market) = part.and_then(|i| self.parts[i].as_deref_mut()) {
-                    market.apply(ev, now, out);
+        let market = ev
+            .symbol()
+            .and_then(|s| self.parts[part_of(s)].as_deref_mut());
+        match (ev, market) {
+            (
+                IngestEvent::Private { room, event, data }
+                | IngestEvent::Manual { room, event, data },
+                _,
+            ) => out.push(Publish::new(room, &event, data, StreamClass::Lossless)),
+            (IngestEvent::Ticker { symbol, data }, Some(market)) => {
+                if let Some(digest) = self.digest.as_deref_mut() {
+                    digest.offer(&symbol, &data, now, out);
                 }
+                market.apply(IngestEvent::Ticker { symbol, data }, now, out);
             }
-        }
-        if let (Some((symbol, data)), Some(digest)) = (ticker, self.digest.as_deref_mut()) {
-            digest.offer(&symbol, &data, now, out);
+            (ev, Some(market)) => market.apply(ev, now, out),
+            // Not reached: a batch holds the parts of all its symbols.
+            (_, None) => {}
         }
     }
 
     /// After a batch: each held part's tickers for the shards, and the view each book room's
     /// last delta leaves clients with (see `Market::attach_views`).
     pub fn finish(&mut self, out: &mut Vec<Publish>) {
+        let mut values = Vec::new();
         for market in self.parts.iter_mut().flatten() {
-            market.take_ticker_values(out);
+            market.take_fresh_tickers(&mut values);
         }
+        out.extend(ticker_values(values));
         self.attach_views(out);
     }
 

@@ -77,7 +77,7 @@ impl Publish<Event> {
         Publish {
             room,
             body: Event {
-                name: Arc::from(name),
+                name: event_name(name),
                 data,
             },
             class,
@@ -90,6 +90,26 @@ impl Publish<Event> {
             latest_key: None,
             refresh: None,
         }
+    }
+}
+
+/// An event's name, shared for the names the market itself sends: they go with nearly every
+/// publish, and a name made per publish is an allocation per event, freed by another thread.
+fn event_name(name: &str) -> Arc<str> {
+    const SENT: [&str; 7] = [
+        "trade",
+        "ticker.update",
+        "tickers.update",
+        "kline.update",
+        "orderbook.update",
+        "bookTicker.update",
+        "refresh",
+    ];
+    static SHARED: std::sync::LazyLock<[Arc<str>; 7]> =
+        std::sync::LazyLock::new(|| SENT.map(Arc::from));
+    match SENT.iter().position(|n| *n == name) {
+        Some(i) => SHARED[i].clone(),
+        None => Arc::from(name),
     }
 }
 
@@ -173,6 +193,9 @@ enum TimerKey {
     /// A view's throttle or conflation window, by its room.
     View(Arc<str>),
 }
+
+/// A symbol and a candle interval.
+type KlineKey = (Arc<str>, &'static str);
 
 /// One stream of candles (a symbol and interval, at one throttle window).
 struct KlineState {
@@ -291,6 +314,8 @@ impl BookFeed<'_> {
 struct BookState {
     book: OrderBook,
     room: Arc<str>,
+    /// `bookTicker:{symbol}`.
+    ticker_room: Arc<str>,
     conflating: bool,
     /// The best bid and ask last sent on `bookTicker`: (price, quantity) of each side.
     top: [Option<(CompactString, CompactString)>; 2],
@@ -312,10 +337,14 @@ impl BookState {
 
 pub struct Market {
     settings: MarketSettings,
-    tickers: HashMap<Arc<str>, Throttle<Payload>>,
+    /// Each symbol's ticker room and throttle.
+    tickers: HashMap<Arc<str>, (Arc<str>, Throttle<Payload>)>,
+    /// Each symbol's trades room, named once.
+    trade_rooms: HashMap<Arc<str>, Arc<str>>,
     /// Tickers ingested since `take_ticker_values` last ran.
     fresh_tickers: IndexMap<Arc<str>, Payload>,
-    klines: HashMap<(Arc<str>, &'static str), KlineState>,
+    /// Each symbol and interval's candles, with their room.
+    klines: HashMap<KlineKey, (Arc<str>, KlineState)>,
     books: HashMap<Arc<str>, BookState>,
     timers: BinaryHeap<Reverse<(u64, TimerKey)>>,
     pub counters: MarketCounters,
@@ -332,6 +361,7 @@ impl Market {
         Market {
             settings,
             tickers: HashMap::new(),
+            trade_rooms: HashMap::new(),
             fresh_tickers: IndexMap::new(),
             klines: HashMap::new(),
             books: HashMap::new(),
@@ -384,6 +414,7 @@ impl Market {
                     .or_insert_with(|| BookState {
                         book: OrderBook::new(&symbol, depth),
                         room: Room::Orderbook(&symbol).name(),
+                        ticker_room: Room::BookTicker(&symbol).name(),
                         conflating: false,
                         top: [None, None],
                     });
@@ -393,7 +424,7 @@ impl Market {
                 if top != state.top {
                     state.top = top;
                     let last_update_id = state.book.last_update_id().unwrap_or(0);
-                    book_tickers(&symbol, &state.top, last_update_id, out);
+                    book_tickers(&symbol, &state.ticker_room, &state.top, last_update_id, out);
                 }
                 if change == BookChange::Resync {
                     self.counters.resyncs += 1;
@@ -415,12 +446,17 @@ impl Market {
                     );
                 }
             }
-            IngestEvent::Trade { symbol, data } => out.push(Publish::new(
-                Room::Trades(&symbol).name(),
-                "trade",
-                data,
-                StreamClass::Lossless,
-            )),
+            IngestEvent::Trade { symbol, data } => {
+                let room = match self.trade_rooms.get(&symbol) {
+                    Some(room) => room.clone(),
+                    None => {
+                        let room = Room::Trades(&symbol).name();
+                        self.trade_rooms.insert(symbol, room.clone());
+                        room
+                    }
+                };
+                out.push(Publish::new(room, "trade", data, StreamClass::Lossless))
+            }
             IngestEvent::Private { room, event, data }
             | IngestEvent::Manual { room, event, data } => {
                 out.push(Publish::new(room, &event, data, StreamClass::Lossless))
@@ -432,16 +468,16 @@ impl Market {
     fn ticker(&mut self, symbol: Arc<str>, data: Payload, now: u64, out: &mut Vec<Publish>) {
         self.fresh_tickers.insert(symbol.clone(), data.clone());
         let window = self.settings.ticker_throttle_ms;
-        let t = self
+        let (room, t) = self
             .tickers
             .entry(symbol.clone())
-            .or_insert_with(|| Throttle::new(window));
+            .or_insert_with(|| (Room::Ticker(&symbol).name(), Throttle::new(window)));
         if !self.views.is_empty() {
             self.views
                 .on_ticker(&symbol, &data, now, out, &mut self.timers);
         }
         match t.offer(data, now) {
-            Offer::Emit(v) => out.push(ticker_publish(Room::Ticker(&symbol).name(), v)),
+            Offer::Emit(v) => out.push(ticker_publish(room.clone(), v)),
             Offer::Held(at) => {
                 self.counters.throttled += 1;
                 if let Some(at) = at {
@@ -455,33 +491,22 @@ impl Market {
     /// (a new `ticker:all` subscriber gets them all). Per batch and per changed symbol only,
     /// however many symbols there are.
     pub fn take_ticker_values(&mut self, out: &mut Vec<Publish>) {
-        if self.fresh_tickers.is_empty() {
-            return;
+        let mut values = Vec::new();
+        self.take_fresh_tickers(&mut values);
+        out.extend(ticker_values(values));
+    }
+
+    /// The tickers changed since the last call, for [`ticker_values`] (a batch over several
+    /// markets gathers them all into one publish).
+    pub fn take_fresh_tickers(&mut self, into: &mut Vec<TickerValue>) {
+        for (symbol, v) in self.fresh_tickers.drain(..) {
+            let json: bytes::Bytes = match v {
+                Payload::Json(j) => j,
+                v => v.to_json().into_owned().into(),
+            };
+            self.ticker_json.insert(symbol.clone(), json.clone());
+            into.push(TickerValue { symbol, json });
         }
-        let values: Arc<[TickerValue]> = self
-            .fresh_tickers
-            .drain(..)
-            .map(|(symbol, v)| TickerValue {
-                symbol,
-                json: match v {
-                    Payload::Json(j) => j,
-                    v => v.to_json().into_owned().into(),
-                },
-            })
-            .collect();
-        for v in values.iter() {
-            self.ticker_json.insert(v.symbol.clone(), v.json.clone());
-        }
-        out.push(Publish {
-            deliver: false,
-            tickers: Some(values),
-            ..Publish::new(
-                Room::TickerAll.name(),
-                "tickers.update",
-                Payload::Json(bytes::Bytes::from_static(b"[]")),
-                StreamClass::Latest,
-            )
-        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -509,13 +534,16 @@ impl Market {
                 &mut self.timers,
             );
         }
-        let state = self
+        let (room, state) = self
             .klines
             .entry((symbol.clone(), interval))
-            .or_insert_with(|| KlineState::new(window));
-        let room = Room::Klines(&symbol, interval).name();
-        if let Some(at) = state.offer(&room, open_time, closed, data, now, out, &mut self.counters)
-        {
+            .or_insert_with(|| {
+                (
+                    Room::Klines(&symbol, interval).name(),
+                    KlineState::new(window),
+                )
+            });
+        if let Some(at) = state.offer(room, open_time, closed, data, now, out, &mut self.counters) {
             self.schedule(at, TimerKey::Kline(symbol, interval));
         }
     }
@@ -531,22 +559,17 @@ impl Market {
             };
             match key {
                 TimerKey::Ticker(symbol) => {
-                    if let Some(v) = self.tickers.get_mut(&symbol).and_then(|t| t.on_timer(now)) {
-                        out.push(ticker_publish(Room::Ticker(&symbol).name(), v));
+                    if let Some((room, t)) = self.tickers.get_mut(&symbol) {
+                        if let Some(v) = t.on_timer(now) {
+                            out.push(ticker_publish(room.clone(), v));
+                        }
                     }
                 }
                 TimerKey::Kline(symbol, interval) => {
-                    let key = (symbol.clone(), interval);
-                    if let Some(v) = self
-                        .klines
-                        .get_mut(&key)
-                        .and_then(|k| k.throttle.on_timer(now))
-                    {
-                        out.push(kline_publish(
-                            Room::Klines(&symbol, interval).name(),
-                            v,
-                            false,
-                        ));
+                    if let Some((room, k)) = self.klines.get_mut(&(symbol, interval)) {
+                        if let Some(v) = k.throttle.on_timer(now) {
+                            out.push(kline_publish(room.clone(), v, false));
+                        }
                     }
                 }
                 TimerKey::Book(symbol) => {
@@ -588,6 +611,21 @@ impl Market {
     pub fn book_view(&self, symbol: &str) -> Option<Arc<BookView>> {
         self.books.get(symbol).map(|b| b.book.sent_view().clone())
     }
+}
+
+/// The publish that gives the shards each changed symbol's latest ticker; none if none
+/// changed.
+pub fn ticker_values(values: Vec<TickerValue>) -> Option<Publish> {
+    (!values.is_empty()).then(|| Publish {
+        deliver: false,
+        tickers: Some(values.into()),
+        ..Publish::new(
+            Room::TickerAll.name(),
+            "tickers.update",
+            Payload::Json(bytes::Bytes::from_static(b"[]")),
+            StreamClass::Latest,
+        )
+    })
 }
 
 /// Checks order book update ids through a batch, in order, against where each book is
@@ -640,6 +678,7 @@ fn kline_publish(room: Arc<str>, data: Payload, closed: bool) -> Publish {
 /// value) and to `bookTicker:all`. Unthrottled; under backpressure only the newest is kept.
 fn book_tickers(
     symbol: &str,
+    room: &Arc<str>,
     top: &[Option<(CompactString, CompactString)>; 2],
     last_update_id: u64,
     out: &mut Vec<Publish>,
@@ -670,7 +709,7 @@ fn book_tickers(
         h.finish()
     };
     for (room, retain, latest_key) in [
-        (Room::BookTicker(symbol).name(), true, None),
+        (room.clone(), true, None),
         (Room::BookTickerAll.name(), false, Some(symbol_key)),
     ] {
         out.push(Publish {

@@ -97,12 +97,21 @@ impl RecoveryLog {
     }
 
     pub fn push(&mut self, entry: LogEntry) {
-        let now = entry.at_ms;
-        if self.entries.back().is_some_and(|e| e.offset > entry.offset) {
+        self.push_frame(
+            entry.offset,
+            &entry.room,
+            entry.message.ws_frame(),
+            entry.at_ms,
+        );
+    }
+
+    /// As `push`, from the parts of an entry: the log keeps the frame in its own buffers, so
+    /// nothing needs to be made to hand it one.
+    pub fn push_frame(&mut self, offset: Offset, room: &Arc<str>, frame: &Bytes, now: u64) {
+        if self.entries.back().is_some_and(|e| e.offset > offset) {
             // Out of order would break the binary searches; it cannot come from one stream.
             return;
         }
-        let frame = entry.message.ws_frame();
         let Ok(len) = u32::try_from(frame.len()) else {
             return;
         };
@@ -110,12 +119,12 @@ impl RecoveryLog {
         if self.marks.back().is_none_or(|(_, at)| now > *at) {
             push_growing(&mut self.marks, (position, now));
         }
-        let room = self.rooms.add(&entry.room, position);
+        let room = self.rooms.add(room, position);
         let at = self.frames.append(frame);
         push_growing(
             &mut self.entries,
             Held {
-                offset: entry.offset,
+                offset,
                 at,
                 len,
                 room,

@@ -253,11 +253,10 @@ impl Fanout {
         Fanout { shards }
     }
 
-    pub fn publish(&self, batch: Vec<Broadcast>, created: Instant) {
+    pub fn publish(&self, batch: Arc<[Broadcast]>, created: Instant) {
         if batch.is_empty() {
             return;
         }
-        let batch: Arc<[Broadcast]> = batch.into();
         for s in self.shards.iter() {
             s.publish(batch.clone(), created);
         }
