@@ -10,7 +10,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use maven_gateway::ingest::parse::{parse_body, parse_body_raw, parse_one_simd};
 use maven_gateway::ingest::Ingest;
 use maven_gateway::market::demand::Demand;
-use maven_gateway::market::input::parse_raw_event;
+use maven_gateway::market::input::parse_checked_event_in;
 use maven_gateway::market::MarketSettings;
 use maven_gateway::recovery::{Recovery, RecoverySettings};
 use maven_gateway::room::Symbols;
@@ -70,7 +70,7 @@ fn parse(c: &mut Criterion) {
             parse_body_raw(black_box(&ndjson))
                 .unwrap()
                 .into_iter()
-                .map(|e| parse_raw_event(e).unwrap())
+                .map(|e| parse_checked_event_in(&e, None).unwrap())
                 .collect::<Vec<_>>()
         })
     });

@@ -1,13 +1,13 @@
 //! Ingest bodies (`POST /internal/events`) from arbitrary bytes: parse_body, then parse_event
 //! on every value, and BookUpdate::parse on every value and every `data` field; and the
-//! pass-through path (parse_body_raw, parse_raw_event), whose data must be, on its own, the
+//! pass-through path (parse_body_raw, parse_checked_event_in), whose data must be, on its own, the
 //! valid JSON it is framed as.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use maven_gateway::gateway::envelope::Payload;
 use maven_gateway::ingest::parse::{parse_body, parse_body_raw};
-use maven_gateway::market::input::{parse_event, parse_raw_event, IngestEvent};
+use maven_gateway::market::input::{parse_checked_event_in, parse_event, IngestEvent};
 use maven_gateway::market::book::{BookUpdate, OrderBook};
 
 fn book(update: BookUpdate) {
@@ -37,7 +37,13 @@ fn passes_through(data: &Payload) {
 fuzz_target!(|data: &[u8]| {
     if let Ok(events) = parse_body_raw(data) {
         for ev in events {
-            match parse_raw_event(ev) {
+            // What the check lets through, serde_json reads too (the frames' readers do).
+            assert!(
+                serde_json::from_str::<serde::de::IgnoredAny>(ev.text).is_ok(),
+                "checked event is not JSON: {:?}",
+                ev.text
+            );
+            match parse_checked_event_in(&ev, None) {
                 Ok(IngestEvent::Book { update, .. }) => book(update),
                 Ok(IngestEvent::Private { room, data, .. }) => {
                     assert!(room.starts_with("user:"));

@@ -5,7 +5,7 @@ use super::deflate;
 use super::engineio;
 use super::socketio;
 use super::websocket::{self, OpCode, MAX_SERVER_HEADER};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::sync::{Arc, OnceLock};
 
@@ -62,8 +62,12 @@ impl WireMessage {
         let mut header = BytesMut::with_capacity(hlen);
         websocket::encode_header(&mut header, OpCode::Text, len);
         buf[start..MAX_SERVER_HEADER].copy_from_slice(&header);
+        // Advanced, not sliced: a slice is a second reference, which turns the buffer into a
+        // shared one at once (an allocation, and a free on whichever thread drops it last);
+        // this way that happens only if the message is ever cloned.
+        buf.advance(start);
         WireMessage {
-            frame: buf.freeze().slice(start..),
+            frame: buf.freeze(),
             body_at: hlen as u8,
             binary: false,
             deflated: OnceLock::new(),

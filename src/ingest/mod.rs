@@ -176,11 +176,11 @@ impl Ingest {
 
     /// `events`, parts of `body` when given (their data is then taken from it in place).
     fn parse_all_raw(
-        events: &[&str],
+        events: &[raw::Checked<'_>],
         body: Option<&bytes::Bytes>,
     ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-        typed(events.iter().copied(), |ev| {
-            crate::market::input::parse_raw_event_in(ev, body)
+        typed(events, |ev| {
+            crate::market::input::parse_checked_event_in(ev, body)
         })
     }
 
@@ -207,7 +207,7 @@ impl Ingest {
     pub fn check_body(&self, body: &[u8]) -> Result<Vec<Appended>, IngestError> {
         let raw = parse::parse_body_raw(body)?;
         let typed = Self::parse_all_raw(&raw, None)?;
-        let json = raw.iter().map(|r| (*r).to_owned()).collect();
+        let json = raw.iter().map(|r| r.text.to_owned()).collect();
         self.checked(json, typed)
     }
 
@@ -247,7 +247,7 @@ impl Ingest {
         for (mark, text) in events {
             let text = bytes::Bytes::from(text);
             let parsed = parse::parse_event_text(&text)
-                .and_then(|ev| crate::market::input::parse_raw_event_in(ev, Some(&text)));
+                .and_then(|ev| crate::market::input::parse_checked_event_in(&ev, Some(&text)));
             match parsed {
                 Ok(t) => typed.push((t, Some(mark))),
                 Err(e) => {
@@ -256,22 +256,19 @@ impl Ingest {
                 }
             }
         }
-        let mut good = Vec::with_capacity(typed.len());
-        {
-            let market = self
-                .market
-                .lock(Needs::events(typed.iter().map(|(ev, _)| ev)));
-            for (ev, id) in typed {
-                match market.validate(std::slice::from_ref(&ev)) {
-                    Ok(()) => good.push((ev, id)),
-                    Err((_, e)) => {
-                        skipped += 1;
-                        tracing::warn!(error = %e, "skipping an out-of-order event from the stream");
-                    }
-                }
-            }
+        let (good, left_out) = self
+            .market
+            .lock(Needs::events(typed.iter().map(|(ev, _)| ev)))
+            .fitting(typed);
+        for e in &left_out {
+            tracing::warn!(error = %e, "skipping an out-of-order event from the stream");
         }
-        let _ = self.apply_checked(good, arrival);
+        skipped += left_out.len();
+        // Cannot be refused: only this task applies stream events, and what it applies was
+        // just fitted to the books.
+        if let Err(e) = self.apply_checked(good, arrival) {
+            tracing::error!(error = %e, "a read of the stream was not applied");
+        }
         skipped
     }
 

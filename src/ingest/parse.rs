@@ -26,15 +26,14 @@ pub enum ParseError {
 /// hostile body cannot exhaust the parser's stack.
 pub const MAX_DEPTH: usize = 128;
 
-/// Whether `bytes` nest deeper than `MAX_DEPTH`. Counting openers is a vectorized pass and
-/// settles nearly every event (a trade has two); only text with that many of them, in
-/// strings or not, is walked with string state.
-fn too_deep(bytes: &[u8]) -> bool {
-    let openers = bytes
-        .iter()
-        .map(|&b| usize::from(b == b'[' || b == b'{'))
-        .sum::<usize>();
-    openers > MAX_DEPTH && nesting_depth(bytes) > MAX_DEPTH
+/// Whether `bytes` nest deeper than `MAX_DEPTH`. Looking for more openers than that is a
+/// vectorized search that settles nearly every event (a trade has two); only text with that
+/// many of them, in strings or not, is walked with string state.
+pub(crate) fn too_deep(bytes: &[u8]) -> bool {
+    memchr::memchr2_iter(b'[', b'{', bytes)
+        .nth(MAX_DEPTH)
+        .is_some()
+        && nesting_depth(bytes) > MAX_DEPTH
 }
 
 fn nesting_depth(bytes: &[u8]) -> usize {
@@ -90,11 +89,23 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
 }
 
 /// As `parse_body`, but each event as the JSON text the body holds, checked and not
-/// decoded: the fields ingest routes on are read from it, and the `data` the gateway does not
-/// rewrite goes into frames as it came.
-pub fn parse_body_raw(body: &[u8]) -> Result<Vec<&str>, ParseError> {
-    split(body, checked, |text| {
-        raw::elements(text).unwrap_or_else(|| vec![text])
+/// decoded, with its members: the fields ingest routes on are read from them, and the `data`
+/// the gateway does not rewrite goes into frames as it came.
+pub fn parse_body_raw(body: &[u8]) -> Result<Vec<raw::Checked<'_>>, ParseError> {
+    split(body, raw::check, |whole| {
+        match raw::elements(whole.text) {
+            // Each element again, for its members (the array as a whole has none).
+            Some(elements) => elements
+                .into_iter()
+                .map(|text| {
+                    raw::check(text.as_bytes()).unwrap_or(raw::Checked {
+                        text,
+                        members: None,
+                    })
+                })
+                .collect(),
+            None => vec![whole],
+        }
     })
 }
 
@@ -144,14 +155,8 @@ fn split<'a, T>(
 }
 
 /// One event's JSON text, checked as a body's events are.
-pub fn parse_event_text(bytes: &[u8]) -> Result<&str, String> {
-    checked(bytes.trim_ascii())
-}
-
-/// Checked as valid JSON only: how deep an event nests is read by the pass that takes its
-/// fields apart (`market::input::parse_raw_event`), not by a walk of its own.
-fn checked(bytes: &[u8]) -> Result<&str, String> {
-    raw::validate(bytes)
+pub fn parse_event_text(bytes: &[u8]) -> Result<raw::Checked<'_>, String> {
+    raw::check(bytes)
 }
 
 #[cfg(test)]
@@ -207,7 +212,7 @@ mod tests {
             let raw = parse_body_raw(body).unwrap();
             let parsed: Vec<Value> = raw
                 .iter()
-                .map(|r| serde_json::from_str(r).unwrap())
+                .map(|r| serde_json::from_str(r.text).unwrap())
                 .collect();
             assert_eq!(parsed, parse_body(body).unwrap());
         }

@@ -7,6 +7,7 @@
 //! tickers. Holding them all while it validates and applies keeps a batch atomic: it is
 //! checked against the books as they are, and nothing else changes them before it applies.
 
+use crate::market::book::OrderBook;
 use crate::market::demand::Change;
 use crate::market::digest::TickerDigest;
 use crate::market::input::IngestEvent;
@@ -16,7 +17,7 @@ use crate::market::{
 };
 use crate::room::{Room, View};
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How many parts the symbols are spread over: enough that batches from a few feeders of
@@ -162,6 +163,33 @@ impl Held<'_> {
         validate_books(events, |symbol| {
             self.market(symbol).and_then(|m| m.last_update_id(symbol))
         })
+    }
+
+    /// What of a stream's events fits the books, in order: each book event is checked
+    /// against the one kept before it, or the book as it is. The stream has decided the order,
+    /// so what does not fit is left out (with why), not the whole read refused.
+    pub fn fitting<T>(
+        &self,
+        events: Vec<(IngestEvent, T)>,
+    ) -> (Vec<(IngestEvent, T)>, Vec<String>) {
+        let mut last: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        let mut kept = Vec::with_capacity(events.len());
+        let mut left_out = Vec::new();
+        for (ev, t) in events {
+            if let IngestEvent::Book { symbol, update } = &ev {
+                let prev = match last.get(symbol) {
+                    Some(p) => *p,
+                    None => self.market(symbol).and_then(|m| m.last_update_id(symbol)),
+                };
+                if let Err(e) = OrderBook::check(prev, update) {
+                    left_out.push(e);
+                    continue;
+                }
+                last.insert(symbol.clone(), Some(update.last_update_id()));
+            }
+            kept.push((ev, t));
+        }
+        (kept, left_out)
     }
 
     /// Applies one event of a batch whose parts (and digest, if it has tickers) are held.

@@ -233,25 +233,20 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
     validate(&Top::Value(obj), Data::Value(data), None)
 }
 
-/// Validates one event from its JSON text (already checked to be valid JSON), decoding only
-/// what it is routed on: the data of trades, tickers, candles, private events and broadcasts
-/// goes into frames as it came.
+/// Validates one event from its JSON text, decoding only what it is routed on: the data of
+/// trades, tickers, candles, private events and broadcasts goes into frames as it came.
 pub fn parse_raw_event(ev: &str) -> Result<IngestEvent, String> {
-    parse_raw_event_in(ev, None)
+    parse_checked_event_in(&crate::ingest::raw::check(ev.as_bytes())?, None)
 }
 
-/// As `parse_raw_event`, for an event that is a part of `body`: data encoded within the batch
-/// is taken as a view of the body instead of a copy.
-pub fn parse_raw_event_in(ev: &str, body: Option<&bytes::Bytes>) -> Result<IngestEvent, String> {
-    let (fields, depth) = raw::object(ev).ok_or("event must be a JSON object")?;
-    // Nothing here recurses on the nesting, but the data goes to clients as written, and a
-    // browser's `JSON.parse` does.
-    if depth > crate::ingest::parse::MAX_DEPTH {
-        return Err(format!(
-            "nesting deeper than {} levels",
-            crate::ingest::parse::MAX_DEPTH
-        ));
-    }
+/// As `parse_raw_event`, for an event already checked as JSON (with its members) that is a
+/// part of `body`: data encoded within the batch is taken as a view of the body instead of a
+/// copy.
+pub fn parse_checked_event_in(
+    ev: &raw::Checked<'_>,
+    body: Option<&bytes::Bytes>,
+) -> Result<IngestEvent, String> {
+    let fields = ev.members.clone().ok_or("event must be a JSON object")?;
     let data = raw::member(&fields, "data").ok_or("missing 'data'")?;
     validate(&Top::Raw(fields), Data::Raw(data), body)
 }

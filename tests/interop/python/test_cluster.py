@@ -10,6 +10,7 @@ its last applied id after an outage; `/ready` is 503 while Redis is unreachable.
 
 import json
 import shutil
+import subprocess
 import threading
 import time
 
@@ -240,6 +241,32 @@ def test_publish_on_one_instance_reaches_every_instance_once(cluster, redis, mad
                        if e == "trade" and d["channel"] == room]
         assert offsets[1] == xid, f"{who}: offsets {offsets}, stream id of trade 2 {xid}"
         assert offsets[0] in tokens and as_id(offsets[0]) < as_id(offsets[1]), (who, offsets)
+
+
+def test_a_stream_entry_that_no_longer_fits_is_skipped_alone(cluster, redis, made):
+    """Two entries a backend added to the stream in one go, each fitting the book alone but
+    not together (the same delta twice), and a trade after them: the instance applies the
+    first delta, skips the repeat with a warning, and delivers the trade; nothing else of
+    the read is lost."""
+    a = cluster[0]
+    book_sym, trade_sym = unique_symbol("FIT"), unique_symbol("FIT")
+    rec = sub(a, made, {"channel": "trades", "symbol": trade_sym}, transports=["websocket"])[1]
+    a.ingest_ok({"type": "orderbook.update", "symbol": book_sym,
+                 "data": {"type": "snapshot", "bids": [["1.00", "1"]], "asks": [], "lastUpdateId": 4}})
+    wait_book(a, book_sym, 4)
+    delta = {"type": "orderbook.update", "symbol": book_sym,
+             "data": {"type": "delta", "bids": [["1.00", "2"]], "asks": [], "firstUpdateId": 5,
+                      "lastUpdateId": 5}}
+    trade = {"type": "trade", "symbol": trade_sym, "data": {"n": "after the repeat"}}
+    # In one transaction, so one read of the stream takes all three.
+    script = "MULTI\n" + "".join(f"XADD {STREAM} * event {json.dumps(json.dumps(e))}\n"
+                                 for e in (delta, delta, trade)) + "EXEC\n"
+    done = subprocess.run(["redis-cli", "-p", str(redis.port)], input=script, text=True,
+                          capture_output=True, timeout=10)
+    assert done.returncode == 0 and done.stdout.count("-") >= 3, done
+    got = rec.wait_event("trade", timeout=5)
+    assert got["data"] == {"n": "after the repeat"}, got
+    assert wait_book(a, book_sym, 5)["bids"] == [["1.00", "2"]]
 
 
 # ---- 2. private events across instances ----------------------------------------------------------
