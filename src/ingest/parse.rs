@@ -130,7 +130,8 @@ fn split<'a, T>(
     if trimmed[0] == b'[' || memchr::memchr(b'\n', trimmed).is_none() {
         return whole(trimmed);
     }
-    let mut out = Vec::new();
+    // Sized once: the events are large enough that growing by doubling shows.
+    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', trimmed).count() + 1);
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', trimmed).chain([trimmed.len()]);
     for end in ends {

@@ -65,7 +65,10 @@ fn object_members<'a>(j: &mut Jiter<'a>, text: &'a str) -> Result<Members<'a>, J
         // colon, with whitespace between; the key's text is between the first and the last
         // quote of it.
         let span = &text[before..j.current_index()];
-        let (open, close) = (span.find('"'), span.rfind('"'));
+        let (open, close) = (
+            memchr::memchr(b'"', span.as_bytes()),
+            memchr::memrchr(b'"', span.as_bytes()),
+        );
         let key = match (open, close) {
             (Some(o), Some(c)) if c > o => &span[o + 1..c],
             _ => "",

@@ -99,11 +99,9 @@ const RESERVED: [&str; 6] = [
 /// An event's top-level fields, as decoded JSON or as read from its raw text.
 enum Top<'a> {
     Value(Map<String, Value>),
-    Raw(RawFields<'a>),
+    /// The top-level members of an event's text, undecoded (see `ingest::raw`).
+    Raw(&'a [(&'a str, &'a str)]),
 }
-
-/// The top-level members of an event's text, undecoded (see `ingest::raw`).
-type RawFields<'a> = raw::Members<'a>;
 
 /// An event's `data`, as decoded JSON or as its text.
 enum Data<'a> {
@@ -246,8 +244,8 @@ pub fn parse_checked_event_in(
     ev: &raw::Checked<'_>,
     body: Option<&bytes::Bytes>,
 ) -> Result<IngestEvent, String> {
-    let fields = ev.members.clone().ok_or("event must be a JSON object")?;
-    let data = raw::member(&fields, "data").ok_or("missing 'data'")?;
+    let fields = ev.members.as_deref().ok_or("event must be a JSON object")?;
+    let data = raw::member(fields, "data").ok_or("missing 'data'")?;
     validate(&Top::Raw(fields), Data::Raw(data), body)
 }
 
