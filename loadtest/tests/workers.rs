@@ -53,17 +53,20 @@ impl Worker {
 
     /// Waits until a coordinator's run is under way here.
     fn await_run(&self) {
+        assert!(self.says("a run from"), "the run did not start");
+    }
+
+    /// Whether the worker prints a line containing `what` within 30 s (its output is read
+    /// by another thread, so a line may land after the coordinator has finished).
+    fn says(&self, what: &str) -> bool {
         let until = Instant::now() + Duration::from_secs(30);
-        while !self
-            .said
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("a run from"))
-        {
-            assert!(Instant::now() < until, "the run did not start");
+        while !self.said.lock().unwrap().iter().any(|l| l.contains(what)) {
+            if Instant::now() > until {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     fn signal(&self, which: &str) {
@@ -167,10 +170,7 @@ fn a_coordinator_without_the_token_is_refused() {
     let (ok, err) = finish(coordinator(&[&w], "wrong", "2", &dir.join("r.json")));
     assert!(!ok);
     assert!(err.contains("refused: wrong token"), "{err}");
-    assert!(
-        w.said.lock().unwrap().iter().any(|l| l.contains("refused")),
-        "the worker says so too"
-    );
+    assert!(w.says("refused"), "the worker says so too");
     let _ = std::fs::remove_dir_all(dir);
 }
 
