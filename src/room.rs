@@ -47,7 +47,7 @@ pub fn valid_interval(s: &str) -> bool {
 pub struct Symbols {
     listed: HashSet<Box<str>>,
     any: bool,
-    seen: RwLock<HashSet<Box<str>>>,
+    seen: RwLock<foldhash::HashSet<Box<str>>>,
 }
 
 impl Symbols {
@@ -55,7 +55,7 @@ impl Symbols {
         Symbols {
             listed: listed.iter().map(|s| s.as_str().into()).collect(),
             any,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(foldhash::HashSet::default()),
         }
     }
 

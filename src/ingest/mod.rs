@@ -47,7 +47,7 @@ pub struct Ingest {
     symbols: Arc<Symbols>,
     /// The last `seq` of each lossless stream. Its lock is where batches are put in one
     /// order: `seq`s, recovery offsets and hand-off tickets are all given under it.
-    seqs: Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    seqs: Mutex<foldhash::HashMap<Arc<str>, u64>>,
     /// While catching up with the cluster stream, what would have been published, folded per
     /// room (newest values, book views, lossless rooms touched); the shards get it at the end.
     history: Mutex<Option<Overflow>>,
@@ -426,11 +426,16 @@ impl Ingest {
                 // an entry a backend added itself has none (an instance's own count would
                 // clash with the stream's numbers).
                 Some(m) => m.seq,
-                None => {
-                    let last = last_seqs.entry(p.room.clone()).or_insert(0);
-                    *last += 1;
-                    Some(*last)
-                }
+                None => Some(match last_seqs.get_mut(&p.room) {
+                    Some(last) => {
+                        *last += 1;
+                        *last
+                    }
+                    None => {
+                        last_seqs.insert(p.room.clone(), 1);
+                        1
+                    }
+                }),
             }));
             p.offset = match (recovery, p.class, p.deliver) {
                 (Some(r), StreamClass::Lossless, true) => {

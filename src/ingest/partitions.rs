@@ -17,7 +17,7 @@ use crate::market::{
 };
 use crate::room::{Room, View};
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 /// How many parts the symbols are spread over: enough that batches from a few feeders of

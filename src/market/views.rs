@@ -13,7 +13,8 @@ use super::{
 use crate::room::{Room, View, INTERVALS};
 use smallvec::SmallVec;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use foldhash::HashMap;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 type Timers = BinaryHeap<Reverse<(u64, TimerKey)>>;
