@@ -67,10 +67,10 @@ fn parse(c: &mut Criterion) {
     // fields read and its data left as text.
     g.bench_function("raw/ndjson_100", |b| {
         b.iter(|| {
-            parse_body_raw(black_box(&ndjson))
-                .unwrap()
-                .into_iter()
-                .map(|e| parse_checked_event_in(&e, None).unwrap())
+            let raw = parse_body_raw(black_box(&ndjson)).unwrap();
+            raw.events
+                .iter()
+                .map(|e| parse_checked_event_in(e.fields(&raw.members).unwrap(), None).unwrap())
                 .collect::<Vec<_>>()
         })
     });

@@ -176,11 +176,11 @@ impl Ingest {
 
     /// `events`, parts of `body` when given (their data is then taken from it in place).
     fn parse_all_raw(
-        events: &[raw::Checked<'_>],
+        raw: &parse::RawEvents<'_>,
         body: Option<&bytes::Bytes>,
     ) -> Result<Vec<crate::market::input::IngestEvent>, IngestError> {
-        typed(events, |ev| {
-            crate::market::input::parse_checked_event_in(ev, body)
+        typed(&raw.events, |ev| {
+            crate::market::input::parse_checked_event_in(ev.fields(&raw.members)?, body)
         })
     }
 
@@ -207,7 +207,7 @@ impl Ingest {
     pub fn check_body(&self, body: &[u8]) -> Result<Vec<Appended>, IngestError> {
         let raw = parse::parse_body_raw(body)?;
         let typed = Self::parse_all_raw(&raw, None)?;
-        let json = raw.iter().map(|r| r.text.to_owned()).collect();
+        let json = raw.events.iter().map(|r| r.text.to_owned()).collect();
         self.checked(json, typed)
     }
 
@@ -246,8 +246,10 @@ impl Ingest {
         let mut typed = Vec::with_capacity(events.len());
         for (mark, text) in events {
             let text = bytes::Bytes::from(text);
-            let parsed = parse::parse_event_text(&text)
-                .and_then(|ev| crate::market::input::parse_checked_event_in(&ev, Some(&text)));
+            let mut members = Vec::new();
+            let parsed = parse::parse_event_text(&text, &mut members).and_then(|ev| {
+                crate::market::input::parse_checked_event_in(ev.fields(&members)?, Some(&text))
+            });
             match parsed {
                 Ok(t) => typed.push((t, Some(mark))),
                 Err(e) => {

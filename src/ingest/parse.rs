@@ -88,24 +88,39 @@ pub fn parse_body(body: &[u8]) -> Result<Vec<Value>, ParseError> {
     })
 }
 
+/// A body's events as `parse_body_raw` reads them: each one's text, checked, and the
+/// members of all of them in one list.
+#[derive(Debug, Default)]
+pub struct RawEvents<'a> {
+    pub events: Vec<raw::Checked<'a>>,
+    pub members: Vec<raw::Member<'a>>,
+}
+
 /// As `parse_body`, but each event as the JSON text the body holds, checked and not
 /// decoded, with its members: the fields ingest routes on are read from them, and the `data`
 /// the gateway does not rewrite goes into frames as it came.
-pub fn parse_body_raw(body: &[u8]) -> Result<Vec<raw::Checked<'_>>, ParseError> {
-    split(body, raw::check, |whole| {
-        match raw::elements(whole.text) {
-            // Each element again, for its members (the array as a whole has none).
+pub fn parse_body_raw(body: &[u8]) -> Result<RawEvents<'_>, ParseError> {
+    let members = std::cell::RefCell::new(Vec::new());
+    let events = split(
+        body,
+        |text| raw::check(text, &mut members.borrow_mut()),
+        |whole| match raw::elements(whole.text) {
+            // Each element again, for its members (the array as a whole has none) and its
+            // own depth (not counting the array's).
             Some(elements) => elements
                 .into_iter()
                 .map(|text| {
-                    raw::check(text.as_bytes()).unwrap_or(raw::Checked {
-                        text,
-                        members: None,
-                    })
+                    // Part of a value already checked: cannot fail, and would not be lost.
+                    raw::check(text.as_bytes(), &mut members.borrow_mut())
+                        .unwrap_or(raw::Checked::not_an_object(text))
                 })
                 .collect(),
             None => vec![whole],
-        }
+        },
+    )?;
+    Ok(RawEvents {
+        events,
+        members: members.into_inner(),
     })
 }
 
@@ -130,8 +145,9 @@ fn split<'a, T>(
     if trimmed[0] == b'[' || memchr::memchr(b'\n', trimmed).is_none() {
         return whole(trimmed);
     }
-    // Sized once: the events are large enough that growing by doubling shows.
-    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', trimmed).count() + 1);
+    // Sized up front (up to a bound: blank lines count too), rather than grown by doubling.
+    let lines = memchr::memchr_iter(b'\n', trimmed).count() + 1;
+    let mut out = Vec::with_capacity(lines.min(1 << 16));
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', trimmed).chain([trimmed.len()]);
     for end in ends {
@@ -155,9 +171,13 @@ fn split<'a, T>(
     Ok(out)
 }
 
-/// One event's JSON text, checked as a body's events are.
-pub fn parse_event_text(bytes: &[u8]) -> Result<raw::Checked<'_>, String> {
-    raw::check(bytes)
+/// One event's JSON text, checked as a body's events are, its members appended to
+/// `members`.
+pub fn parse_event_text<'a>(
+    bytes: &'a [u8],
+    members: &mut Vec<raw::Member<'a>>,
+) -> Result<raw::Checked<'a>, String> {
+    raw::check(bytes, members)
 }
 
 #[cfg(test)]
@@ -212,6 +232,7 @@ mod tests {
         ] {
             let raw = parse_body_raw(body).unwrap();
             let parsed: Vec<Value> = raw
+                .events
                 .iter()
                 .map(|r| serde_json::from_str(r.text).unwrap())
                 .collect();

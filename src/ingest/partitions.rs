@@ -16,8 +16,8 @@ use crate::market::{
     StreamClass,
 };
 use crate::room::{Room, View};
-use parking_lot::{Mutex, MutexGuard};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
 
 /// How many parts the symbols are spread over: enough that batches from a few feeders of

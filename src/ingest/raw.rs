@@ -13,51 +13,111 @@
 //! scanner took 300 ns for a trade event, jiter 160.
 
 use jiter::{Jiter, JiterError, Peek};
+use serde::de::IgnoredAny;
 use smallvec::SmallVec;
 use std::borrow::Cow;
 
-/// One value's text, checked to be valid JSON, with its members when it is an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One value's text, checked to be valid JSON. Small, so a batch of millions of tiny values
+/// costs no more to hold than its text's slices: an object's members are kept apart, in a
+/// list for the whole body (see [`Checked::fields`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checked<'a> {
     pub text: &'a str,
-    pub members: Option<Members<'a>>,
+    shape: Shape,
 }
 
-/// Checks that `text` is one valid JSON value (nothing after it but whitespace) that nests at
-/// most `MAX_DEPTH` levels, reading an object's members in the same pass.
-pub fn check(text: &[u8]) -> Result<Checked<'_>, String> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// An object, its members at these positions of the body's list.
+    Object(u32, u32),
+    /// Valid, but nesting deeper than `MAX_DEPTH`.
+    TooDeep,
+    /// Any other value.
+    Other,
+}
+
+/// A member's key text (between its quotes, still escaped) and its value's text.
+pub type Member<'a> = (&'a str, &'a str);
+
+impl<'a> Checked<'a> {
+    /// A value that is not to be read as an event.
+    pub fn not_an_object(text: &'a str) -> Checked<'a> {
+        Checked {
+            text,
+            shape: Shape::Other,
+        }
+    }
+
+    /// The object's members, from the list `check` put them in; why not, for anything else.
+    pub fn fields<'m>(&self, members: &'m [Member<'a>]) -> Result<&'m [Member<'a>], String> {
+        match self.shape {
+            Shape::Object(from, to) => members
+                .get(from as usize..to as usize)
+                .ok_or_else(|| "event must be a JSON object".to_owned()),
+            Shape::TooDeep => Err(format!(
+                "nesting deeper than {} levels",
+                crate::ingest::parse::MAX_DEPTH
+            )),
+            Shape::Other => Err("event must be a JSON object".into()),
+        }
+    }
+}
+
+/// Checks that `text` is one valid JSON value (nothing after it but whitespace), appending
+/// an object's members to `members` in the same pass.
+///
+/// jiter walks it, validating every value it passes over and saying where each ended. What
+/// nests too deep for a walk, or what jiter refuses, is left to serde_json, which has always
+/// decided: jiter also refuses some valid JSON (lone surrogate escapes, integers of more than
+/// 4,300 digits), and the refusal's message is then serde_json's as before.
+pub fn check<'a>(text: &'a [u8], members: &mut Vec<Member<'a>>) -> Result<Checked<'a>, String> {
     let text = std::str::from_utf8(text)
         .map_err(|e| e.to_string())?
         .trim_ascii();
-    // Before the walk, so the refusal is ours whatever the walker's own limit.
-    if crate::ingest::parse::too_deep(text.as_bytes()) {
-        return Err(format!(
-            "nesting deeper than {} levels",
-            crate::ingest::parse::MAX_DEPTH
-        ));
+    let deep = crate::ingest::parse::too_deep(text.as_bytes());
+    if !deep {
+        let mark = members.len();
+        match walk(text, members) {
+            Ok(shape) => return Ok(Checked { text, shape }),
+            Err(_) => members.truncate(mark),
+        }
     }
+    serde_json::from_slice::<IgnoredAny>(text.as_bytes()).map_err(|e| e.to_string())?;
+    let shape = match object(text) {
+        _ if deep => Shape::TooDeep,
+        Some((fields, _)) => {
+            let from = members.len();
+            members.extend(fields);
+            Shape::Object(from as u32, members.len() as u32)
+        }
+        None => Shape::Other,
+    };
+    Ok(Checked { text, shape })
+}
+
+fn walk<'a>(text: &'a str, members: &mut Vec<Member<'a>>) -> Result<Shape, JiterError> {
     let mut j = Jiter::new(text.as_bytes());
-    let members = (|| {
-        let members = match j.peek()? {
-            Peek::Object => Some(object_members(&mut j, text)?),
-            peek => {
-                j.known_skip(peek)?;
-                None
-            }
-        };
-        j.finish()?;
-        Ok(members)
-    })()
-    .map_err(|e: JiterError| {
-        let at = j.error_position(e.index);
-        format!("{} at line {} column {}", e.error_type, at.line, at.column)
-    })?;
-    Ok(Checked { text, members })
+    let shape = match j.peek()? {
+        Peek::Object => {
+            let from = members.len();
+            object_members(&mut j, text, members)?;
+            Shape::Object(from as u32, members.len() as u32)
+        }
+        peek => {
+            j.known_skip(peek)?;
+            Shape::Other
+        }
+    };
+    j.finish()?;
+    Ok(shape)
 }
 
 /// The members of the object `j` is at, each value checked as it is passed over.
-fn object_members<'a>(j: &mut Jiter<'a>, text: &'a str) -> Result<Members<'a>, JiterError> {
-    let mut out = Members::new();
+fn object_members<'a>(
+    j: &mut Jiter<'a>,
+    text: &'a str,
+    out: &mut Vec<Member<'a>>,
+) -> Result<(), JiterError> {
     let mut before = j.current_index();
     let mut more = j.next_object_bytes()?.is_some();
     while more {
@@ -80,7 +140,7 @@ fn object_members<'a>(j: &mut Jiter<'a>, text: &'a str) -> Result<Members<'a>, J
         before = j.current_index();
         more = j.next_key_bytes()?.is_some();
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The bytes of a string or container starting at `i` (a `"`, `[` or `{`), or of a scalar:
@@ -277,9 +337,14 @@ mod tests {
             "{}",
             r#"{"nested":{"deep":[[[{"x":"y"}]]]},"z":0}"#,
         ] {
-            let checked = check(text.as_bytes()).unwrap();
+            let mut list = Vec::new();
+            let checked = check(text.as_bytes(), &mut list).unwrap();
             let text = checked.text;
-            assert_eq!(checked.members, members(text), "{text}");
+            assert_eq!(
+                checked.fields(&list).ok().map(|f| f.to_vec()),
+                members(text).map(|m| m.to_vec()),
+                "{text}"
+            );
             assert_eq!(
                 rebuilt(text),
                 serde_json::from_str::<Value>(text).unwrap(),
@@ -294,7 +359,11 @@ mod tests {
         );
         assert_eq!(string(r#""a\"b""#).as_deref(), Some("a\"b"));
         assert_eq!(string("5"), None);
-        assert!(check(b"{\"a\":1} x").is_err());
+        assert!(check(b"{\"a\":1} x", &mut Vec::new()).is_err());
+        // Valid JSON jiter refuses goes by serde_json, as it always did.
+        let mut list = Vec::new();
+        let c = check(br#"{"data":"\ud800","n":1}"#, &mut list).unwrap();
+        assert_eq!(c.fields(&list).unwrap().len(), 2);
         assert!(members("[1]").is_none() && elements("{}").is_none());
     }
 }

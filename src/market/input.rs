@@ -234,17 +234,18 @@ pub fn parse_event(ev: Value) -> Result<IngestEvent, String> {
 /// Validates one event from its JSON text, decoding only what it is routed on: the data of
 /// trades, tickers, candles, private events and broadcasts goes into frames as it came.
 pub fn parse_raw_event(ev: &str) -> Result<IngestEvent, String> {
-    parse_checked_event_in(&crate::ingest::raw::check(ev.as_bytes())?, None)
+    let mut members = Vec::new();
+    let checked = crate::ingest::raw::check(ev.as_bytes(), &mut members)?;
+    parse_checked_event_in(checked.fields(&members)?, None)
 }
 
-/// As `parse_raw_event`, for an event already checked as JSON (with its members) that is a
-/// part of `body`: data encoded within the batch is taken as a view of the body instead of a
-/// copy.
+/// As `parse_raw_event`, for an event already checked as JSON, from its top-level members,
+/// that is a part of `body`: data encoded within the batch is taken as a view of the body
+/// instead of a copy.
 pub fn parse_checked_event_in(
-    ev: &raw::Checked<'_>,
+    fields: &[raw::Member<'_>],
     body: Option<&bytes::Bytes>,
 ) -> Result<IngestEvent, String> {
-    let fields = ev.members.as_deref().ok_or("event must be a JSON object")?;
     let data = raw::member(fields, "data").ok_or("missing 'data'")?;
     validate(&Top::Raw(fields), Data::Raw(data), body)
 }

@@ -11,9 +11,9 @@ use super::{
     MarketCounters, Payload, Publish, StreamClass, TimerKey,
 };
 use crate::room::{Room, View, INTERVALS};
+use foldhash::HashMap;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
-use foldhash::HashMap;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 

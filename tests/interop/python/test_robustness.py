@@ -563,6 +563,50 @@ def test_ingest_invalid_json(gw, body):
         assert resp.json()["error"] in ("BAD_JSON", "BAD_EVENT"), resp
 
 
+def _deep(levels):
+    return "[" * levels + "1" + "]" * levels
+
+
+def _trade_with(data):
+    return '{"type":"trade","symbol":"BTCUSDT","data":' + data + "}"
+
+
+# Valid JSON, whichever way a batch is framed: the same answer as a line of NDJSON, as an
+# element of an array, or alone (data nesting 127 levels is 128 with the event: the limit).
+INGEST_VALID_EDGES = [
+    ("lone-surrogate", _trade_with('{"s":"\\ud800","t":"\\udc00\\ud800"}'), 202, None),
+    ("5000-digit-integer", _trade_with("1" + "0" * 5000), 202, None),
+    ("127-deep-data", _trade_with(_deep(127)), 202, None),
+    ("128-deep-data", _trade_with(_deep(128)), 400, "BAD_EVENT"),
+]
+
+
+@pytest.mark.parametrize("event,status,error", [c[1:] for c in INGEST_VALID_EDGES],
+                         ids=[c[0] for c in INGEST_VALID_EDGES])
+@pytest.mark.parametrize("framing", ["alone", "ndjson", "array"])
+def test_ingest_answers_valid_json_alike_whatever_its_framing(gw, event, status, error, framing):
+    good = _trade_with('{"n":1}')
+    body = {"alone": event, "ndjson": good + "\n" + event,
+            "array": "[" + good + "," + event + "]"}[framing]
+    resp = ingest_raw(gw, body)
+    assert resp.status == status, (resp, resp.body[:300])
+    if error:
+        want_index = 0 if framing == "alone" else 1
+        assert resp.json()["error"] == error and resp.json()["index"] == want_index, resp.json()
+
+
+def test_a_batch_of_millions_of_tiny_values_is_refused_within_bounded_memory(gw):
+    """15 MB of `[1,1,...]`: refused at its first element, without holding per value more
+    than a few words (the gateway's peak RSS stays well under a gigabyte)."""
+    body = "[" + ",".join(["1"] * 7_000_000) + "]"
+    resp = ingest_raw(gw, body, timeout=60)
+    assert resp.status == 400 and resp.json()["error"] == "BAD_EVENT", resp
+    assert resp.json()["index"] == 0, resp.json()
+    with open(f"/proc/{gw.proc.pid}/status") as f:
+        peak_kib = int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB"
+
+
 INGEST_WRONG_CONTENT = [
     ("empty", ""),
     ("null", "null"),
