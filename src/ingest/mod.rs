@@ -355,36 +355,65 @@ impl Ingest {
         let now = unix_ms();
         let mut out = Vec::with_capacity(n * 2);
         let mut marks = Vec::with_capacity(n * 2);
-        let numbered = {
-            let (events, ids): (Vec<_>, Vec<_>) = typed.into_iter().unzip();
-            let mut held = self.market.lock(Needs::events(&events));
-            held.validate(&events)
-                .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
-            let mut by_type = self.by_type.lock();
-            for ev in &events {
-                match by_type.get_mut(ev.kind()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        by_type.insert(ev.kind().to_owned(), 1);
-                    }
-                }
+        let (events, ids): (Vec<_>, Vec<_>) = typed.into_iter().unzip();
+        let changes = self.demand.take_changes(now);
+        let (numbered, refused) = {
+            let needs = Needs::events(&events).and(Needs::changes(&changes));
+            let mut held = self.market.lock(needs);
+            // Views opened since the last turn start before this batch, so the state a new
+            // member gets first is the one the batch's updates chain to; views closed stop
+            // costing before it. They stand even if the batch is refused.
+            held.views_changed(changes, &mut out);
+            marks.resize(out.len(), None);
+            if let Err((index, message)) = held.validate(&events) {
+                (
+                    self.number(out, marks, now, arrival),
+                    Some(IngestError::BadEvent { index, message }),
+                )
+            } else {
+                self.apply_held(&mut held, events, ids, now, &mut out, &mut marks);
+                (self.number(out, marks, now, arrival), None)
             }
-            drop(by_type);
-            self.symbols
-                .saw_all(events.iter().filter_map(|ev| ev.symbol()));
-            for (ev, id) in events.into_iter().zip(ids) {
-                held.apply(ev, now, &mut out);
-                marks.resize(out.len(), id);
-            }
-            held.finish(&mut out);
-            // Numbered while the parts are held, so a symbol's batches keep their order.
-            self.number(out, marks, now, arrival)
         };
         if let Some(numbered) = numbered {
             self.hand_off(numbered);
         }
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
         self.events.fetch_add(n as u64, Relaxed);
         Ok(n)
+    }
+
+    /// Applies a validated batch to the parts it holds.
+    fn apply_held(
+        &self,
+        held: &mut Held<'_>,
+        events: Vec<crate::market::input::IngestEvent>,
+        ids: Vec<Option<StreamMark>>,
+        now: u64,
+        out: &mut Vec<Publish>,
+        marks: &mut Vec<Option<StreamMark>>,
+    ) {
+        let mut by_type = self.by_type.lock();
+        for ev in &events {
+            match by_type.get_mut(ev.kind()) {
+                Some(n) => *n += 1,
+                None => {
+                    by_type.insert(ev.kind().to_owned(), 1);
+                }
+            }
+        }
+        drop(by_type);
+        self.symbols
+            .saw_all(events.iter().filter_map(|ev| ev.symbol()));
+        for (ev, id) in events.into_iter().zip(ids) {
+            held.apply(ev, now, out);
+            marks.resize(out.len(), id);
+        }
+        // Numbered by the caller while the parts are still held, so a symbol's batches keep
+        // their order.
+        held.finish(out);
     }
 
     /// While the batch's parts are held, in the order batches are applied: gives each

@@ -94,6 +94,14 @@ impl Needs {
         needs
     }
 
+    /// What both need.
+    pub fn and(self, other: Needs) -> Needs {
+        Needs {
+            parts: self.parts | other.parts,
+            digest: self.digest || other.digest,
+        }
+    }
+
     pub fn part(i: usize) -> Needs {
         Needs {
             parts: 1 << (i % PARTS),

@@ -102,6 +102,9 @@ impl Demand {
         if entry.0 == 0 {
             inner.open.remove(room);
             inner.pending.insert(room.clone(), ());
+            drop(inner);
+            // So the market stops computing it without waiting for the next batch or timer.
+            self.changed.notify_one();
         }
     }
 
