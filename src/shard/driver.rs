@@ -45,6 +45,8 @@ const READ_BUDGET: usize = 4;
 const TURN_READ_BUDGET: usize = 48;
 /// The longest a shard sleeps: published gauges stay fresh on an idle shard.
 const GAUGE_REFRESH: Duration = Duration::from_millis(500);
+/// How often sockets released with data still unsent in the kernel are looked at.
+const LINGER_CHECK: Duration = Duration::from_millis(100);
 
 pub(super) struct Driver {
     pub id: usize,
@@ -60,6 +62,12 @@ pub(super) struct Driver {
     pub engine: Engine,
     /// Times the waker fired (see `Counters::wakeups`).
     wakeups: u64,
+    /// Sockets the engine let go of whose peer has not yet taken all the kernel holds for
+    /// it, with when they are reset if it still has not: a plain close would leave the kernel
+    /// holding it (up to the socket's send buffer, megabytes) for minutes.
+    lingering: Vec<(TcpStream, Instant)>,
+    /// Those reset (counted with the engine's linger resets).
+    untaken_resets: u64,
     /// Each connection's socket, at the index of its `ConnId`.
     pub sockets: Vec<Option<TcpStream>>,
     /// Connections whose reading the engine paused, to read again once it wants to (with
@@ -122,6 +130,8 @@ impl Driver {
             stats,
             engine,
             wakeups: 0,
+            lingering: Vec::new(),
+            untaken_resets: 0,
             sockets: Vec::new(),
             paused: IndexSet::new(),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
@@ -137,12 +147,17 @@ impl Driver {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = if self.backlog.is_empty() {
+                let cap = if self.lingering.is_empty() {
+                    GAUGE_REFRESH
+                } else {
+                    LINGER_CHECK
+                };
                 self.engine
                     .poll_timeout()
                     .map(|d| {
                         d.saturating_duration_since(Instant::now()) + Duration::from_micros(500)
                     })
-                    .map_or(GAUGE_REFRESH, |t| t.min(GAUGE_REFRESH))
+                    .map_or(cap, |t| t.min(cap))
             } else {
                 Duration::ZERO
             };
@@ -180,6 +195,7 @@ impl Driver {
             }
             self.engine.handle_timeout(now);
             self.apply_actions(now);
+            self.reap_lingering(now.mono);
             self.transmit(now);
             if self.resume_paused(now) {
                 self.transmit(now);
@@ -428,6 +444,12 @@ impl Driver {
                 Action::Release(c) => {
                     if let Some(mut sock) = self.sockets.get_mut(c.token()).and_then(Option::take) {
                         let _ = self.poll.registry().deregister(&mut sock);
+                        if unsent_in_kernel(&sock) > 0 {
+                            // The peer gets the rest and the end of the stream if it reads.
+                            let _ = sock.shutdown(std::net::Shutdown::Write);
+                            let until = now.mono + self.engine.close_linger();
+                            self.lingering.push((sock, until));
+                        }
                     }
                 }
                 Action::Reset(c) => {
@@ -475,10 +497,31 @@ impl Driver {
         }
     }
 
+    /// Closes released sockets whose peer took everything; resets those past their time.
+    fn reap_lingering(&mut self, now: Instant) {
+        let mut resets = 0;
+        self.lingering.retain(|(sock, until)| {
+            if unsent_in_kernel(sock) == 0 {
+                return false;
+            }
+            if now < *until {
+                return true;
+            }
+            // A zero linger turns the close into a reset: the kernel drops what the peer
+            // would not take instead of holding on to it.
+            let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+            resets += 1;
+            false
+        });
+        self.untaken_resets += resets;
+    }
+
     fn publish_stats(&mut self, now: Instant) {
+        let engine = self.engine.counters();
         let counters = Counters {
             wakeups: self.wakeups,
-            ..*self.engine.counters()
+            linger_resets: engine.linger_resets + self.untaken_resets,
+            ..*engine
         };
         self.stats.store(&counters);
         // The outbound total needs a walk over every connection: twice a second at most.
@@ -491,6 +534,20 @@ impl Driver {
             self.outbound_bytes,
             &self.latency,
         );
+    }
+}
+
+/// Bytes written to `sock` that its peer has not acknowledged yet (`SIOCOUTQ`).
+fn unsent_in_kernel(sock: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ for a TCP socket) writes one int through the pointer, which
+    // points to a live one; the descriptor is this socket's own.
+    let ok = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) } == 0;
+    if ok {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
     }
 }
 

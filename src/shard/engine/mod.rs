@@ -424,6 +424,11 @@ impl Engine {
     }
 
     /// When `handle_timeout` is next due.
+    /// How long a closing connection may take to accept what it is owed.
+    pub fn close_linger(&self) -> std::time::Duration {
+        self.settings.close_linger
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         let drain = self
             .drain_deadline
