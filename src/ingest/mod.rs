@@ -247,7 +247,7 @@ impl Ingest {
         for (mark, text) in events {
             let text = bytes::Bytes::from(text);
             let mut members = Vec::new();
-            let parsed = parse::parse_event_text(&text, &mut members).and_then(|ev| {
+            let parsed = raw::check(&text, &mut members).and_then(|ev| {
                 crate::market::input::parse_checked_event_in(ev.fields(&members)?, Some(&text))
             });
             match parsed {

@@ -171,15 +171,6 @@ fn split<'a, T>(
     Ok(out)
 }
 
-/// One event's JSON text, checked as a body's events are, its members appended to
-/// `members`.
-pub fn parse_event_text<'a>(
-    bytes: &'a [u8],
-    members: &mut Vec<raw::Member<'a>>,
-) -> Result<raw::Checked<'a>, String> {
-    raw::check(bytes, members)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

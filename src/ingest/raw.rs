@@ -64,31 +64,31 @@ impl<'a> Checked<'a> {
 }
 
 /// Checks that `text` is one valid JSON value (nothing after it but whitespace), appending
-/// an object's members to `members` in the same pass.
+/// an object's members to `into` in the same pass.
 ///
 /// jiter walks it, validating every value it passes over and saying where each ended. What
 /// nests too deep for a walk, or what jiter refuses, is left to serde_json, which has always
 /// decided: jiter also refuses some valid JSON (lone surrogate escapes, integers of more than
 /// 4,300 digits), and the refusal's message is then serde_json's as before.
-pub fn check<'a>(text: &'a [u8], members: &mut Vec<Member<'a>>) -> Result<Checked<'a>, String> {
+pub fn check<'a>(text: &'a [u8], into: &mut Vec<Member<'a>>) -> Result<Checked<'a>, String> {
     let text = std::str::from_utf8(text)
         .map_err(|e| e.to_string())?
         .trim_ascii();
     let deep = crate::ingest::parse::too_deep(text.as_bytes());
     if !deep {
-        let mark = members.len();
-        match walk(text, members) {
+        let mark = into.len();
+        match walk(text, into) {
             Ok(shape) => return Ok(Checked { text, shape }),
-            Err(_) => members.truncate(mark),
+            Err(_) => into.truncate(mark),
         }
     }
     serde_json::from_slice::<IgnoredAny>(text.as_bytes()).map_err(|e| e.to_string())?;
-    let shape = match object(text) {
+    let shape = match members(text) {
         _ if deep => Shape::TooDeep,
-        Some((fields, _)) => {
-            let from = members.len();
-            members.extend(fields);
-            Shape::Object(from as u32, members.len() as u32)
+        Some(fields) => {
+            let from = into.len();
+            into.extend(fields);
+            Shape::Object(from as u32, into.len() as u32)
         }
         None => Shape::Other,
     };
@@ -145,15 +145,8 @@ fn object_members<'a>(
 
 /// The bytes of a string or container starting at `i` (a `"`, `[` or `{`), or of a scalar:
 /// the index just past its end.
-fn value_end(b: &[u8], i: usize) -> usize {
-    value_end_depth(b, i).0
-}
-
-/// As `value_end`, with how deep the value nests (0 for a scalar or string), read in the same
-/// pass so that a body's depth costs no walk of its own.
-fn value_end_depth(b: &[u8], mut i: usize) -> (usize, usize) {
+fn value_end(b: &[u8], mut i: usize) -> usize {
     let mut depth = 0usize;
-    let mut deepest = 0usize;
     let mut in_str = false;
     let mut escaped = false;
     let scalar = !matches!(b.get(i), Some(b'"' | b'[' | b'{'));
@@ -165,7 +158,7 @@ fn value_end_depth(b: &[u8], mut i: usize) -> (usize, usize) {
                 // event's text.
                 match memchr::memchr2(b'"', b'\\', &b[i..]) {
                     Some(n) => i += n,
-                    None => return (b.len(), deepest),
+                    None => return b.len(),
                 }
                 continue;
             }
@@ -175,26 +168,23 @@ fn value_end_depth(b: &[u8], mut i: usize) -> (usize, usize) {
                 b'"' => {
                     in_str = false;
                     if depth == 0 {
-                        return (i + 1, deepest);
+                        return i + 1;
                     }
                 }
                 _ => {}
             }
         } else if scalar {
             if matches!(c, b',' | b']' | b'}') || c.is_ascii_whitespace() {
-                return (i, deepest);
+                return i;
             }
         } else {
             match c {
                 b'"' => in_str = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
+                b'[' | b'{' => depth += 1,
                 b']' | b'}' => {
                     depth -= 1;
                     if depth == 0 {
-                        return (i + 1, deepest);
+                        return i + 1;
                     }
                 }
                 _ => {}
@@ -202,7 +192,7 @@ fn value_end_depth(b: &[u8], mut i: usize) -> (usize, usize) {
         }
         i += 1;
     }
-    (i, deepest)
+    i
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -213,18 +203,12 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// An object's members as (key, value) texts; most objects fit inline.
-pub type Members<'a> = SmallVec<[(&'a str, &'a str); 8]>;
+pub type Members<'a> = SmallVec<[Member<'a>; 8]>;
 
 /// The members of a valid JSON object's text, in order: each key's text between its quotes
 /// (still escaped) and its value's text. `None` when `text` is not an object.
 pub fn members(text: &str) -> Option<Members<'_>> {
-    object(text).map(|(m, _)| m)
-}
-
-/// As `members`, with how deep the object nests (1 for one without containers inside).
-pub fn object(text: &str) -> Option<(Members<'_>, usize)> {
     let b = text.as_bytes();
-    let mut deepest = 1;
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
@@ -235,14 +219,13 @@ pub fn object(text: &str) -> Option<(Members<'_>, usize)> {
         i = skip_ws(b, i);
         match b.get(i) {
             Some(b'"') => {}
-            _ => return Some((out, deepest)),
+            _ => return Some(out),
         }
         let key_end = value_end(b, i);
         let key = &text[i + 1..key_end - 1];
         i = skip_ws(b, key_end) + 1; // the ':'
         i = skip_ws(b, i);
-        let (end, depth) = value_end_depth(b, i);
-        deepest = deepest.max(depth + 1);
+        let end = value_end(b, i);
         out.push((key, &text[i..end]));
         i = skip_ws(b, end);
         if b.get(i) == Some(&b',') {

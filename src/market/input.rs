@@ -100,7 +100,7 @@ const RESERVED: [&str; 6] = [
 enum Top<'a> {
     Value(Map<String, Value>),
     /// The top-level members of an event's text, undecoded (see `ingest::raw`).
-    Raw(&'a [(&'a str, &'a str)]),
+    Raw(&'a [raw::Member<'a>]),
 }
 
 /// An event's `data`, as decoded JSON or as its text.
