@@ -7,18 +7,15 @@
 //! tickers. Holding them all while it validates and applies keeps a batch atomic: it is
 //! checked against the books as they are, and nothing else changes them before it applies.
 
-use crate::market::book::OrderBook;
 use crate::market::demand::Change;
 use crate::market::digest::TickerDigest;
 use crate::market::input::IngestEvent;
 use crate::market::{
-    ticker_values, validate_books, view_refresh, Market, MarketCounters, MarketSettings, Publish,
-    StreamClass,
+    attach_book_views, ticker_values, validate_books, view_refresh, BookChain, Market,
+    MarketCounters, MarketSettings, Publish, StreamClass,
 };
 use crate::room::{Room, View};
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use parking_lot::{Mutex, MutexGuard};
-use std::sync::Arc;
 
 /// How many parts the symbols are spread over: enough that batches from a few feeders of
 /// distinct markets rarely meet, few enough that a batch across every symbol takes its
@@ -78,10 +75,7 @@ impl Needs {
     pub fn changes<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Needs {
         let mut needs = Needs::default();
         for change in changes {
-            let room = match change {
-                Change::Refresh { room, .. } | Change::Drop { room } => room,
-            };
-            match Room::parse(room).view() {
+            match Room::parse(change.room()).view() {
                 Some(View::TickerAll { .. }) => needs.digest = true,
                 Some(view) => {
                     if let Some(symbol) = view.symbol() {
@@ -168,9 +162,11 @@ impl Held<'_> {
     /// Checks a batch's book ids against the books as they are (see `Market::validate`).
     /// Every part the batch touches must be held.
     pub fn validate(&self, events: &[IngestEvent]) -> Result<(), (usize, String)> {
-        validate_books(events, |symbol| {
-            self.market(symbol).and_then(|m| m.last_update_id(symbol))
-        })
+        validate_books(events, |symbol| self.last_update_id(symbol))
+    }
+
+    fn last_update_id(&self, symbol: &str) -> Option<u64> {
+        self.market(symbol).and_then(|m| m.last_update_id(symbol))
     }
 
     /// What of a stream's events fits the books, in order: each book event is checked
@@ -180,22 +176,14 @@ impl Held<'_> {
         &self,
         events: Vec<(IngestEvent, T)>,
     ) -> (Vec<(IngestEvent, T)>, Vec<String>) {
-        let mut last: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        let mut chain = BookChain::new(|symbol: &str| self.last_update_id(symbol));
         let mut kept = Vec::with_capacity(events.len());
         let mut left_out = Vec::new();
         for (ev, t) in events {
-            if let IngestEvent::Book { symbol, update } = &ev {
-                let prev = match last.get(symbol) {
-                    Some(p) => *p,
-                    None => self.market(symbol).and_then(|m| m.last_update_id(symbol)),
-                };
-                if let Err(e) = OrderBook::check(prev, update) {
-                    left_out.push(e);
-                    continue;
-                }
-                last.insert(symbol.clone(), Some(update.last_update_id()));
+            match chain.take(&ev) {
+                Ok(()) => kept.push((ev, t)),
+                Err(e) => left_out.push(e),
             }
-            kept.push((ev, t));
         }
         (kept, left_out)
     }
@@ -235,24 +223,17 @@ impl Held<'_> {
     }
 
     fn attach_views(&self, out: &mut [Publish]) {
-        let mut done: HashSet<Arc<str>> = HashSet::new();
-        for p in out.iter_mut().rev() {
-            if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
-                continue;
-            }
-            p.book = symbol_of(&p.room)
+        attach_book_views(out, |room| {
+            symbol_of(room)
                 .and_then(|s| self.market(s))
-                .and_then(|m| m.room_book_view(&p.room));
-            done.insert(p.room.clone());
-        }
+                .and_then(|m| m.room_book_view(room))
+        });
     }
 
     /// Starts and drops views (see `demand`); every part the changes name must be held.
     pub fn views_changed(&mut self, changes: Vec<Change>, out: &mut Vec<Publish>) {
         for change in changes {
-            let room = match &change {
-                Change::Refresh { room, .. } | Change::Drop { room } => room.clone(),
-            };
+            let room = change.room().clone();
             match Room::parse(&room).view() {
                 Some(View::TickerAll { speed }) => {
                     let Some(digest) = self.digest.as_deref_mut() else {
@@ -310,7 +291,9 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::market::input::parse_event;
+    use foldhash::HashSet;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn book(symbol: &str, first: u64, last: u64) -> IngestEvent {
         let data = if first == 0 {

@@ -74,6 +74,15 @@ pub enum Change {
     Drop { room: Arc<str> },
 }
 
+impl Change {
+    /// The view it is about.
+    pub fn room(&self) -> &Arc<str> {
+        match self {
+            Change::Refresh { room, .. } | Change::Drop { room } => room,
+        }
+    }
+}
+
 impl Demand {
     /// A shard has its first member of `room`; returns the epoch whose refresh it waits for.
     pub fn open(&self, room: &Arc<str>) -> u64 {

@@ -589,15 +589,7 @@ impl Market {
     /// Gives the last book delta of each room in `out` the view it leaves clients with, the
     /// source of the room's subscribe snapshots. Call once a batch is complete.
     pub fn attach_views(&self, out: &mut [Publish]) {
-        // By room text: one batch may touch tens of thousands of books.
-        let mut done: HashSet<Arc<str>> = HashSet::new();
-        for p in out.iter_mut().rev() {
-            if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
-                continue;
-            }
-            p.book = self.room_book_view(&p.room);
-            done.insert(p.room.clone());
-        }
+        attach_book_views(out, |room| self.room_book_view(room));
     }
 
     /// The window clients of an order book room (the default one or a view) have now.
@@ -631,22 +623,59 @@ pub fn ticker_values(values: Vec<TickerValue>) -> Option<Publish> {
     })
 }
 
+/// Gives the last book delta of each room in `out` the view it leaves clients with
+/// (`view_of` the room): see [`Market::attach_views`].
+pub fn attach_book_views(out: &mut [Publish], view_of: impl Fn(&str) -> Option<Arc<BookView>>) {
+    // By room text: one batch may touch tens of thousands of books.
+    let mut done: HashSet<Arc<str>> = HashSet::new();
+    for p in out.iter_mut().rev() {
+        if p.class != StreamClass::BookDelta || p.book.is_some() || done.contains(&p.room) {
+            continue;
+        }
+        p.book = view_of(&p.room);
+        done.insert(p.room.clone());
+    }
+}
+
+/// Order book update ids followed through events in order: each book event must follow the
+/// last one taken for its symbol, else where the book is (`last_update_id`).
+pub struct BookChain<F> {
+    last: HashMap<Arc<str>, u64>,
+    last_update_id: F,
+}
+
+impl<F: Fn(&str) -> Option<u64>> BookChain<F> {
+    pub fn new(last_update_id: F) -> BookChain<F> {
+        BookChain {
+            last: HashMap::new(),
+            last_update_id,
+        }
+    }
+
+    /// Whether `ev` fits (anything but a book event does); a book event that fits becomes
+    /// its symbol's last.
+    pub fn take(&mut self, ev: &IngestEvent) -> Result<(), String> {
+        if let IngestEvent::Book { symbol, update } = ev {
+            let prev = match self.last.get(symbol) {
+                Some(p) => Some(*p),
+                None => (self.last_update_id)(symbol),
+            };
+            OrderBook::check(prev, update)?;
+            self.last.insert(symbol.clone(), update.last_update_id());
+        }
+        Ok(())
+    }
+}
+
 /// Checks order book update ids through a batch, in order, against where each book is
 /// (`last_update_id`): `(index, reason)` of the first refusal.
 pub fn validate_books(
     events: &[IngestEvent],
     last_update_id: impl Fn(&str) -> Option<u64>,
 ) -> Result<(), (usize, String)> {
-    let mut last: HashMap<&str, Option<u64>> = HashMap::new();
+    let mut chain = BookChain::new(last_update_id);
     for (i, ev) in events.iter().enumerate() {
-        if let IngestEvent::Book { symbol, update } = ev {
-            let prev = match last.get(&**symbol) {
-                Some(p) => *p,
-                None => last_update_id(symbol),
-            };
-            OrderBook::check(prev, update).map_err(|m| (i, m))?;
-            last.insert(symbol, Some(update.last_update_id()));
-        }
+        chain.take(ev).map_err(|m| (i, m))?;
     }
     Ok(())
 }
