@@ -79,7 +79,7 @@ fn fanout(c: &mut Criterion) {
                     payload.clone(),
                     StreamClass::Lossless,
                 );
-                sim.publish(&[publish.encode(1, None, None)]);
+                sim.publish(&[publish.encode(1, None)]);
                 black_box(sim.bytes_written)
             })
         });

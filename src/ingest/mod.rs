@@ -353,34 +353,26 @@ impl Ingest {
     ) -> Result<usize, IngestError> {
         let n = typed.len();
         let now = unix_ms();
-        let mut out = Vec::with_capacity(n * 2);
-        let mut marks = Vec::with_capacity(n * 2);
         let (events, ids): (Vec<_>, Vec<_>) = typed.into_iter().unzip();
         let changes = self.demand.take_changes(now);
-        let (numbered, refused) = {
-            let needs = Needs::events(&events).and(Needs::changes(&changes));
-            let mut held = self.market.lock(needs);
-            // Views opened since the last turn start before this batch, so the state a new
-            // member gets first is the one the batch's updates chain to; views closed stop
-            // costing before it. They stand even if the batch is refused.
-            held.views_changed(changes, &mut out);
-            marks.resize(out.len(), None);
-            if let Err((index, message)) = held.validate(&events) {
-                (
-                    self.number(out, marks, now, arrival),
-                    Some(IngestError::BadEvent { index, message }),
-                )
-            } else {
-                self.apply_held(&mut held, events, ids, now, &mut out, &mut marks);
-                (self.number(out, marks, now, arrival), None)
-            }
-        };
-        if let Some(numbered) = numbered {
-            self.hand_off(numbered);
-        }
-        if let Some(refused) = refused {
-            return Err(refused);
-        }
+        let needs = Needs::events(&events).and(Needs::changes(&changes));
+        self.turn(
+            needs,
+            now,
+            arrival,
+            n * 2,
+            |held, out, marks| -> Result<(), IngestError> {
+                // Views opened since the last turn start before this batch, so the state a new
+                // member gets first is the one the batch's updates chain to; views closed stop
+                // costing before it. They stand even if the batch is refused.
+                held.views_changed(changes, out);
+                marks.resize(out.len(), None);
+                held.validate(&events)
+                    .map_err(|(index, message)| IngestError::BadEvent { index, message })?;
+                self.apply_held(held, events, ids, now, out, marks);
+                Ok(())
+            },
+        )?;
         self.events.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
@@ -504,10 +496,7 @@ impl Ingest {
         let batch: Arc<[Broadcast]> = publishes
             .into_iter()
             .zip(seqs)
-            .map(|(p, seq)| {
-                let offset = p.offset;
-                p.encode(now, offset, seq)
-            })
+            .map(|(p, seq)| p.encode(now, seq))
             .collect();
         ticket.run(|| {
             if let Some(r) = &self.recovery {
@@ -535,33 +524,46 @@ impl Ingest {
             let now = unix_ms();
             let changes = self.demand.take_changes(now);
             if !changes.is_empty() {
-                self.turn(Needs::changes(&changes), now, |held, out| {
-                    held.views_changed(changes, out)
-                });
+                self.turn(
+                    Needs::changes(&changes),
+                    now,
+                    Arrival::Live,
+                    0,
+                    |held, out, _| held.views_changed(changes, out),
+                );
             }
-            let mut next = (0..PARTS)
-                .filter_map(|i| self.turn(Needs::part(i), now, |held, out| held.poll(now, out)))
+            let poll = |needs| {
+                self.turn(needs, now, Arrival::Live, 0, |held, out, _| {
+                    held.poll(now, out)
+                })
+            };
+            let next = (0..PARTS)
+                .map(Needs::part)
+                .chain([Needs::digest()])
+                .filter_map(poll)
                 .min();
-            let digest = self.turn(Needs::digest(), now, |held, out| held.poll(now, out));
-            next = next.into_iter().chain(digest).min();
             let wait = next.map_or(20, |d| d.saturating_sub(now).clamp(1, 20));
             self.demand.wait(Duration::from_millis(wait), unix_ms());
         }
     }
 
-    /// One timer turn over what `needs` names: what `f` produces is numbered while it is
-    /// held and handed off after.
+    /// One turn over what `needs` names (a batch, or timers and view changes): what `f`
+    /// publishes, with the stream mark of each where it has one, is numbered while the parts
+    /// are held and handed off after.
     fn turn<R>(
         &self,
         needs: Needs,
         now: u64,
-        f: impl FnOnce(&mut Held<'_>, &mut Vec<Publish>) -> R,
+        arrival: Arrival,
+        capacity: usize,
+        f: impl FnOnce(&mut Held<'_>, &mut Vec<Publish>, &mut Vec<Option<StreamMark>>) -> R,
     ) -> R {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(capacity);
+        let mut marks = Vec::with_capacity(capacity);
         let (r, numbered) = {
             let mut held = self.market.lock(needs);
-            let r = f(&mut held, &mut out);
-            (r, self.number(out, Vec::new(), now, Arrival::Live))
+            let r = f(&mut held, &mut out, &mut marks);
+            (r, self.number(out, marks, now, arrival))
         };
         if let Some(numbered) = numbered {
             self.hand_off(numbered);

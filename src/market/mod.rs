@@ -58,7 +58,7 @@ pub struct Publish<B = Event> {
     pub retain: bool,
     /// For order book rooms: the view clients now have, the source of subscribe snapshots.
     pub book: Option<Arc<BookView>>,
-    /// Its recovery offset (delivered lossless events, with recovery on), given when encoded.
+    /// Its recovery offset (delivered lossless events, with recovery on), given when the batch is numbered.
     pub offset: Option<Offset>,
     /// Set on events an instance delivers late, after it fell behind the cluster stream: when
     /// the stream took the event (unix ms). A socket that subscribed after that is not sent it.
@@ -132,19 +132,14 @@ pub struct Event {
 
 impl Publish<Event> {
     /// Encodes the envelope once, with its number in its lossless stream (`seq`) and its
-    /// recovery offset as the last argument, where it has them.
-    pub fn encode(
-        self,
-        now_ms: u64,
-        offset: Option<Offset>,
-        seq: Option<u64>,
-    ) -> Publish<WireMessage> {
+    /// recovery offset (`offset`, set by then) as the last argument, where it has them.
+    pub fn encode(self, now_ms: u64, seq: Option<u64>) -> Publish<WireMessage> {
         let message = envelope::encode_numbered(
             &self.body.name,
             &self.room,
             &self.body.data,
             now_ms,
-            offset,
+            self.offset,
             seq,
         );
         Publish {
@@ -154,7 +149,7 @@ impl Publish<Event> {
             deliver: self.deliver,
             retain: self.retain,
             book: self.book,
-            offset,
+            offset: self.offset,
             appended_ms: self.appended_ms,
             tickers: self.tickers,
             latest_key: self.latest_key,

@@ -61,7 +61,7 @@ mod tests {
                     Payload::Json(bytes::Bytes::from_static(b"{}")),
                     StreamClass::Lossless,
                 )
-                .encode(0, None, None)
+                .encode(0, None)
             })
             .collect()
     }

@@ -80,12 +80,16 @@ fn broadcast(room: &str, event: &str, data: Payload, class: StreamClass) -> Publ
 }
 
 fn trade_with(room: &str, data: Payload) -> Broadcast {
-    broadcast(room, "trade", data, StreamClass::Lossless).encode(1, None, None)
+    broadcast(room, "trade", data, StreamClass::Lossless).encode(1, None)
 }
 
 fn trade(room: &str, n: u64, offset: Option<Offset>) -> Broadcast {
     let data = Payload::Json(format!("{{\"tradeId\":{n}}}").into());
-    broadcast(room, "trade", data, StreamClass::Lossless).encode(1, offset, None)
+    Publish {
+        offset,
+        ..broadcast(room, "trade", data, StreamClass::Lossless)
+    }
+    .encode(1, None)
 }
 
 /// A WebSocket client connected to `/ws` and subscribed to `trades:BTCUSDT`.
@@ -1181,7 +1185,7 @@ fn view_book(room: &str, last: u64, snapshot: bool, refresh: Option<u64>) -> Bro
         refresh,
         ..broadcast(room, "orderbook.update", Payload::Json(data.into()), class)
     }
-    .encode(1, None, None)
+    .encode(1, None)
 }
 
 #[test]
@@ -1268,7 +1272,7 @@ fn view_ticker(room: &str, v: u64, refresh: Option<u64>) -> Broadcast {
         refresh,
         ..broadcast(room, "ticker.update", data, StreamClass::Latest)
     }
-    .encode(1, None, None)
+    .encode(1, None)
 }
 
 #[test]
