@@ -66,6 +66,9 @@ pub(super) struct Driver {
     /// it, with when they are reset if it still has not: a plain close would leave the kernel
     /// holding it (up to the socket's send buffer, megabytes) for minutes.
     lingering: Vec<(TcpStream, Instant)>,
+    /// When `lingering` is looked at next (not every turn: a busy shard turns thousands of
+    /// times a second, and each look is a system call per socket).
+    next_linger_check: Instant,
     /// Those reset (counted with the engine's linger resets).
     untaken_resets: u64,
     /// Each connection's socket, at the index of its `ConnId`.
@@ -131,6 +134,7 @@ impl Driver {
             engine,
             wakeups: 0,
             lingering: Vec::new(),
+            next_linger_check: Instant::now(),
             untaken_resets: 0,
             sockets: Vec::new(),
             paused: IndexSet::new(),
@@ -499,6 +503,10 @@ impl Driver {
 
     /// Closes released sockets whose peer took everything; resets those past their time.
     fn reap_lingering(&mut self, now: Instant) {
+        if self.lingering.is_empty() || now < self.next_linger_check {
+            return;
+        }
+        self.next_linger_check = now + LINGER_CHECK;
         let mut resets = 0;
         self.lingering.retain(|(sock, until)| {
             if unsent_in_kernel(sock) == 0 {
